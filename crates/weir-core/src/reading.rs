@@ -1,0 +1,193 @@
+//! The reading: the unit of data on the bus.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A device identifier, e.g. `gh1/climate`. Interned: cloning is a reference-count increment.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId(Arc<str>);
+
+/// A point (measurement or setpoint) of a device, e.g. `temperature`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PointId(Arc<str>);
+
+macro_rules! id_impls {
+    ($t:ident) => {
+        impl $t {
+            pub fn new(s: &str) -> Self {
+                Self(Arc::from(s))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl From<&str> for $t {
+            fn from(s: &str) -> Self {
+                Self::new(s)
+            }
+        }
+        impl From<String> for $t {
+            fn from(s: String) -> Self {
+                Self(Arc::from(s))
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", &*self.0)
+            }
+        }
+        impl std::borrow::Borrow<str> for $t {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+id_impls!(DeviceId);
+id_impls!(PointId);
+
+/// UTC time in nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp(d.as_nanos() as i64)
+    }
+    pub fn as_nanos(self) -> i64 {
+        self.0
+    }
+    pub fn to_system_time(self) -> SystemTime {
+        if self.0 >= 0 {
+            UNIX_EPOCH + std::time::Duration::from_nanos(self.0 as u64)
+        } else {
+            UNIX_EPOCH - std::time::Duration::from_nanos(self.0.unsigned_abs())
+        }
+    }
+}
+
+/// A reading's value.
+#[derive(Clone, PartialEq, Debug)]
+pub enum Value {
+    F64(f64),
+    I64(i64),
+    Bool(bool),
+    Str(Arc<str>),
+}
+
+impl Value {
+    /// The value as a float where that makes sense (booleans are 0/1; strings are `None`).
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::F64(v) => Some(*v),
+            Value::I64(v) => Some(*v as f64),
+            Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+            Value::Str(_) => None,
+        }
+    }
+}
+
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::F64(v)
+    }
+}
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::I64(v)
+    }
+}
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::Bool(v)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Str(Arc::from(v))
+    }
+}
+
+/// How far a reading can be trusted. A device's own error (a Modbus exception, a timeout, a NACK)
+/// becomes `Bad(reason)` on its points rather than an error of the gateway.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub enum Quality {
+    #[default]
+    Good,
+    Uncertain,
+    Bad(Arc<str>),
+}
+
+impl Quality {
+    /// `good`, `uncertain` or `bad` — the wire name used in payloads.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Quality::Good => "good",
+            Quality::Uncertain => "uncertain",
+            Quality::Bad(_) => "bad",
+        }
+    }
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Quality::Bad(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// One value of one point of one device at one instant.
+#[derive(Clone, PartialEq, Debug)]
+pub struct Reading {
+    pub device: DeviceId,
+    pub point: PointId,
+    pub value: Value,
+    /// Engineering unit (`°C`, `%`, `lx`), if known.
+    pub unit: Option<Arc<str>>,
+    /// Device time if the device gives one, else receive time.
+    pub ts: Timestamp,
+    pub quality: Quality,
+    /// The adapter instance (source name from gateway.yaml) that produced it.
+    pub source: Arc<str>,
+}
+
+/// Readings move through the gateway in batches.
+pub type Batch = Vec<Reading>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_round_trips_through_system_time() {
+        let t = Timestamp(1_700_000_000_123_456_789);
+        let st = t.to_system_time();
+        let back = st.duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64;
+        assert_eq!(back, t.0);
+        assert!(Timestamp::now() > t);
+    }
+
+    #[test]
+    fn value_as_f64() {
+        assert_eq!(Value::from(true).as_f64(), Some(1.0));
+        assert_eq!(Value::from(3i64).as_f64(), Some(3.0));
+        assert_eq!(Value::from("x").as_f64(), None);
+    }
+
+    #[test]
+    fn ids_intern_and_compare_as_str() {
+        let a = DeviceId::from("gh1/climate");
+        let b = a.clone();
+        assert_eq!(a, b);
+        assert_eq!(a.as_str(), "gh1/climate");
+        assert_eq!(format!("{a}"), "gh1/climate");
+    }
+}
