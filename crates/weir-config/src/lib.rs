@@ -1,1 +1,574 @@
-//! weir-config
+//! `gateway.yaml`: schema, loading and validation.
+//!
+//! Loading is done in stages so that every problem is reported at once, each with the file, the
+//! YAML path and the line:
+//!
+//! 1. the text is parsed by serde_yaml (a syntax error stops here, with its position);
+//! 2. the text is indexed by path → line ([`PathIndex`]);
+//! 3. `${VAR}` references in string values are substituted ([`env`]);
+//! 4. each top-level section, and each entry of `sources:`, is deserialised on its own with
+//!    `deny_unknown_fields`, so an error in one does not hide errors in the others;
+//! 5. cross-field checks (ranges, TLS files present, duplicate source names) add their errors.
+//!
+//! Adapter sections (`sources[i].<kind>`) are parsed by the adapter's own crate through
+//! [`Diagnostics::parse`], so their errors look the same. The binary's explicit, feature-gated match
+//! on [`SourceEntry::kind`] decides which kinds exist in a build.
+
+pub mod diag;
+pub mod env;
+mod index;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use diag::{ConfigErrors, Diagnostic, Diagnostics};
+pub use env::Secret;
+pub use index::PathIndex;
+
+/// `gateway:` — identity and local state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// This gateway's id: letters, digits, `-` and `_`. Default client id and topic prefix use it.
+    pub id: String,
+    /// Directory for the outbox and other state (systemd's `StateDirectory`).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// How long shutdown may take to drain the bus and flush the outbox before it gives up.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/weir")
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    10_000
+}
+
+/// `bus:` — the bounded channel from sources to the pipeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusSection {
+    /// Capacity in batches. Full: polling sources wait, push sources drop the newest (counted).
+    #[serde(default = "default_bus_capacity")]
+    pub capacity_batches: usize,
+}
+
+impl Default for BusSection {
+    fn default() -> Self {
+        BusSection {
+            capacity_batches: default_bus_capacity(),
+        }
+    }
+}
+fn default_bus_capacity() -> usize {
+    1024
+}
+
+/// MQTT protocol version.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+pub enum MqttProtocol {
+    #[default]
+    #[serde(rename = "3.1.1")]
+    V311,
+    #[serde(rename = "5")]
+    V5,
+}
+
+/// How readings map to MQTT messages.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishMode {
+    /// One message per reading on `telemetry_topic`.
+    #[default]
+    PerReading,
+    /// One message per device per pipeline batch on `batch_topic`, with a `readings` array.
+    PerDevice,
+}
+
+/// `mqtt.tls:` — TLS, and mTLS when a client certificate is given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM file with the CA certificate(s) that signed the broker's certificate.
+    pub ca_file: PathBuf,
+    /// PEM client certificate (chain) for mTLS; needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Name to verify in the broker's certificate; default: `mqtt.host`.
+    pub server_name: Option<String>,
+}
+
+/// `mqtt:` — the northbound connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Default 1883, or 8883 with `tls`.
+    pub port: Option<u16>,
+    /// Default `weir-<gateway.id>`.
+    pub client_id: Option<String>,
+    /// `"3.1.1"` (default) or `"5"`.
+    #[serde(default)]
+    pub protocol: MqttProtocol,
+    #[serde(default = "default_keepalive_s")]
+    pub keepalive_s: u64,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// File holding the password (alternative to `password`).
+    pub password_file: Option<PathBuf>,
+    pub tls: Option<TlsSection>,
+    /// Default `weir/<gateway.id>`. Status goes to `<prefix>/status`.
+    pub topic_prefix: Option<String>,
+    /// Topic of one reading; `{prefix}`, `{device}`, `{point}` are replaced.
+    #[serde(default = "default_telemetry_topic")]
+    pub telemetry_topic: String,
+    /// Topic of a per-device batch; `{prefix}`, `{device}` are replaced.
+    #[serde(default = "default_batch_topic")]
+    pub batch_topic: String,
+    #[serde(default)]
+    pub mode: PublishMode,
+    /// QoS of telemetry: 0 or 1. With 1 a row leaves the outbox only after its PUBACK.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Messages published but not yet acknowledged, at most (1–65535).
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: u16,
+    #[serde(default = "default_reconnect_min_ms")]
+    pub reconnect_min_ms: u64,
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+    /// Subscribe to `<prefix>/+/+/set` style command topics (`<prefix>/<device>/<point>/set`).
+    #[serde(default = "default_true")]
+    pub commands: bool,
+    /// How often the retained status document is republished.
+    #[serde(default = "default_status_interval_s")]
+    pub status_interval_s: u64,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_keepalive_s() -> u64 {
+    30
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_telemetry_topic() -> String {
+    "{prefix}/{device}/{point}".into()
+}
+fn default_batch_topic() -> String {
+    "{prefix}/{device}".into()
+}
+fn default_qos() -> u8 {
+    1
+}
+fn default_max_inflight() -> u16 {
+    256
+}
+fn default_reconnect_min_ms() -> u64 {
+    500
+}
+fn default_reconnect_max_ms() -> u64 {
+    30_000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_status_interval_s() -> u64 {
+    10
+}
+
+/// SQLite synchronous mode of the outbox.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    /// fsync on every commit: a committed batch survives power loss.
+    #[default]
+    Full,
+    /// WAL default: survives a crash of the process, may lose the last commits on power loss.
+    Normal,
+}
+
+/// `store:` — the durable outbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// The SQLite file; relative paths are under `gateway.state_dir`.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+    /// Upper bound on stored bytes; on overflow the oldest rows are dropped (counted).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// Rows older than this are dropped (counted).
+    #[serde(default = "default_max_age_s")]
+    pub max_age_s: u64,
+    #[serde(default)]
+    pub synchronous: Synchronous,
+    /// Readings committed in one transaction at most.
+    #[serde(default = "default_max_batch_readings")]
+    pub max_batch_readings: usize,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            path: default_store_path(),
+            max_bytes: default_max_bytes(),
+            max_age_s: default_max_age_s(),
+            synchronous: Synchronous::Full,
+            max_batch_readings: default_max_batch_readings(),
+        }
+    }
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("outbox.db")
+}
+fn default_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_max_age_s() -> u64 {
+    7 * 24 * 3600
+}
+fn default_max_batch_readings() -> usize {
+    5_000
+}
+
+/// `metrics:` — the local Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address for `GET /metrics`, e.g. `127.0.0.1:9898`; absent: no endpoint.
+    pub listen: Option<SocketAddr>,
+}
+
+/// One entry of `sources:` — `- <kind>: { name: …, … }`. The body (without `name`) is parsed by
+/// the adapter crate for `kind`.
+#[derive(Debug, Clone)]
+pub struct SourceEntry {
+    pub kind: String,
+    pub name: String,
+    pub body: serde_yaml::Value,
+    /// YAML path of the body, e.g. `sources[2].modbus`.
+    pub path: String,
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub file: PathBuf,
+    pub gateway: GatewaySection,
+    pub bus: BusSection,
+    pub mqtt: MqttSection,
+    pub store: StoreSection,
+    pub metrics: MetricsSection,
+    pub sources: Vec<SourceEntry>,
+    /// The MQTT password after `password` / `password_file` resolution.
+    pub mqtt_password: Option<Secret>,
+}
+
+impl GatewayConfig {
+    pub fn topic_prefix(&self) -> String {
+        self.mqtt
+            .topic_prefix
+            .clone()
+            .unwrap_or_else(|| format!("weir/{}", self.gateway.id))
+    }
+    pub fn client_id(&self) -> String {
+        self.mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("weir-{}", self.gateway.id))
+    }
+    pub fn mqtt_port(&self) -> u16 {
+        self.mqtt
+            .port
+            .unwrap_or(if self.mqtt.tls.is_some() { 8883 } else { 1883 })
+    }
+    pub fn store_path(&self) -> PathBuf {
+        if self.store.path.is_absolute() {
+            self.store.path.clone()
+        } else {
+            self.gateway.state_dir.join(&self.store.path)
+        }
+    }
+    pub fn store_max_age(&self) -> Duration {
+        Duration::from_secs(self.store.max_age_s)
+    }
+}
+
+const TOP_KEYS: &[&str] = &["gateway", "bus", "mqtt", "store", "metrics", "sources"];
+
+/// Read and validate a file; see [`load_str`].
+pub fn load_file(path: &Path) -> (Option<GatewayConfig>, Diagnostics) {
+    match std::fs::read_to_string(path) {
+        Ok(text) => load_str(&text, path, &|k| std::env::var(k).ok()),
+        Err(e) => {
+            let mut d = Diagnostics::new(path, PathIndex::default());
+            d.error("", format!("cannot read: {e}"));
+            (None, d)
+        }
+    }
+}
+
+/// Parse and validate `text` (named `file` in messages), with `lookup` for `${VAR}`.
+///
+/// Returns the config when one could be built, and the diagnostics collector, which may hold
+/// errors either way. The caller parses adapter sections (`sources[i]`) into the same collector,
+/// then calls [`Diagnostics::finish`] to get every error at once.
+pub fn load_str(
+    text: &str,
+    file: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> (Option<GatewayConfig>, Diagnostics) {
+    let mut d = Diagnostics::new(file, PathIndex::build(text));
+    let mut root: serde_yaml::Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            d.error_at_line(e.location().map(|l| l.line()), e.to_string());
+            return (None, d);
+        }
+    };
+    env::substitute(&mut root, "", lookup, &mut d);
+
+    let serde_yaml::Value::Mapping(map) = root else {
+        d.error(
+            "",
+            "the configuration must be a mapping with `gateway:`, `mqtt:`, `sources:` …",
+        );
+        return (None, d);
+    };
+    for k in map.keys() {
+        let k = k.as_str().unwrap_or("?");
+        if !TOP_KEYS.contains(&k) {
+            d.error(
+                k,
+                format!(
+                    "unknown section `{k}`, expected one of {}",
+                    TOP_KEYS.join(", ")
+                ),
+            );
+        }
+    }
+    let section = |name: &str| map.get(name).cloned();
+
+    let gateway: Option<GatewaySection> = match section("gateway") {
+        Some(v) => d.parse(v, "gateway"),
+        None => {
+            d.error("gateway", "missing section `gateway:` (at least `id:`)");
+            None
+        }
+    };
+    let bus: BusSection = section("bus")
+        .and_then(|v| d.parse(v, "bus"))
+        .unwrap_or_default();
+    let mqtt: Option<MqttSection> = d.parse(
+        section("mqtt").unwrap_or(serde_yaml::Value::Mapping(Default::default())),
+        "mqtt",
+    );
+    let store: StoreSection = section("store")
+        .and_then(|v| d.parse(v, "store"))
+        .unwrap_or_default();
+    let metrics: MetricsSection = section("metrics")
+        .and_then(|v| d.parse(v, "metrics"))
+        .unwrap_or_default();
+    let sources = parse_sources(section("sources"), &mut d);
+
+    if let Some(g) = &gateway {
+        if g.id.is_empty()
+            || !g
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            d.error(
+                "gateway.id",
+                format!("`{}` must be non-empty letters, digits, `-` or `_`", g.id),
+            );
+        }
+    }
+    if bus.capacity_batches == 0 {
+        d.error("bus.capacity_batches", "must be at least 1");
+    }
+    if store.max_bytes < 64 * 1024 {
+        d.error("store.max_bytes", "must be at least 65536 bytes");
+    }
+    if store.max_batch_readings == 0 {
+        d.error("store.max_batch_readings", "must be at least 1");
+    }
+    let mut mqtt_password = None;
+    if let Some(m) = &mqtt {
+        validate_mqtt(m, &mut d);
+        mqtt_password =
+            env::resolve_secret(&m.password, &m.password_file, "mqtt", "password", &mut d);
+        if mqtt_password.is_some() && m.username.is_none() {
+            d.error("mqtt.username", "a password is given but no `username`");
+        }
+    }
+
+    let config = match (gateway, mqtt) {
+        (Some(gateway), Some(mqtt)) => Some(GatewayConfig {
+            file: file.to_path_buf(),
+            gateway,
+            bus,
+            mqtt,
+            store,
+            metrics,
+            sources,
+            mqtt_password,
+        }),
+        _ => None,
+    };
+    (config, d)
+}
+
+fn validate_mqtt(m: &MqttSection, d: &mut Diagnostics) {
+    if m.host.trim().is_empty() {
+        d.error("mqtt.host", "must not be empty");
+    }
+    if m.qos > 1 {
+        d.error(
+            "mqtt.qos",
+            format!("{} is not supported: use 0 or 1", m.qos),
+        );
+    }
+    if m.max_inflight == 0 {
+        d.error("mqtt.max_inflight", "must be at least 1");
+    }
+    if m.keepalive_s != 0 && m.keepalive_s < 5 {
+        d.error("mqtt.keepalive_s", "must be 0 (off) or at least 5");
+    }
+    if m.reconnect_min_ms == 0 || m.reconnect_min_ms > m.reconnect_max_ms {
+        d.error(
+            "mqtt.reconnect_min_ms",
+            "must be at least 1 and not above reconnect_max_ms",
+        );
+    }
+    for (key, tpl, needed) in [
+        (
+            "telemetry_topic",
+            &m.telemetry_topic,
+            &["{device}", "{point}"][..],
+        ),
+        ("batch_topic", &m.batch_topic, &["{device}"][..]),
+    ] {
+        for n in needed {
+            if !tpl.contains(n) {
+                d.error(
+                    &format!("mqtt.{key}"),
+                    format!("`{tpl}` must contain `{n}`"),
+                );
+            }
+        }
+        if tpl.contains('+') || tpl.contains('#') {
+            d.error(
+                &format!("mqtt.{key}"),
+                "wildcards `+`/`#` are not allowed in a publish topic",
+            );
+        }
+    }
+    if let Some(t) = &m.tls {
+        for (key, f) in [
+            ("ca_file", Some(&t.ca_file)),
+            ("cert_file", t.cert_file.as_ref()),
+            ("key_file", t.key_file.as_ref()),
+        ] {
+            if let Some(f) = f {
+                if let Err(e) = std::fs::metadata(f) {
+                    d.error(
+                        &format!("mqtt.tls.{key}"),
+                        format!("cannot read {}: {e}", f.display()),
+                    );
+                }
+            }
+        }
+        if t.cert_file.is_some() != t.key_file.is_some() {
+            d.error("mqtt.tls", "mTLS needs both `cert_file` and `key_file`");
+        }
+    }
+}
+
+fn parse_sources(v: Option<serde_yaml::Value>, d: &mut Diagnostics) -> Vec<SourceEntry> {
+    let mut out: Vec<SourceEntry> = Vec::new();
+    let seq = match v {
+        None | Some(serde_yaml::Value::Null) => return out,
+        Some(serde_yaml::Value::Sequence(s)) => s,
+        Some(_) => {
+            d.error("sources", "must be a list of `- <kind>: {…}` entries");
+            return out;
+        }
+    };
+    for (i, item) in seq.into_iter().enumerate() {
+        let at = format!("sources[{i}]");
+        let serde_yaml::Value::Mapping(m) = item else {
+            d.error(
+                &at,
+                "must be a mapping with one key, the source kind (e.g. `sim:`)",
+            );
+            continue;
+        };
+        if m.len() != 1 {
+            d.error(
+                &at,
+                format!(
+                    "must have exactly one key, the source kind; found {}",
+                    m.len()
+                ),
+            );
+            continue;
+        }
+        let Some((k, body)) = m.into_iter().next() else {
+            continue;
+        };
+        let kind = k.as_str().unwrap_or("?").to_string();
+        let path = format!("{at}.{kind}");
+        let mut body = match body {
+            serde_yaml::Value::Null => serde_yaml::Value::Mapping(Default::default()),
+            b @ serde_yaml::Value::Mapping(_) => b,
+            _ => {
+                d.error(&path, "must be a mapping of the source's settings");
+                continue;
+            }
+        };
+        let name = match body.as_mapping_mut().and_then(|m| m.remove("name")) {
+            None => format!("{kind}{i}"),
+            Some(serde_yaml::Value::String(s)) => s,
+            Some(_) => {
+                d.error(&format!("{path}.name"), "must be a string");
+                continue;
+            }
+        };
+        if name.is_empty() || name.contains(['/', '+', '#']) {
+            d.error(
+                &format!("{path}.name"),
+                format!("`{name}` must be non-empty, without `/`, `+`, `#`"),
+            );
+        }
+        if let Some(prev) = out.iter().find(|e| e.name == name) {
+            d.error(
+                &format!("{path}.name"),
+                format!("duplicate source name `{name}` (also at {})", prev.path),
+            );
+        }
+        out.push(SourceEntry {
+            kind,
+            name,
+            body,
+            path,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
