@@ -1,1 +1,483 @@
-//! weir-sim
+//! Simulated greenhouse devices: the built-in demo and the load generator.
+//!
+//! Each greenhouse `gh<N>` has
+//! * `gh<N>/climate` — `temperature` (°C), `humidity` (%), `light` (lx), following a day/night curve
+//!   with noise;
+//! * `gh<N>/bed<M>` — `moisture` (%), drying slowly, raised while irrigation runs;
+//! * `gh<N>/actuators` — `vent` (bool), `irrigation` (bool), `shade` (0–100 %), all writable: a
+//!   command changes the simulated state (an open vent cools the air) and the new state is reported
+//!   as a reading.
+//!
+//! Rate: every sensor point is reported once per `interval_ms`, or, when `readings_per_s` is set,
+//! points are reported round-robin at that total rate (the load generator). Readings leave in one
+//! batch per tick (`tick_ms`), at most `max_batch` readings each. The simulator is a polling
+//! source: when the bus is full it waits, so it measures the pipeline rather than overrunning it.
+//! With `total_readings` it stops producing after that many sensor readings (tests count them).
+
+use std::f64::consts::PI;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+use weir_core::{
+    BuildError, Command, DeviceId, DeviceInfo, PointId, Quality, Reading, Source, SourceBuilder,
+    SourceContext, SourceError, Timestamp, Value,
+};
+
+/// `sources: - sim: {…}`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    /// Number of greenhouses (`gh1` … `ghN`).
+    #[serde(default = "one")]
+    pub greenhouses: u32,
+    /// Soil-moisture beds per greenhouse.
+    #[serde(default = "four")]
+    pub beds: u32,
+    /// Each sensor point reports once per interval.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// Total sensor readings per second across all points (overrides `interval_ms`).
+    pub readings_per_s: Option<f64>,
+    /// Scheduling granularity: one batch per tick.
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    /// Readings per batch at most.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Stop producing after this many sensor readings.
+    pub total_readings: Option<u64>,
+    /// Length of the simulated day; shorter than 86400 speeds the day/night curve up for demos.
+    #[serde(default = "default_day_length_s")]
+    pub day_length_s: u64,
+    /// Seed for the noise; default: from the clock.
+    pub seed: Option<u64>,
+    /// Greenhouse id prefix (`gh` → `gh1`, `gh2`, …).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+fn one() -> u32 {
+    1
+}
+fn four() -> u32 {
+    4
+}
+fn default_interval_ms() -> u64 {
+    1000
+}
+fn default_tick_ms() -> u64 {
+    10
+}
+fn default_max_batch() -> usize {
+    1000
+}
+fn default_day_length_s() -> u64 {
+    86_400
+}
+fn default_prefix() -> String {
+    "gh".into()
+}
+
+impl SimConfig {
+    /// Problems with the values (the caller adds the YAML path).
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut e = Vec::new();
+        if self.greenhouses == 0 {
+            e.push(("greenhouses", "must be at least 1".to_string()));
+        }
+        if self.interval_ms == 0 {
+            e.push(("interval_ms", "must be at least 1".to_string()));
+        }
+        if let Some(r) = self.readings_per_s {
+            if !(r > 0.0 && r.is_finite()) {
+                e.push(("readings_per_s", format!("{r} must be a positive number")));
+            }
+        }
+        if self.tick_ms == 0 {
+            e.push(("tick_ms", "must be at least 1".to_string()));
+        }
+        if self.max_batch == 0 {
+            e.push(("max_batch", "must be at least 1".to_string()));
+        }
+        if self.day_length_s == 0 {
+            e.push(("day_length_s", "must be at least 1".to_string()));
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['/', '+', '#']) {
+            e.push((
+                "prefix",
+                "must be non-empty, without `/`, `+`, `#`".to_string(),
+            ));
+        }
+        e
+    }
+
+    fn gh(&self, g: u32) -> String {
+        format!("{}{g}", self.prefix)
+    }
+}
+
+const ACTUATOR_POINTS: [&str; 3] = ["vent", "irrigation", "shade"];
+
+impl SourceBuilder for SimConfig {
+    fn kind(&self) -> &'static str {
+        "sim"
+    }
+
+    fn devices(&self) -> Vec<DeviceInfo> {
+        (1..=self.greenhouses)
+            .map(|g| DeviceInfo {
+                device: DeviceId::from(format!("{}/actuators", self.gh(g))),
+                writable_points: ACTUATOR_POINTS.iter().map(|p| PointId::new(p)).collect(),
+            })
+            .collect()
+    }
+
+    fn build(&self, name: &str) -> Result<Box<dyn Source>, BuildError> {
+        if let Some((key, msg)) = self.validate().into_iter().next() {
+            return Err(BuildError {
+                source_name: name.to_string(),
+                message: format!("{key}: {msg}"),
+            });
+        }
+        Ok(Box::new(Greenhouse::new(self.clone(), name)))
+    }
+}
+
+/// One sensor point's identity.
+struct Point {
+    device: DeviceId,
+    point: PointId,
+    unit: Arc<str>,
+    gh: usize,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Temperature,
+    Humidity,
+    Light,
+    Moisture(usize),
+}
+
+#[derive(Default, Clone)]
+struct GhState {
+    vent: bool,
+    irrigation: bool,
+    shade: f64,
+    moisture: Vec<f64>,
+}
+
+/// The running simulator.
+pub struct Greenhouse {
+    cfg: SimConfig,
+    source: Arc<str>,
+    points: Vec<Point>,
+    state: Vec<GhState>,
+    actuator_ids: Vec<DeviceId>,
+    rng: SmallRng,
+    cursor: usize,
+    produced: u64,
+}
+
+impl std::fmt::Debug for Greenhouse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Greenhouse")
+            .field("source", &self.source)
+            .field("points", &self.points.len())
+            .field("produced", &self.produced)
+            .finish()
+    }
+}
+
+impl Greenhouse {
+    pub fn new(cfg: SimConfig, name: &str) -> Self {
+        let mut points = Vec::new();
+        let mut state = Vec::new();
+        let mut actuator_ids = Vec::new();
+        for g in 1..=cfg.greenhouses {
+            let gh = (g - 1) as usize;
+            let climate = DeviceId::from(format!("{}/climate", cfg.gh(g)));
+            for (p, unit, kind) in [
+                ("temperature", "°C", Kind::Temperature),
+                ("humidity", "%", Kind::Humidity),
+                ("light", "lx", Kind::Light),
+            ] {
+                points.push(Point {
+                    device: climate.clone(),
+                    point: PointId::new(p),
+                    unit: Arc::from(unit),
+                    gh,
+                    kind,
+                });
+            }
+            for b in 1..=cfg.beds {
+                points.push(Point {
+                    device: DeviceId::from(format!("{}/bed{b}", cfg.gh(g))),
+                    point: PointId::new("moisture"),
+                    unit: Arc::from("%"),
+                    gh,
+                    kind: Kind::Moisture((b - 1) as usize),
+                });
+            }
+            state.push(GhState {
+                moisture: vec![45.0; cfg.beds as usize],
+                ..Default::default()
+            });
+            actuator_ids.push(DeviceId::from(format!("{}/actuators", cfg.gh(g))));
+        }
+        let seed = cfg
+            .seed
+            .unwrap_or_else(|| Timestamp::now().as_nanos() as u64);
+        Greenhouse {
+            source: Arc::from(name),
+            points,
+            state,
+            actuator_ids,
+            rng: SmallRng::seed_from_u64(seed),
+            cursor: 0,
+            produced: 0,
+            cfg,
+        }
+    }
+
+    /// Sensor readings per second this configuration produces.
+    pub fn rate(&self) -> f64 {
+        self.cfg
+            .readings_per_s
+            .unwrap_or(self.points.len() as f64 * 1000.0 / self.cfg.interval_ms as f64)
+    }
+
+    fn sample(&mut self, i: usize, ts: Timestamp) -> Reading {
+        let day = self.cfg.day_length_s as f64 * 1e9;
+        let phase = (ts.as_nanos() as f64 % day) / day; // 0 = midnight
+        let sun = (2.0 * PI * (phase - 0.25)).sin(); // -1 at midnight, +1 at noon
+        let p = &self.points[i];
+        let st = &mut self.state[p.gh];
+        let noise: f64 = self.rng.random_range(-1.0..1.0);
+        let value = match p.kind {
+            Kind::Temperature => {
+                let vent = if st.vent { -3.0 } else { 0.0 };
+                let shade = -2.0 * st.shade / 100.0;
+                18.0 + 7.0 * sun + vent + shade + 0.2 * noise
+            }
+            Kind::Humidity => 70.0 - 12.0 * sun + if st.vent { -5.0 } else { 0.0 } + 0.5 * noise,
+            Kind::Light => {
+                (sun.max(0.0) * 55_000.0 * (1.0 - 0.7 * st.shade / 100.0) + 50.0 * noise).max(0.0)
+            }
+            Kind::Moisture(b) => {
+                let m = &mut st.moisture[b];
+                *m += if st.irrigation {
+                    0.5
+                } else {
+                    -0.01 - 0.01 * sun.max(0.0)
+                };
+                *m = m.clamp(5.0, 95.0);
+                *m + 0.3 * noise
+            }
+        };
+        Reading {
+            device: p.device.clone(),
+            point: p.point.clone(),
+            value: Value::F64((value * 100.0).round() / 100.0),
+            unit: Some(p.unit.clone()),
+            ts,
+            quality: Quality::Good,
+            source: self.source.clone(),
+        }
+    }
+
+    /// Up to `n` readings, round-robin over the sensor points.
+    fn produce(&mut self, n: usize) -> Vec<Reading> {
+        let ts = Timestamp::now();
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let i = self.cursor;
+            self.cursor = (self.cursor + 1) % self.points.len();
+            out.push(self.sample(i, ts));
+        }
+        self.produced += n as u64;
+        out
+    }
+
+    /// Apply a command to the simulated actuators; the new state as a reading, or why not.
+    fn apply(&mut self, cmd: &Command) -> Result<Reading, String> {
+        let gh = self
+            .actuator_ids
+            .iter()
+            .position(|d| d == &cmd.device)
+            .ok_or_else(|| format!("no simulated device `{}`", cmd.device))?;
+        let st = &mut self.state[gh];
+        let value = match (cmd.point.as_str(), &cmd.value) {
+            ("vent", Value::Bool(b)) => {
+                st.vent = *b;
+                Value::Bool(*b)
+            }
+            ("irrigation", Value::Bool(b)) => {
+                st.irrigation = *b;
+                Value::Bool(*b)
+            }
+            ("shade", v) => match v.as_f64() {
+                Some(x) if (0.0..=100.0).contains(&x) && !matches!(v, Value::Bool(_)) => {
+                    st.shade = x;
+                    Value::F64(x)
+                }
+                _ => return Err(format!("shade takes a number 0–100, got {v:?}")),
+            },
+            ("vent" | "irrigation", v) => {
+                return Err(format!("{} takes true/false, got {v:?}", cmd.point))
+            }
+            (p, _) => return Err(format!("no simulated actuator `{p}`")),
+        };
+        Ok(Reading {
+            device: cmd.device.clone(),
+            point: cmd.point.clone(),
+            unit: (cmd.point.as_str() == "shade").then(|| Arc::from("%")),
+            value,
+            ts: Timestamp::now(),
+            quality: Quality::Good,
+            source: self.source.clone(),
+        })
+    }
+}
+
+#[async_trait]
+impl Source for Greenhouse {
+    async fn run(&mut self, ctx: SourceContext) -> Result<(), SourceError> {
+        let rate = self.rate();
+        let tick = Duration::from_millis(self.cfg.tick_ms);
+        let mut timer = tokio::time::interval(tick);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let start = tokio::time::Instant::now();
+        let produced_at_start = self.produced;
+        let limit = self.cfg.total_readings.unwrap_or(u64::MAX);
+        tracing::info!(source = %self.source, points = self.points.len(), rate, "simulator started");
+        loop {
+            tokio::select! {
+                biased;
+                _ = ctx.shutdown.cancelled() => return Ok(()),
+                cmd = ctx.commands.recv() => {
+                    let Some(cmd) = cmd else { continue };
+                    match self.apply(&cmd) {
+                        Ok(r) => {
+                            let _ = cmd.reply.send(Ok(()));
+                            ctx.bus.send(vec![r]).await?;
+                        }
+                        Err(e) => { let _ = cmd.reply.send(Err(e)); }
+                    }
+                }
+                _ = timer.tick() => {
+                    let due = (start.elapsed().as_secs_f64() * rate) as u64;
+                    let mut owed = due.saturating_sub(self.produced - produced_at_start)
+                        .min(limit.saturating_sub(self.produced));
+                    while owed > 0 {
+                        let n = owed.min(self.cfg.max_batch as u64) as usize;
+                        let batch = self.produce(n);
+                        owed -= n as u64;
+                        tokio::select! {
+                            biased;
+                            _ = ctx.shutdown.cancelled() => return Ok(()),
+                            r = ctx.bus.send(batch) => r?,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_core::{bus, CancellationToken, CommandOrigin, CommandRouter, Metrics};
+
+    fn cfg(yaml: &str) -> SimConfig {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[tokio::test]
+    async fn produces_exactly_total_readings_round_robin() {
+        let c =
+            cfg("{greenhouses: 2, beds: 2, readings_per_s: 5000, total_readings: 1003, seed: 1}");
+        let m = Metrics::new();
+        let (tx, mut rx) = bus(64, &m);
+        let router = CommandRouter::new();
+        let inbox = router.register("sim", &c.devices(), 4);
+        let token = CancellationToken::new();
+        let mut src = c.build("sim").unwrap();
+        let ctx = SourceContext {
+            bus: tx.for_source("sim"),
+            shutdown: token.clone(),
+            commands: inbox,
+        };
+        let task = tokio::spawn(async move { src.run(ctx).await });
+        let mut got = Vec::new();
+        while got.len() < 1003 {
+            got.extend(rx.recv().await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(rx.try_recv().is_none(), "no readings past total_readings");
+        token.cancel();
+        task.await.unwrap().unwrap();
+        assert_eq!(got.len(), 1003);
+        // 2 greenhouses x (3 climate + 2 beds) = 10 points, round robin
+        assert_eq!(got[0].device.as_str(), "gh1/climate");
+        assert_eq!(got[0].point.as_str(), "temperature");
+        assert_eq!(got[10].point.as_str(), "temperature");
+        assert_eq!(got[4].device.as_str(), "gh1/bed2");
+        assert!(got.iter().all(|r| r.value.as_f64().unwrap().is_finite()));
+    }
+
+    #[tokio::test]
+    async fn actuator_commands_change_state_and_report() {
+        let c = cfg("{interval_ms: 100000, seed: 2}");
+        let m = Metrics::new();
+        let (tx, mut rx) = bus(64, &m);
+        let router = CommandRouter::new();
+        let inbox = router.register("sim", &c.devices(), 4);
+        let token = CancellationToken::new();
+        let mut src = c.build("sim").unwrap();
+        let ctx = SourceContext {
+            bus: tx.for_source("sim"),
+            shutdown: token.clone(),
+            commands: inbox,
+        };
+        let task = tokio::spawn(async move { src.run(ctx).await });
+        let ok = router
+            .execute(
+                "gh1/actuators".into(),
+                "vent".into(),
+                Value::Bool(true),
+                CommandOrigin::Mqtt,
+            )
+            .await;
+        assert_eq!(ok, Ok(()));
+        let r = rx.recv().await.unwrap();
+        assert_eq!(r[0].point.as_str(), "vent");
+        assert_eq!(r[0].value, Value::Bool(true));
+        let bad = router
+            .execute(
+                "gh1/actuators".into(),
+                "shade".into(),
+                Value::F64(150.0),
+                CommandOrigin::Mqtt,
+            )
+            .await;
+        assert!(bad.unwrap_err().contains("0–100"));
+        token.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn validation_names_keys() {
+        let c = cfg("{greenhouses: 0, readings_per_s: -1}");
+        let e = c.validate();
+        assert_eq!(e[0].0, "greenhouses");
+        assert_eq!(e[1].0, "readings_per_s");
+        assert!(c.build("x").is_err());
+    }
+}
