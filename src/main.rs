@@ -1,1 +1,263 @@
-fn main() {}
+//! `weir` — the edge gateway daemon and its command-line tools.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use weir_core::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weir",
+    version,
+    about = "Edge gateway: field devices → durable outbox → MQTT"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the gateway.
+    Run {
+        #[arg(
+            short,
+            long,
+            default_value = "/etc/weir/gateway.yaml",
+            env = "WEIR_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// Validate everything `run` would load; exit 1 with every error (file:line: path: message).
+    Check {
+        #[arg(
+            short,
+            long,
+            default_value = "/etc/weir/gateway.yaml",
+            env = "WEIR_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// Inspect or empty the store-and-forward outbox.
+    Buffer {
+        #[command(subcommand)]
+        cmd: BufferCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BufferCmd {
+    /// Print the outbox's rows, bytes, oldest age and drop counts as JSON (safe while running).
+    Stats {
+        #[arg(
+            short,
+            long,
+            default_value = "/etc/weir/gateway.yaml",
+            env = "WEIR_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// Publish everything in the outbox to the configured broker and exit when it is empty
+    /// (with the daemon stopped).
+    Drain {
+        #[arg(
+            short,
+            long,
+            default_value = "/etc/weir/gateway.yaml",
+            env = "WEIR_CONFIG"
+        )]
+        config: PathBuf,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Under systemd, journald adds its own timestamps.
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // `init` also installs the `log` → `tracing` bridge, so rumqttc's records show up.
+    if under_journald {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load(config: &PathBuf) -> Result<weir::Loaded, ExitCode> {
+    weir::load(config).map_err(|e| {
+        eprint!("{e}");
+        ExitCode::from(1)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    weir_mqtt::tls::install_crypto_provider();
+    match cli.cmd {
+        Cmd::Check { config } => match load(&config) {
+            Ok(l) => {
+                println!(
+                    "{}: OK ({} source{}: {})",
+                    config.display(),
+                    l.sources.len(),
+                    if l.sources.len() == 1 { "" } else { "s" },
+                    l.sources
+                        .iter()
+                        .map(|(n, b)| format!("{n} ({})", b.kind()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(c) => c,
+        },
+        Cmd::Run { config } => {
+            let loaded = match load(&config) {
+                Ok(l) => l,
+                Err(c) => return c,
+            };
+            report(runtime().and_then(|rt| rt.block_on(run(loaded))))
+        }
+        Cmd::Buffer {
+            cmd: BufferCmd::Stats { config },
+        } => {
+            let loaded = match load(&config) {
+                Ok(l) => l,
+                Err(c) => return c,
+            };
+            report(stats(&loaded.cfg))
+        }
+        Cmd::Buffer {
+            cmd: BufferCmd::Drain { config },
+        } => {
+            let loaded = match load(&config) {
+                Ok(l) => l,
+                Err(c) => return c,
+            };
+            report(runtime().and_then(|rt| rt.block_on(drain(loaded.cfg))))
+        }
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn stats(cfg: &weir_config::GatewayConfig) -> anyhow::Result<()> {
+    let path = cfg.store_path();
+    let mut o = weir_store::Outbox::open_read_only(&path)?;
+    let s = o.stats()?;
+    let now = weir_core::Timestamp::now().as_nanos();
+    let doc = serde_json::json!({
+        "path": path.display().to_string(),
+        "rows": s.rows,
+        "bytes": s.bytes,
+        "max_bytes": s.max_bytes,
+        "oldest_age_s": s.oldest_enqueued_ns.map(|t| (now - t).max(0) as f64 / 1e9),
+        "dropped_for_space_total": s.dropped_for_space_total,
+        "dropped_for_age_total": s.dropped_for_age_total,
+    });
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}
+
+async fn drain(cfg: weir_config::GatewayConfig) -> anyhow::Result<()> {
+    use std::sync::{Arc, Mutex};
+    let outbox = Arc::new(Mutex::new(weir::open_outbox(&cfg)?));
+    let before = outbox
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .stats()?;
+    let mut fc = weir_mqtt::forwarder_config(&cfg)?;
+    fc.exit_when_empty = true;
+    fc.commands = false;
+    let token = CancellationToken::new();
+    let t2 = token.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        t2.cancel();
+    });
+    let f = weir_mqtt::Forwarder::new(
+        fc,
+        outbox.clone(),
+        Arc::new(tokio::sync::Notify::new()),
+        weir_core::CommandRouter::new(),
+        weir_core::Metrics::new(),
+    );
+    f.run(token).await;
+    let after = outbox
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .stats()?;
+    println!(
+        "drained {} rows; {} left",
+        before.rows - after.rows,
+        after.rows
+    );
+    Ok(())
+}
+
+async fn run(loaded: weir::Loaded) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    tracing::warn!("SIGHUP: live reload is not implemented yet; restart the service to apply changes");
+                }
+            }
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        token.cancel();
+    });
+    // systemd watchdog: ping at half the interval for as long as the runtime is alive.
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        let t = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval / 2);
+            loop {
+                tokio::select! {
+                    _ = t.cancelled() => return,
+                    _ = tick.tick() => { let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]); }
+                }
+            }
+        });
+    }
+    weir::run(loaded, shutdown, || {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    })
+    .await
+}

@@ -24,7 +24,17 @@ pub fn substitute(
         serde_yaml::Value::String(s) => {
             if s.contains('$') {
                 match expand(s, lookup) {
-                    Ok(n) => *s = n,
+                    // `port: ${PORT}` must still be a number: a substituted value that reads as a
+                    // YAML number or boolean becomes one.
+                    Ok(n) if n != *s => {
+                        *v = match serde_yaml::from_str::<serde_yaml::Value>(&n) {
+                            Ok(x @ (serde_yaml::Value::Number(_) | serde_yaml::Value::Bool(_))) => {
+                                x
+                            }
+                            _ => serde_yaml::Value::String(n),
+                        }
+                    }
+                    Ok(_) => {}
                     Err(e) => diags.error(path, e),
                 }
             }
@@ -179,6 +189,17 @@ mod tests {
             .contains("`NOPE` is not set"));
         assert!(expand("${HOST", &env).unwrap_err().contains("unterminated"));
         assert!(expand("${a b}", &env).is_err());
+    }
+
+    #[test]
+    fn substituted_numbers_become_numbers() {
+        let mut v: serde_yaml::Value =
+            serde_yaml::from_str("{port: '${P:-1883}', id: '${P:-x}y'}").unwrap();
+        let mut d = Diagnostics::new(Path::new("f"), Default::default());
+        substitute(&mut v, "", &env, &mut d);
+        assert!(d.is_empty());
+        assert_eq!(v["port"], serde_yaml::Value::from(1883));
+        assert_eq!(v["id"], serde_yaml::Value::from("xy"));
     }
 
     #[test]

@@ -100,8 +100,6 @@ pub struct TlsSection {
     pub cert_file: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `cert_file`.
     pub key_file: Option<PathBuf>,
-    /// Name to verify in the broker's certificate; default: `mqtt.host`.
-    pub server_name: Option<String>,
 }
 
 /// `mqtt:` — the northbound connection.

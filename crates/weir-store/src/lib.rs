@@ -1,1 +1,1073 @@
-//! weir-store
+//! Durable SQLite outbox for Weir's store-and-forward stage.
+//!
+//! A reading bound northbound is committed here before it is published; the forwarder reads rows in
+//! commit (id) order with [`Outbox::read_after`] and deletes them with [`Outbox::delete`] once the broker
+//! has acknowledged them. The library is synchronous: the daemon calls it from `spawn_blocking` behind a
+//! mutex. One [`Outbox`] owns one SQLite connection.
+//!
+//! # Invariants
+//!
+//! 1. **Atomic batches.** Every mutation ([`Outbox::append`], [`Outbox::delete`],
+//!    [`Outbox::enforce_age`]) is exactly one `BEGIN IMMEDIATE … COMMIT` transaction: one WAL commit and,
+//!    with `synchronous = FULL`, one fsync. After a crash (`kill -9`, abort, power loss with FULL) the
+//!    outbox holds exactly the committed batches, never part of one.
+//! 2. **Ids are strictly increasing and never reused**, even after the table was emptied and the db
+//!    reopened: the highest id ever handed out is persisted in `meta.last_id` in the same transaction as
+//!    the rows, and ids are assigned explicitly as `last_id + 1, last_id + 2, …`. A forwarder can
+//!    therefore page with `read_after(last_seen_id, n)` without ever missing a row.
+//! 3. **Per-device sequence numbers are strictly increasing and gap-free across commits.** The
+//!    [`SeqAllocator`] handed to the `append` closure issues `last + 1, last + 2, …` per device (the first
+//!    number for a new device is 1). The new high-water marks are written to `device_seq` in the same
+//!    transaction as the rows, so they keep increasing across restarts and `kill -9`. If the transaction
+//!    fails (or the closure panics) nothing of the batch is committed and the in-memory counters are left
+//!    untouched, so the next batch reuses the same numbers and no gap appears.
+//! 4. **Bounded by bytes.** After every append, while the stored total exceeds `Limits::max_bytes`, the
+//!    oldest rows (lowest ids) are deleted in the same transaction; they are counted in
+//!    `dropped_for_space_total`. A single batch larger than the limit therefore keeps only its newest
+//!    rows. The size of a row is `len(topic) + len(payload) + ROW_OVERHEAD_BYTES` (UTF-8 bytes; see
+//!    [`ROW_OVERHEAD_BYTES`]). The limit is enforced on append only: lowering it takes effect at the next
+//!    append, opening never deletes data.
+//! 5. **Bounded by age.** [`Outbox::enforce_age`] deletes rows whose `enqueued_ns` (UTC wall clock at
+//!    append) is before `now_ns - max_age`, counted in `dropped_for_age_total`. It uses an index and costs
+//!    no write transaction when nothing is due. Because the timestamp is the wall clock, a clock that jumps
+//!    forward (e.g. an RTC-less board getting NTP time) ages rows appended before the jump accordingly.
+//! 6. **Counters are exact and durable.** `rows`, `bytes`, the two drop counters and `last_id` live in the
+//!    single `meta` row and are updated in the same transaction as the data they describe, so they are
+//!    never out of step with the table and survive restarts. Opening reads them (O(1)) instead of scanning
+//!    the table, and [`Outbox::stats`] answers from them plus two index look-ups.
+//! 7. **Never recreated.** [`Outbox::open`] creates the schema only in a brand-new (empty) database. A
+//!    file that is not SQLite, a SQLite database of another application, an outbox of a newer schema
+//!    version, or a corrupt outbox is refused with an error naming the path; such a file is not modified
+//!    (the journal mode is switched to WAL only after the file was recognised).
+//! 8. **One writer at a time, detected otherwise.** Every write transaction bumps `meta.write_gen`. Each
+//!    write transaction starts by reading the `meta` row; if the generation is not the one this handle
+//!    committed last, another writer has been at work and the cached state (counters, device sequence
+//!    numbers) is reloaded inside the transaction before anything is allocated, so ids and sequence
+//!    numbers stay strictly increasing even then.
+//! 9. **Read-only handles don't disturb the writer.** [`Outbox::open_read_only`] opens with
+//!    `SQLITE_OPEN_READONLY`; under WAL its reads neither block nor are blocked by the daemon's writes, it
+//!    never checkpoints, and every write method on it fails with [`StoreError::ReadOnly`].
+//!
+//! # Connection settings
+//!
+//! `journal_mode = WAL`, `synchronous = FULL` (or `NORMAL` when `Limits::synchronous_full` is false:
+//! then a commit survives a process crash but may be lost on power failure), `busy_timeout = 5 s`,
+//! `journal_size_limit = 64 MiB` (the WAL file is truncated back after a checkpoint instead of staying at
+//! its high-water size). All statements are prepared once and cached (`prepare_cached`).
+//!
+//! # Schema (version 1)
+//!
+//! The database header carries `PRAGMA application_id = 0x57454952` (`"WEIR"`) and
+//! `PRAGMA user_version = 1`; both are checked on open.
+//!
+//! ```sql
+//! CREATE TABLE outbox (
+//!     id          INTEGER PRIMARY KEY,  -- assigned by Outbox: meta.last_id + 1, …; never reused
+//!     topic       TEXT    NOT NULL,
+//!     payload     BLOB    NOT NULL,
+//!     qos         INTEGER NOT NULL,     -- 0..=255 as given by the caller (MQTT uses 0..=2)
+//!     retain      INTEGER NOT NULL,     -- 0 / 1
+//!     enqueued_ns INTEGER NOT NULL      -- UTC wall clock at append, ns since the Unix epoch
+//! );
+//! CREATE INDEX outbox_enqueued ON outbox (enqueued_ns);      -- age bound and oldest_enqueued_ns
+//! CREATE TABLE device_seq (
+//!     device   TEXT PRIMARY KEY,
+//!     last_seq INTEGER NOT NULL         -- last sequence number handed out and committed
+//! ) WITHOUT ROWID;
+//! CREATE TABLE meta (                   -- exactly one row, singleton = 0
+//!     singleton               INTEGER PRIMARY KEY CHECK (singleton = 0),
+//!     write_gen               INTEGER NOT NULL,  -- +1 per write transaction
+//!     last_id                 INTEGER NOT NULL,  -- highest outbox id ever assigned
+//!     rows                    INTEGER NOT NULL,  -- = count(*) of outbox
+//!     bytes                   INTEGER NOT NULL,  -- = sum of row sizes (see ROW_OVERHEAD_BYTES)
+//!     dropped_for_space_total INTEGER NOT NULL,
+//!     dropped_for_age_total   INTEGER NOT NULL,
+//!     max_bytes               INTEGER NOT NULL   -- byte bound of the last writer, for read-only stats
+//! );
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{
+    params, Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
+};
+
+/// Fixed per-row overhead, in bytes, added to `len(topic) + len(payload)` when sizing a row for the byte
+/// bound. It approximates SQLite's record header, the id, qos/retain/timestamp columns, the cell pointer
+/// and the `enqueued_ns` index entry, so `max_bytes` roughly tracks the file's real growth.
+pub const ROW_OVERHEAD_BYTES: u64 = 32;
+
+/// `PRAGMA application_id` of a Weir outbox: the ASCII bytes `"WEIR"`.
+pub const APPLICATION_ID: i32 = 0x5745_4952;
+
+/// `PRAGMA user_version` of the schema this build reads and writes.
+pub const SCHEMA_VERSION: i32 = 1;
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+const STATEMENT_CACHE_CAPACITY: usize = 32;
+
+const SCHEMA_SQL: &str = "
+CREATE TABLE outbox (
+    id          INTEGER PRIMARY KEY,
+    topic       TEXT    NOT NULL,
+    payload     BLOB    NOT NULL,
+    qos         INTEGER NOT NULL,
+    retain      INTEGER NOT NULL,
+    enqueued_ns INTEGER NOT NULL
+);
+CREATE INDEX outbox_enqueued ON outbox (enqueued_ns);
+CREATE TABLE device_seq (
+    device   TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE meta (
+    singleton               INTEGER PRIMARY KEY CHECK (singleton = 0),
+    write_gen               INTEGER NOT NULL,
+    last_id                 INTEGER NOT NULL,
+    rows                    INTEGER NOT NULL,
+    bytes                   INTEGER NOT NULL,
+    dropped_for_space_total INTEGER NOT NULL,
+    dropped_for_age_total   INTEGER NOT NULL,
+    max_bytes               INTEGER NOT NULL
+);
+INSERT INTO meta VALUES (0, 0, 0, 0, 0, 0, 0, 0);
+";
+
+const SQL_INSERT: &str = "INSERT INTO outbox (id, topic, payload, qos, retain, enqueued_ns) \
+                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+const SQL_UPSERT_SEQ: &str = "INSERT INTO device_seq (device, last_seq) VALUES (?1, ?2) \
+                              ON CONFLICT (device) DO UPDATE SET last_seq = excluded.last_seq";
+const SQL_SELECT_SEQS: &str = "SELECT device, last_seq FROM device_seq";
+const SQL_SELECT_META: &str = "SELECT write_gen, last_id, rows, bytes, dropped_for_space_total, \
+                               dropped_for_age_total, max_bytes FROM meta WHERE singleton = 0";
+const SQL_UPDATE_META: &str = "UPDATE meta SET write_gen = ?1, last_id = ?2, rows = ?3, bytes = ?4, \
+                               dropped_for_space_total = ?5, dropped_for_age_total = ?6, max_bytes = ?7 \
+                               WHERE singleton = 0";
+const SQL_MAX_ID: &str = "SELECT max(id) FROM outbox";
+const SQL_OLDEST_FIRST: &str =
+    "SELECT id, octet_length(topic) + length(payload) FROM outbox ORDER BY id";
+const SQL_DELETE_UP_TO: &str = "DELETE FROM outbox WHERE id <= ?1";
+const SQL_DELETE_ID: &str =
+    "DELETE FROM outbox WHERE id = ?1 RETURNING octet_length(topic) + length(payload)";
+const SQL_MIN_ENQUEUED: &str = "SELECT min(enqueued_ns) FROM outbox";
+const SQL_DELETE_OLDER: &str =
+    "DELETE FROM outbox WHERE enqueued_ns < ?1 RETURNING octet_length(topic) + length(payload)";
+const SQL_READ_AFTER: &str = "SELECT id, topic, payload, qos, retain, enqueued_ns FROM outbox \
+                              WHERE id > ?1 ORDER BY id LIMIT ?2";
+const SQL_STATS: &str = "SELECT rows, bytes, (SELECT min(enqueued_ns) FROM outbox), \
+                         (SELECT max(id) FROM outbox), dropped_for_space_total, dropped_for_age_total, \
+                         max_bytes FROM meta WHERE singleton = 0";
+
+/// Bounds and durability of an outbox opened for writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Byte bound (row sizes as described at [`ROW_OVERHEAD_BYTES`]); oldest rows go first.
+    pub max_bytes: u64,
+    /// Rows older than this are dropped by [`Outbox::enforce_age`].
+    pub max_age: Duration,
+    /// `synchronous = FULL` (fsync per commit) when true, `NORMAL` otherwise.
+    pub synchronous_full: bool,
+}
+
+/// A message to append; built by the closure given to [`Outbox::append`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: u8,
+    pub retain: bool,
+}
+
+/// A committed message as read back by [`Outbox::read_after`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: i64,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: u8,
+    pub retain: bool,
+    /// UTC wall clock at append, nanoseconds since the Unix epoch.
+    pub enqueued_ns: i64,
+}
+
+/// What one [`Outbox::append`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendReport {
+    /// Rows inserted (some of them may already have been dropped again for space).
+    pub appended: usize,
+    /// Id of the first inserted row. When `appended == 0`, `first_id == last_id + 1` (an empty range).
+    pub first_id: i64,
+    /// Id of the last inserted row (the outbox's highest id so far when `appended == 0`).
+    pub last_id: i64,
+    /// Rows (oldest first, possibly including rows of this batch) deleted to respect `max_bytes`.
+    pub dropped_for_space: u64,
+}
+
+/// A snapshot of the outbox for metrics and `weir buffer stats`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxStats {
+    /// Rows currently stored.
+    pub rows: u64,
+    /// Sum of row sizes (see [`ROW_OVERHEAD_BYTES`]).
+    pub bytes: u64,
+    /// Smallest `enqueued_ns` stored, `None` when empty.
+    pub oldest_enqueued_ns: Option<i64>,
+    /// Highest id stored, `None` when empty.
+    pub newest_id: Option<i64>,
+    /// Rows dropped to respect the byte bound since the outbox was created.
+    pub dropped_for_space_total: u64,
+    /// Rows dropped for age since the outbox was created.
+    pub dropped_for_age_total: u64,
+    /// Byte bound of the (last) writer.
+    pub max_bytes: u64,
+}
+
+/// Errors of the outbox; each names the database file and, where it applies, the operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite failed while doing `op`.
+    #[error("outbox {}: {op}: {cause}", .path.display())]
+    Sqlite {
+        path: PathBuf,
+        op: &'static str,
+        cause: rusqlite::Error,
+    },
+    /// SQLite reported the database image as malformed while doing `op`.
+    #[error("outbox {}: {op}: the database is corrupt: {cause}", .path.display())]
+    Corrupt {
+        path: PathBuf,
+        op: &'static str,
+        cause: rusqlite::Error,
+    },
+    /// The file is not a Weir outbox (not SQLite at all, or another application's database).
+    #[error("{} is not a Weir outbox: {reason}", .path.display())]
+    NotAnOutbox { path: PathBuf, reason: String },
+    /// The file is a Weir outbox of a schema version this build does not understand.
+    #[error("outbox {} has schema version {found}; this build understands version {supported}", .path.display())]
+    UnsupportedSchema {
+        path: PathBuf,
+        found: i32,
+        supported: i32,
+    },
+    /// The file could not be accessed at all.
+    #[error("outbox {}: {op}: {cause}", .path.display())]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        cause: std::io::Error,
+    },
+    /// A write was attempted through a handle from [`Outbox::open_read_only`].
+    #[error("outbox {}: {op} is not possible on a read-only handle", .path.display())]
+    ReadOnly { path: PathBuf, op: &'static str },
+    /// A stored value is out of range (a negative counter, a sequence number past `i64::MAX`, …).
+    #[error("outbox {}: {op}: {what}", .path.display())]
+    OutOfRange {
+        path: PathBuf,
+        op: &'static str,
+        what: String,
+    },
+}
+
+impl StoreError {
+    /// The database file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            StoreError::Sqlite { path, .. }
+            | StoreError::Corrupt { path, .. }
+            | StoreError::NotAnOutbox { path, .. }
+            | StoreError::UnsupportedSchema { path, .. }
+            | StoreError::Io { path, .. }
+            | StoreError::ReadOnly { path, .. }
+            | StoreError::OutOfRange { path, .. } => path,
+        }
+    }
+}
+
+/// Maps a rusqlite error to a [`StoreError`] with context, classifying "not a database" and corruption.
+fn sql_err<'a>(path: &'a Path, op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError + 'a {
+    move |cause| match cause.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => StoreError::NotAnOutbox {
+            path: path.to_path_buf(),
+            reason: format!("{op}: {cause}"),
+        },
+        Some(ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            op,
+            cause,
+        },
+        _ => StoreError::Sqlite {
+            path: path.to_path_buf(),
+            op,
+            cause,
+        },
+    }
+}
+
+fn out_of_range(path: &Path, op: &'static str, what: String) -> StoreError {
+    StoreError::OutOfRange {
+        path: path.to_path_buf(),
+        op,
+        what,
+    }
+}
+
+/// Hands out per-device sequence numbers inside one [`Outbox::append`].
+///
+/// Numbers are strictly increasing per device across batches and restarts; the first number of a device
+/// never seen before is 1. Numbers issued in a batch become durable only if the batch commits.
+pub struct SeqAllocator<'a> {
+    committed: &'a HashMap<String, u64>,
+    pending: &'a mut HashMap<String, u64>,
+}
+
+impl SeqAllocator<'_> {
+    /// The next sequence number of `device`.
+    pub fn next(&mut self, device: &str) -> u64 {
+        if let Some(last) = self.pending.get_mut(device) {
+            *last = last.saturating_add(1);
+            return *last;
+        }
+        let next = self
+            .committed
+            .get(device)
+            .copied()
+            .unwrap_or(0)
+            .saturating_add(1);
+        self.pending.insert(device.to_owned(), next);
+        next
+    }
+}
+
+impl fmt::Debug for SeqAllocator<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SeqAllocator")
+            .field("devices_known", &self.committed.len())
+            .field("pending", &self.pending)
+            .finish()
+    }
+}
+
+/// The `meta` row, cached in memory by a writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Meta {
+    write_gen: i64,
+    last_id: i64,
+    rows: u64,
+    bytes: u64,
+    dropped_for_space_total: u64,
+    dropped_for_age_total: u64,
+    max_bytes: u64,
+}
+
+fn to_u64(path: &Path, op: &'static str, name: &str, v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| out_of_range(path, op, format!("{name} is negative ({v})")))
+}
+
+fn to_i64(path: &Path, op: &'static str, name: &str, v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| out_of_range(path, op, format!("{name} {v} exceeds i64::MAX")))
+}
+
+fn read_meta(conn: &Connection, path: &Path, op: &'static str) -> Result<Meta, StoreError> {
+    let raw: [i64; 7] = conn
+        .prepare_cached(SQL_SELECT_META)
+        .and_then(|mut s| {
+            s.query_row([], |r| {
+                Ok([
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ])
+            })
+        })
+        .map_err(sql_err(path, op))?;
+    Ok(Meta {
+        write_gen: raw[0],
+        last_id: raw[1],
+        rows: to_u64(path, op, "meta.rows", raw[2])?,
+        bytes: to_u64(path, op, "meta.bytes", raw[3])?,
+        dropped_for_space_total: to_u64(path, op, "meta.dropped_for_space_total", raw[4])?,
+        dropped_for_age_total: to_u64(path, op, "meta.dropped_for_age_total", raw[5])?,
+        max_bytes: to_u64(path, op, "meta.max_bytes", raw[6])?,
+    })
+}
+
+fn write_meta(
+    conn: &Connection,
+    path: &Path,
+    op: &'static str,
+    m: &Meta,
+) -> Result<(), StoreError> {
+    let values = [
+        m.write_gen,
+        m.last_id,
+        to_i64(path, op, "rows", m.rows)?,
+        to_i64(path, op, "bytes", m.bytes)?,
+        to_i64(
+            path,
+            op,
+            "dropped_for_space_total",
+            m.dropped_for_space_total,
+        )?,
+        to_i64(path, op, "dropped_for_age_total", m.dropped_for_age_total)?,
+        // `u64::MAX` means "unbounded"; store it clamped.
+        i64::try_from(m.max_bytes).unwrap_or(i64::MAX),
+    ];
+    let changed = conn
+        .prepare_cached(SQL_UPDATE_META)
+        .and_then(|mut s| s.execute(values))
+        .map_err(sql_err(path, op))?;
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::NotAnOutbox {
+            path: path.to_path_buf(),
+            reason: format!("{op}: the meta row is missing"),
+        })
+    }
+}
+
+fn load_seqs(
+    conn: &Connection,
+    path: &Path,
+    op: &'static str,
+) -> Result<HashMap<String, u64>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(SQL_SELECT_SEQS)
+        .map_err(sql_err(path, op))?;
+    let mut rows = stmt.query([]).map_err(sql_err(path, op))?;
+    let mut seqs = HashMap::new();
+    while let Some(row) = rows.next().map_err(sql_err(path, op))? {
+        let device: String = row.get(0).map_err(sql_err(path, op))?;
+        let last: i64 = row.get(1).map_err(sql_err(path, op))?;
+        let last = to_u64(path, op, "device_seq.last_seq", last)?;
+        seqs.insert(device, last);
+    }
+    Ok(seqs)
+}
+
+fn max_id(conn: &Connection, path: &Path, op: &'static str) -> Result<Option<i64>, StoreError> {
+    conn.prepare_cached(SQL_MAX_ID)
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(sql_err(path, op))
+}
+
+/// Reads the header fields that identify a Weir outbox.
+fn identify(
+    conn: &Connection,
+    path: &Path,
+    op: &'static str,
+) -> Result<(i32, i32, i64), StoreError> {
+    let err = sql_err(path, op);
+    let app_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(&err)?;
+    let version: i32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(&err)?;
+    let objects: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .map_err(&err)?;
+    Ok((app_id, version, objects))
+}
+
+/// What the header says about a file.
+enum Kind {
+    /// A brand-new, empty database: the schema may be created.
+    Empty,
+    /// A Weir outbox of our schema version.
+    Ours,
+}
+
+fn classify(path: &Path, (app_id, version, objects): (i32, i32, i64)) -> Result<Kind, StoreError> {
+    match app_id {
+        0 if version == 0 && objects == 0 => Ok(Kind::Empty),
+        0 => Err(StoreError::NotAnOutbox {
+            path: path.to_path_buf(),
+            reason: format!(
+                "SQLite database without the Weir application_id ({objects} schema objects, \
+                 user_version {version})"
+            ),
+        }),
+        APPLICATION_ID if version == SCHEMA_VERSION => Ok(Kind::Ours),
+        APPLICATION_ID => Err(StoreError::UnsupportedSchema {
+            path: path.to_path_buf(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        }),
+        other => Err(StoreError::NotAnOutbox {
+            path: path.to_path_buf(),
+            reason: format!(
+                "SQLite database with application_id {other:#010x}, expected {APPLICATION_ID:#010x}"
+            ),
+        }),
+    }
+}
+
+fn wall_clock_ns() -> i64 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    }
+}
+
+fn row_size(topic_len: usize, payload_len: usize) -> u64 {
+    // usize -> u64 is lossless on every target Rust supports.
+    topic_len as u64 + payload_len as u64 + ROW_OVERHEAD_BYTES
+}
+
+/// The durable outbox. See the [crate documentation](crate) for invariants and schema.
+pub struct Outbox {
+    conn: Connection,
+    path: PathBuf,
+    /// `None` for a read-only handle.
+    limits: Option<Limits>,
+    /// The `meta` row as this handle last committed (or loaded) it.
+    meta: Meta,
+    /// Last committed sequence number per device.
+    seqs: HashMap<String, u64>,
+    /// Sequence numbers issued in the batch being built; reused allocation.
+    pending: HashMap<String, u64>,
+}
+
+impl fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox")
+            .field("path", &self.path)
+            .field("read_only", &self.limits.is_none())
+            .field("limits", &self.limits)
+            .field("meta", &self.meta)
+            .field("devices", &self.seqs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    /// Opens or creates the db (creating parent dirs is NOT its job). WAL, synchronous FULL (or NORMAL
+    /// when `!synchronous_full`), busy_timeout 5 s. Never deletes/recreates an existing db; a file that is
+    /// not a Weir outbox (or a corrupt one) is an error naming the path.
+    pub fn open(path: &Path, limits: Limits) -> Result<Outbox, StoreError> {
+        const OP: &str = "open";
+        let err = sql_err(path, OP);
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(path, flags).map_err(&err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+
+        // Recognise the file before changing anything in it (switching to WAL rewrites the header).
+        classify(path, identify(&conn, path, OP)?)?;
+
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(&err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::NotAnOutbox {
+                path: path.to_path_buf(),
+                reason: format!("cannot switch to WAL journal mode (got {mode:?})"),
+            });
+        }
+        let sync = if limits.synchronous_full {
+            "FULL"
+        } else {
+            "NORMAL"
+        };
+        conn.pragma_update(None, "synchronous", sync)
+            .map_err(&err)?;
+        let _: i64 = conn
+            .pragma_update_and_check(None, "journal_size_limit", JOURNAL_SIZE_LIMIT, |r| r.get(0))
+            .map_err(&err)?;
+
+        // Classify again under the write lock: another process may have created the schema meanwhile.
+        let tx = Transaction::new(&mut conn, TransactionBehavior::Immediate).map_err(&err)?;
+        if let Kind::Empty = classify(path, identify(&tx, path, OP)?)? {
+            tx.execute_batch(SCHEMA_SQL).map_err(&err)?;
+            tx.pragma_update(None, "application_id", APPLICATION_ID)
+                .map_err(&err)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(&err)?;
+            tracing::info!(path = %path.display(), "created outbox");
+        }
+        let mut meta = read_meta(&tx, path, OP)?;
+        // Defensive: never hand out an id that is already present, whatever `last_id` says.
+        if let Some(max) = max_id(&tx, path, OP)? {
+            meta.last_id = meta.last_id.max(max);
+        }
+        let seqs = load_seqs(&tx, path, OP)?;
+        let stored = Meta {
+            max_bytes: limits.max_bytes.min(i64::MAX as u64),
+            ..meta
+        };
+        if stored != meta {
+            meta = Meta {
+                write_gen: meta.write_gen.wrapping_add(1),
+                ..stored
+            };
+            write_meta(&tx, path, OP, &meta)?;
+        }
+        tx.commit().map_err(&err)?;
+        tracing::debug!(path = %path.display(), rows = meta.rows, bytes = meta.bytes, "opened outbox");
+        Ok(Outbox {
+            conn,
+            path: path.to_path_buf(),
+            limits: Some(limits),
+            meta,
+            seqs,
+            pending: HashMap::new(),
+        })
+    }
+
+    /// Read-only open for `weir buffer stats` while the daemon runs (must not block or alter the running
+    /// daemon's db).
+    pub fn open_read_only(path: &Path) -> Result<Outbox, StoreError> {
+        const OP: &str = "open_read_only";
+        let err = sql_err(path, OP);
+        // A clear "no such file" instead of SQLite's generic "unable to open database file".
+        std::fs::metadata(path).map_err(|cause| StoreError::Io {
+            path: path.to_path_buf(),
+            op: OP,
+            cause,
+        })?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(&err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+        match classify(path, identify(&conn, path, OP)?)? {
+            Kind::Ours => {}
+            Kind::Empty => {
+                return Err(StoreError::NotAnOutbox {
+                    path: path.to_path_buf(),
+                    reason: "empty database (never opened by a Weir writer)".to_owned(),
+                })
+            }
+        }
+        let meta = read_meta(&conn, path, OP)?;
+        Ok(Outbox {
+            conn,
+            path: path.to_path_buf(),
+            limits: None,
+            meta,
+            seqs: HashMap::new(),
+            pending: HashMap::new(),
+        })
+    }
+
+    fn limits(&self, op: &'static str) -> Result<Limits, StoreError> {
+        self.limits.ok_or_else(|| StoreError::ReadOnly {
+            path: self.path.clone(),
+            op,
+        })
+    }
+
+    /// ONE transaction: `build` gets a [`SeqAllocator`] handing out per-device sequence numbers, returns
+    /// the messages; they are inserted in order; then the byte bound is enforced (oldest rows deleted first
+    /// until total <= max_bytes, counted in `dropped_for_space_total`); commit (one fsync).
+    ///
+    /// `build` runs inside the write transaction. If anything fails (or `build` panics) nothing of the
+    /// batch is stored and no sequence number is consumed. An empty batch that issued no sequence numbers
+    /// costs no transaction.
+    pub fn append<F: FnOnce(&mut SeqAllocator<'_>) -> Vec<NewMessage>>(
+        &mut self,
+        build: F,
+    ) -> Result<AppendReport, StoreError> {
+        const OP: &str = "append";
+        let limits = self.limits(OP)?;
+        let Outbox {
+            conn,
+            path,
+            meta,
+            seqs,
+            pending,
+            ..
+        } = self;
+        let path: &Path = path;
+        let err = sql_err(path, OP);
+
+        let tx = Transaction::new(conn, TransactionBehavior::Immediate).map_err(&err)?;
+        let mut m = begin_write(&tx, path, OP, meta, seqs)?;
+
+        pending.clear();
+        let messages = build(&mut SeqAllocator {
+            committed: seqs,
+            pending,
+        });
+        if messages.is_empty() && pending.is_empty() {
+            // Nothing to persist: dropping `tx` ends the (read-only so far) transaction.
+            return Ok(AppendReport {
+                appended: 0,
+                first_id: m.last_id + 1,
+                last_id: m.last_id,
+                dropped_for_space: 0,
+            });
+        }
+
+        let enqueued_ns = wall_clock_ns();
+        let first_id = m.last_id + 1;
+        {
+            let mut insert = tx.prepare_cached(SQL_INSERT).map_err(&err)?;
+            for msg in &messages {
+                let id = m.last_id + 1;
+                insert
+                    .execute(params![
+                        id,
+                        msg.topic,
+                        msg.payload,
+                        msg.qos,
+                        msg.retain,
+                        enqueued_ns
+                    ])
+                    .map_err(&err)?;
+                m.last_id = id;
+                m.rows += 1;
+                m.bytes += row_size(msg.topic.len(), msg.payload.len());
+            }
+        }
+        {
+            let mut upsert = tx.prepare_cached(SQL_UPSERT_SEQ).map_err(&err)?;
+            for (device, last) in pending.iter() {
+                let last = to_i64(path, OP, "sequence number", *last)?;
+                upsert.execute(params![device, last]).map_err(&err)?;
+            }
+        }
+
+        let dropped_for_space = if m.bytes > limits.max_bytes {
+            let excess = m.bytes - limits.max_bytes;
+            drop_oldest(&tx, path, &mut m, excess)?
+        } else {
+            0
+        };
+        m.dropped_for_space_total += dropped_for_space;
+        m.max_bytes = limits.max_bytes;
+        m.write_gen = m.write_gen.wrapping_add(1);
+        write_meta(&tx, path, OP, &m)?;
+        tx.commit().map_err(&err)?;
+
+        *meta = m;
+        for (device, last) in pending.drain() {
+            seqs.insert(device, last);
+        }
+        if dropped_for_space > 0 {
+            tracing::debug!(path = %path.display(), dropped_for_space, "outbox full: dropped oldest rows");
+        }
+        Ok(AppendReport {
+            appended: messages.len(),
+            first_id,
+            last_id: m.last_id,
+            dropped_for_space,
+        })
+    }
+
+    /// Rows with id > after_id in id order, at most `limit`.
+    pub fn read_after(
+        &mut self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        const OP: &str = "read_after";
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let err = sql_err(&self.path, OP);
+        let mut stmt = self.conn.prepare_cached(SQL_READ_AFTER).map_err(&err)?;
+        let sql_limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows = stmt.query(params![after_id, sql_limit]).map_err(&err)?;
+        let mut out = Vec::with_capacity(limit.min(4096));
+        while let Some(row) = rows.next().map_err(&err)? {
+            out.push(StoredMessage {
+                id: row.get(0).map_err(&err)?,
+                topic: row.get(1).map_err(&err)?,
+                payload: row.get(2).map_err(&err)?,
+                qos: row.get(3).map_err(&err)?,
+                retain: row.get(4).map_err(&err)?,
+                enqueued_ns: row.get(5).map_err(&err)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Delete these ids (acked) in one transaction; unknown ids (already dropped) are ignored.
+    pub fn delete(&mut self, ids: &[i64]) -> Result<(), StoreError> {
+        const OP: &str = "delete";
+        let limits = self.limits(OP)?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.write(OP, limits, |tx, path, m| {
+            let err = sql_err(path, OP);
+            let mut stmt = tx.prepare_cached(SQL_DELETE_ID).map_err(&err)?;
+            for id in ids {
+                let size: Option<i64> = stmt
+                    .query_row([id], |r| r.get(0))
+                    .optional()
+                    .map_err(&err)?;
+                if let Some(size) = size {
+                    release(
+                        path,
+                        m,
+                        1,
+                        to_u64(path, OP, "row size", size)? + ROW_OVERHEAD_BYTES,
+                    );
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Drop rows enqueued before `now_ns - max_age`; counted in `dropped_for_age_total` (persisted).
+    /// Returns how many. Costs no write transaction when no row is due.
+    pub fn enforce_age(&mut self, now_ns: i64) -> Result<u64, StoreError> {
+        const OP: &str = "enforce_age";
+        let limits = self.limits(OP)?;
+        let max_age_ns = i64::try_from(limits.max_age.as_nanos()).unwrap_or(i64::MAX);
+        let cutoff = now_ns.saturating_sub(max_age_ns);
+        let oldest: Option<i64> = self
+            .conn
+            .prepare_cached(SQL_MIN_ENQUEUED)
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(sql_err(&self.path, OP))?;
+        if oldest.is_none_or(|oldest| oldest >= cutoff) {
+            return Ok(0);
+        }
+        let mut dropped = 0;
+        self.write(OP, limits, |tx, path, m| {
+            let err = sql_err(path, OP);
+            let mut stmt = tx.prepare_cached(SQL_DELETE_OLDER).map_err(&err)?;
+            let mut rows = stmt.query([cutoff]).map_err(&err)?;
+            let (mut n, mut bytes) = (0u64, 0u64);
+            while let Some(row) = rows.next().map_err(&err)? {
+                let size: i64 = row.get(0).map_err(&err)?;
+                n += 1;
+                bytes += to_u64(path, OP, "row size", size)? + ROW_OVERHEAD_BYTES;
+            }
+            release(path, m, n, bytes);
+            m.dropped_for_age_total += n;
+            dropped = n;
+            Ok(())
+        })?;
+        if dropped > 0 {
+            tracing::debug!(path = %self.path.display(), dropped, "dropped rows past max_age");
+        }
+        Ok(dropped)
+    }
+
+    /// Counters and bounds, read from the database (so a read-only handle sees the daemon's commits).
+    pub fn stats(&mut self) -> Result<OutboxStats, StoreError> {
+        const OP: &str = "stats";
+        let path = &self.path;
+        let raw: (i64, i64, Option<i64>, Option<i64>, i64, i64, i64) = self
+            .conn
+            .prepare_cached(SQL_STATS)
+            .and_then(|mut s| {
+                s.query_row([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                })
+            })
+            .map_err(sql_err(path, OP))?;
+        Ok(OutboxStats {
+            rows: to_u64(path, OP, "meta.rows", raw.0)?,
+            bytes: to_u64(path, OP, "meta.bytes", raw.1)?,
+            oldest_enqueued_ns: raw.2,
+            newest_id: raw.3,
+            dropped_for_space_total: to_u64(path, OP, "meta.dropped_for_space_total", raw.4)?,
+            dropped_for_age_total: to_u64(path, OP, "meta.dropped_for_age_total", raw.5)?,
+            max_bytes: to_u64(path, OP, "meta.max_bytes", raw.6)?,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `work` in one write transaction with the up-to-date `meta` row, then persists the row.
+    fn write(
+        &mut self,
+        op: &'static str,
+        limits: Limits,
+        work: impl FnOnce(&Transaction<'_>, &Path, &mut Meta) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let Outbox {
+            conn,
+            path,
+            meta,
+            seqs,
+            ..
+        } = self;
+        let path: &Path = path;
+        let err = sql_err(path, op);
+        let tx = Transaction::new(conn, TransactionBehavior::Immediate).map_err(&err)?;
+        let mut m = begin_write(&tx, path, op, meta, seqs)?;
+        work(&tx, path, &mut m)?;
+        m.max_bytes = limits.max_bytes;
+        m.write_gen = m.write_gen.wrapping_add(1);
+        write_meta(&tx, path, op, &m)?;
+        tx.commit().map_err(&err)?;
+        *meta = m;
+        Ok(())
+    }
+}
+
+/// Subtracts deleted rows from the counters. They cannot go below zero unless the database was edited
+/// behind Weir's back; then they are clamped (and reported) rather than blocking deletes forever.
+fn release(path: &Path, m: &mut Meta, rows: u64, bytes: u64) {
+    if m.rows < rows || m.bytes < bytes {
+        tracing::warn!(
+            path = %path.display(),
+            meta_rows = m.rows, meta_bytes = m.bytes, rows, bytes,
+            "outbox counters below what was deleted; clamping to zero"
+        );
+    }
+    m.rows = m.rows.saturating_sub(rows);
+    m.bytes = m.bytes.saturating_sub(bytes);
+}
+
+/// Starts a write: reads the `meta` row inside `tx` and, if another handle committed since this one
+/// last did, reloads the cached state. Returns the row to build the new one from.
+fn begin_write(
+    tx: &Transaction<'_>,
+    path: &Path,
+    op: &'static str,
+    meta: &mut Meta,
+    seqs: &mut HashMap<String, u64>,
+) -> Result<Meta, StoreError> {
+    let mut m = read_meta(tx, path, op)?;
+    if m.write_gen != meta.write_gen {
+        tracing::warn!(path = %path.display(), op, "outbox was written by another handle; reloading state");
+        *seqs = load_seqs(tx, path, op)?;
+        if let Some(max) = max_id(tx, path, op)? {
+            m.last_id = m.last_id.max(max);
+        }
+        *meta = m;
+    }
+    Ok(*meta)
+}
+
+/// Deletes the oldest rows until at least `excess` bytes are freed; returns how many rows went.
+fn drop_oldest(
+    tx: &Transaction<'_>,
+    path: &Path,
+    m: &mut Meta,
+    excess: u64,
+) -> Result<u64, StoreError> {
+    const OP: &str = "append: enforce max_bytes";
+    let err = sql_err(path, OP);
+    let (mut n, mut freed, mut cutoff, mut exhausted) = (0u64, 0u64, None, false);
+    {
+        let mut stmt = tx.prepare_cached(SQL_OLDEST_FIRST).map_err(&err)?;
+        let mut rows = stmt.query([]).map_err(&err)?;
+        while freed < excess {
+            let Some(row) = rows.next().map_err(&err)? else {
+                exhausted = true;
+                break;
+            };
+            let id: i64 = row.get(0).map_err(&err)?;
+            let size: i64 = row.get(1).map_err(&err)?;
+            n += 1;
+            freed += to_u64(path, OP, "row size", size)? + ROW_OVERHEAD_BYTES;
+            cutoff = Some(id);
+        }
+    }
+    if let Some(cutoff) = cutoff {
+        tx.prepare_cached(SQL_DELETE_UP_TO)
+            .and_then(|mut s| s.execute([cutoff]))
+            .map_err(&err)?;
+    }
+    release(path, m, n, freed);
+    if exhausted {
+        // Only reachable if the counters had drifted: the table is empty now, so they are exactly zero.
+        tracing::warn!(path = %path.display(), "outbox byte counter was above the table's contents; reset");
+        m.rows = 0;
+        m.bytes = 0;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_bytes: u64::MAX,
+            max_age: Duration::from_secs(3600),
+            synchronous_full: false,
+        }
+    }
+
+    #[test]
+    fn row_size_counts_utf8_bytes_like_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(&dir.path().join("o.db"), limits()).unwrap();
+        let topic = "gh1/température/\u{0}/東京";
+        ob.append(|_| {
+            vec![NewMessage {
+                topic: topic.to_owned(),
+                payload: vec![0, 1, 2, 0, 255],
+                qos: 1,
+                retain: false,
+            }]
+        })
+        .unwrap();
+        let sql: i64 = ob
+            .conn
+            .query_row(
+                "SELECT octet_length(topic) + length(payload) FROM outbox",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(sql as u64 + ROW_OVERHEAD_BYTES, row_size(topic.len(), 5));
+        let back = ob.read_after(0, 10).unwrap();
+        assert_eq!(back[0].topic, topic);
+    }
+
+    #[test]
+    fn meta_counters_match_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(&dir.path().join("o.db"), limits()).unwrap();
+        for i in 0..5 {
+            ob.append(|seq| {
+                (0..10)
+                    .map(|j| NewMessage {
+                        topic: format!("t/{}", seq.next("d")),
+                        payload: vec![b'x'; i * 10 + j],
+                        qos: 1,
+                        retain: false,
+                    })
+                    .collect()
+            })
+            .unwrap();
+        }
+        ob.delete(&[3, 4, 5, 999]).unwrap();
+        let (rows, bytes): (i64, i64) = ob
+            .conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(octet_length(topic) + length(payload)), 0) FROM outbox",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let stats = ob.stats().unwrap();
+        assert_eq!(stats.rows, rows as u64);
+        assert_eq!(stats.bytes, bytes as u64 + rows as u64 * ROW_OVERHEAD_BYTES);
+        assert_eq!(ob.meta.rows, stats.rows);
+        assert_eq!(ob.meta.bytes, stats.bytes);
+    }
+}

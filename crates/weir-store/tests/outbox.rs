@@ -1,0 +1,908 @@
+//! Behaviour of the outbox through its public API, on real SQLite files in temporary directories.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use weir_store::{
+    Limits, NewMessage, Outbox, OutboxStats, StoreError, StoredMessage, APPLICATION_ID,
+    ROW_OVERHEAD_BYTES, SCHEMA_VERSION,
+};
+
+fn limits() -> Limits {
+    Limits {
+        max_bytes: 1 << 30,
+        max_age: Duration::from_secs(24 * 3600),
+        synchronous_full: true,
+    }
+}
+
+fn msg(topic: &str, payload: &[u8]) -> NewMessage {
+    NewMessage {
+        topic: topic.to_owned(),
+        payload: payload.to_vec(),
+        qos: 1,
+        retain: false,
+    }
+}
+
+fn size(topic: &str, payload: &[u8]) -> u64 {
+    (topic.len() + payload.len()) as u64 + ROW_OVERHEAD_BYTES
+}
+
+fn db(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("outbox.db")
+}
+
+fn all(ob: &mut Outbox) -> Vec<StoredMessage> {
+    ob.read_after(i64::MIN, usize::MAX).unwrap()
+}
+
+/// Appends `n` messages for `device`, each carrying its sequence number in topic and payload.
+fn append_seq(ob: &mut Outbox, device: &str, n: usize) -> weir_store::AppendReport {
+    ob.append(|seq| {
+        (0..n)
+            .map(|_| {
+                let s = seq.next(device);
+                msg(&format!("{device}/{s}"), s.to_string().as_bytes())
+            })
+            .collect()
+    })
+    .unwrap()
+}
+
+fn seqs_of(rows: &[StoredMessage], device: &str) -> Vec<u64> {
+    rows.iter()
+        .filter_map(|r| r.topic.strip_prefix(&format!("{device}/")))
+        .map(|s| s.parse().unwrap())
+        .collect()
+}
+
+/// Adds a trigger (through a second, plain SQLite connection) that makes SQLite itself fail a statement.
+fn add_failing_trigger(path: &Path, name: &str, body: &str) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.execute_batch(&format!(
+        "CREATE TRIGGER {name} {body} BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
+    ))
+    .unwrap();
+}
+
+fn drop_trigger(path: &Path, name: &str) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.execute_batch(&format!("DROP TRIGGER {name};"))
+        .unwrap();
+}
+
+#[test]
+fn append_read_delete_roundtrip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ob = Outbox::open(&db(&dir), limits()).unwrap();
+    assert_eq!(ob.path(), db(&dir));
+
+    let batch = vec![
+        NewMessage {
+            topic: "gh1/climate/temperature".into(),
+            payload: br#"{"v":23.4}"#.to_vec(),
+            qos: 1,
+            retain: false,
+        },
+        NewMessage {
+            topic: "gh1/climate/humidity".into(),
+            payload: vec![],
+            qos: 0,
+            retain: true,
+        },
+        NewMessage {
+            topic: "gh1/status".into(),
+            payload: vec![0, 255, 0, 7],
+            qos: 2,
+            retain: false,
+        },
+    ];
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let expected = batch.clone();
+    let rep = ob.append(move |_| batch).unwrap();
+    assert_eq!(rep.appended, 3);
+    assert_eq!(rep.last_id - rep.first_id, 2);
+    assert_eq!(rep.dropped_for_space, 0);
+
+    let rep2 = ob.append(|_| vec![msg("second/batch", b"x")]).unwrap();
+    assert_eq!(rep2.first_id, rep.last_id + 1);
+    assert_eq!(rep2.last_id, rep2.first_id);
+
+    let rows = all(&mut ob);
+    assert_eq!(rows.len(), 4);
+    for (row, want) in rows.iter().zip(&expected) {
+        assert_eq!(
+            (&row.topic, &row.payload, row.qos, row.retain),
+            (&want.topic, &want.payload, want.qos, want.retain)
+        );
+        assert!(
+            row.enqueued_ns >= before,
+            "enqueued_ns is the wall clock at append"
+        );
+    }
+    assert_eq!(rows[3].topic, "second/batch");
+    assert!(rows.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
+    assert_eq!(rows[0].id, rep.first_id);
+    assert_eq!(
+        rows[0].enqueued_ns, rows[2].enqueued_ns,
+        "one timestamp per batch"
+    );
+    assert!(rows[3].enqueued_ns >= rows[2].enqueued_ns);
+
+    let st = ob.stats().unwrap();
+    let bytes: u64 = expected
+        .iter()
+        .map(|m| size(&m.topic, &m.payload))
+        .sum::<u64>()
+        + size("second/batch", b"x");
+    assert_eq!(
+        st,
+        OutboxStats {
+            rows: 4,
+            bytes,
+            oldest_enqueued_ns: Some(rows[0].enqueued_ns),
+            newest_id: Some(rows[3].id),
+            dropped_for_space_total: 0,
+            dropped_for_age_total: 0,
+            max_bytes: limits().max_bytes,
+        }
+    );
+
+    ob.delete(&[rows[1].id, rows[3].id]).unwrap();
+    let left = all(&mut ob);
+    assert_eq!(left, vec![rows[0].clone(), rows[2].clone()]);
+    let st = ob.stats().unwrap();
+    assert_eq!(st.rows, 2);
+    assert_eq!(st.newest_id, Some(rows[2].id));
+    assert_eq!(
+        st.bytes,
+        size(&rows[0].topic, &rows[0].payload) + size(&rows[2].topic, &rows[2].payload)
+    );
+
+    ob.delete(&[rows[0].id, rows[2].id]).unwrap();
+    let st = ob.stats().unwrap();
+    assert_eq!(
+        (st.rows, st.bytes, st.oldest_enqueued_ns, st.newest_id),
+        (0, 0, None, None)
+    );
+}
+
+#[test]
+fn read_after_paginates_in_id_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ob = Outbox::open(&db(&dir), limits()).unwrap();
+    for _ in 0..5 {
+        append_seq(&mut ob, "d", 500);
+    }
+    let mut after = 0;
+    let mut pages = Vec::new();
+    let mut seen = Vec::new();
+    loop {
+        let page = ob.read_after(after, 1000).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        pages.push(page.len());
+        assert!(page.iter().all(|r| r.id > after));
+        after = page.last().unwrap().id;
+        seen.extend(page);
+    }
+    assert_eq!(pages, vec![1000, 1000, 500]);
+    assert_eq!(seqs_of(&seen, "d"), (1..=2500).collect::<Vec<u64>>());
+    assert!(seen.windows(2).all(|w| w[0].id + 1 == w[1].id));
+
+    assert!(ob.read_after(0, 0).unwrap().is_empty());
+    assert!(ob.read_after(after, 10).unwrap().is_empty());
+    let mid = seen[1233].id;
+    let page = ob.read_after(mid, 3).unwrap();
+    assert_eq!(page, seen[1234..1237].to_vec());
+
+    // Reading does not consume: only delete does.
+    assert_eq!(all(&mut ob).len(), 2500);
+}
+
+#[test]
+fn ids_never_reused_after_emptying_and_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let last = {
+        let mut ob = Outbox::open(&path, limits()).unwrap();
+        let rep = append_seq(&mut ob, "d", 10);
+        let ids: Vec<i64> = all(&mut ob).iter().map(|r| r.id).collect();
+        ob.delete(&ids).unwrap();
+        rep.last_id
+    };
+    let mut ob = Outbox::open(&path, limits()).unwrap();
+    assert_eq!(ob.stats().unwrap().rows, 0);
+    let rep = append_seq(&mut ob, "d", 1);
+    assert_eq!(rep.first_id, last + 1);
+    // An empty batch reports an empty range just past the highest id and writes nothing.
+    let empty = ob.append(|_| Vec::new()).unwrap();
+    assert_eq!(
+        (empty.appended, empty.first_id, empty.last_id),
+        (0, rep.last_id + 1, rep.last_id)
+    );
+}
+
+#[test]
+fn delete_ignores_unknown_and_duplicate_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ob = Outbox::open(&db(&dir), limits()).unwrap();
+    append_seq(&mut ob, "d", 5);
+    let rows = all(&mut ob);
+    ob.delete(&[]).unwrap();
+    ob.delete(&[-1, 0, rows[1].id, rows[1].id, 10_000]).unwrap();
+    ob.delete(&[rows[1].id]).unwrap();
+    let left = all(&mut ob);
+    assert_eq!(left.len(), 4);
+    assert!(left.iter().all(|r| r.id != rows[1].id));
+    let st = ob.stats().unwrap();
+    assert_eq!(st.rows, 4);
+    assert_eq!(
+        st.bytes,
+        left.iter().map(|r| size(&r.topic, &r.payload)).sum::<u64>()
+    );
+}
+
+#[test]
+fn seq_numbers_are_per_device_and_continue_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    {
+        let mut ob = Outbox::open(&path, limits()).unwrap();
+        let got = ob
+            .append(|seq| {
+                let v = vec![seq.next("a"), seq.next("b"), seq.next("a"), seq.next("a")];
+                assert_eq!(v, vec![1, 1, 2, 3]);
+                vec![msg("x", b"")]
+            })
+            .unwrap();
+        assert_eq!(got.appended, 1);
+        // Sequence numbers handed out by a batch with no message are still committed.
+        ob.append(|seq| {
+            assert_eq!(seq.next("b"), 2);
+            Vec::new()
+        })
+        .unwrap();
+        append_seq(&mut ob, "a", 2);
+    }
+    let mut ob = Outbox::open(&path, limits()).unwrap();
+    ob.append(|seq| {
+        assert_eq!(seq.next("a"), 6);
+        assert_eq!(seq.next("b"), 3);
+        assert_eq!(seq.next("new"), 1);
+        Vec::new()
+    })
+    .unwrap();
+    drop(ob);
+    let mut ob = Outbox::open(&path, limits()).unwrap();
+    ob.append(|seq| {
+        assert_eq!(seq.next("new"), 2);
+        Vec::new()
+    })
+    .unwrap();
+}
+
+#[test]
+fn failed_insert_rolls_back_batch_and_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let mut ob = Outbox::open(&path, limits()).unwrap();
+    append_seq(&mut ob, "d", 3);
+    let before = ob.stats().unwrap();
+
+    add_failing_trigger(
+        &path,
+        "fail_insert",
+        "BEFORE INSERT ON outbox WHEN NEW.topic = 'boom'",
+    );
+    let err = ob
+        .append(|seq| {
+            let s = seq.next("d");
+            assert_eq!(s, 4);
+            seq.next("other");
+            vec![msg(&format!("d/{s}"), b"ok"), msg("boom", b"fails")]
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Sqlite { op: "append", .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(text.contains("injected failure"), "{text}");
+
+    assert_eq!(
+        ob.stats().unwrap(),
+        before,
+        "nothing of the failed batch was stored"
+    );
+    assert_eq!(seqs_of(&all(&mut ob), "d"), vec![1, 2, 3]);
+
+    // The next batch reuses the numbers of the failed one: no gap, also for the device that only
+    // appeared in the failed batch, and the ids continue without a hole.
+    let rep = ob
+        .append(|seq| {
+            assert_eq!(seq.next("other"), 1);
+            let s = seq.next("d");
+            vec![msg(&format!("d/{s}"), b"ok")]
+        })
+        .unwrap();
+    assert_eq!(rep.first_id, before.newest_id.unwrap() + 1);
+    assert_eq!(seqs_of(&all(&mut ob), "d"), vec![1, 2, 3, 4]);
+
+    drop_trigger(&path, "fail_insert");
+    drop(ob);
+    let mut ob = Outbox::open(&path, limits()).unwrap();
+    ob.append(|seq| {
+        assert_eq!(seq.next("d"), 5);
+        assert_eq!(seq.next("other"), 2);
+        Vec::new()
+    })
+    .unwrap();
+}
+
+#[test]
+fn failure_after_all_inserts_still_rolls_back_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let mut ob = Outbox::open(&path, limits()).unwrap();
+    append_seq(&mut ob, "d", 2);
+    let before = ob.stats().unwrap();
+
+    // Fails while persisting the sequence numbers, i.e. after every row of the batch was inserted.
+    add_failing_trigger(&path, "fail_seq", "BEFORE UPDATE ON device_seq");
+    let err = ob.append(|seq| {
+        (0..100)
+            .map(|_| msg(&format!("d/{}", seq.next("d")), b"p"))
+            .collect()
+    });
+    assert!(err.is_err());
+    assert_eq!(ob.stats().unwrap(), before);
+    drop_trigger(&path, "fail_seq");
+
+    let rep = append_seq(&mut ob, "d", 1);
+    assert_eq!(rep.first_id, before.newest_id.unwrap() + 1);
+    assert_eq!(seqs_of(&all(&mut ob), "d"), vec![1, 2, 3]);
+}
+
+#[test]
+fn panicking_build_rolls_back_and_outbox_stays_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ob = Outbox::open(&db(&dir), limits()).unwrap();
+    append_seq(&mut ob, "d", 1);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ob.append(|seq| {
+            seq.next("d");
+            panic!("adapter bug");
+        })
+    }));
+    assert!(r.is_err());
+    append_seq(&mut ob, "d", 1);
+    assert_eq!(seqs_of(&all(&mut ob), "d"), vec![1, 2]);
+}
+
+#[test]
+fn byte_bound_drops_oldest_first_and_count_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let payload = [b'p'; 68];
+    let row = size("d/00", &payload); // 4 + 68 + 32 = 104
+    let lim = Limits {
+        max_bytes: 10 * row,
+        ..limits()
+    };
+    let mk = |ob: &mut Outbox, from: usize, n: usize| {
+        ob.append(|_| {
+            (from..from + n)
+                .map(|i| msg(&format!("d/{i:02}"), &payload))
+                .collect()
+        })
+        .unwrap()
+    };
+    {
+        let mut ob = Outbox::open(&path, lim).unwrap();
+        assert_eq!(mk(&mut ob, 0, 10).dropped_for_space, 0);
+        assert_eq!(ob.stats().unwrap().bytes, 10 * row);
+        let rep = mk(&mut ob, 10, 3);
+        assert_eq!(rep.dropped_for_space, 3);
+        let topics: Vec<String> = all(&mut ob).into_iter().map(|r| r.topic).collect();
+        let want: Vec<String> = (3..13).map(|i| format!("d/{i:02}")).collect();
+        assert_eq!(topics, want, "the oldest rows went first");
+        let st = ob.stats().unwrap();
+        assert_eq!(
+            (st.rows, st.bytes, st.dropped_for_space_total),
+            (10, 10 * row, 3)
+        );
+    }
+    // Persisted across reopen, and the bound keeps being enforced from the persisted total.
+    let mut ob = Outbox::open(&path, lim).unwrap();
+    assert_eq!(ob.stats().unwrap().dropped_for_space_total, 3);
+    let rep = mk(&mut ob, 13, 1);
+    assert_eq!(rep.dropped_for_space, 1);
+    let st = ob.stats().unwrap();
+    assert_eq!((st.rows, st.dropped_for_space_total), (10, 4));
+    assert_eq!(all(&mut ob)[0].topic, "d/04");
+
+    // A batch bigger than the bound keeps only its newest rows.
+    let rep = mk(&mut ob, 20, 15);
+    assert_eq!(rep.appended, 15);
+    assert_eq!(rep.dropped_for_space, 15);
+    let rows = all(&mut ob);
+    assert_eq!(rows.len(), 10);
+    assert_eq!(rows[0].topic, "d/25");
+    assert_eq!(rows[0].id, rep.last_id - 9);
+    assert_eq!(ob.stats().unwrap().dropped_for_space_total, 19);
+
+    // A lower bound on reopen applies at the next append, not at open.
+    drop(ob);
+    let lower = Limits {
+        max_bytes: 4 * row,
+        ..lim
+    };
+    let mut ob = Outbox::open(&path, lower).unwrap();
+    assert_eq!(ob.stats().unwrap().rows, 10);
+    assert_eq!(ob.stats().unwrap().max_bytes, 4 * row);
+    mk(&mut ob, 40, 1);
+    let st = ob.stats().unwrap();
+    assert_eq!(
+        (st.rows, st.bytes, st.dropped_for_space_total),
+        (4, 4 * row, 26)
+    );
+}
+
+#[test]
+fn byte_bound_of_zero_keeps_nothing_but_ids_advance() {
+    let dir = tempfile::tempdir().unwrap();
+    let lim = Limits {
+        max_bytes: 0,
+        ..limits()
+    };
+    let mut ob = Outbox::open(&db(&dir), lim).unwrap();
+    let a = append_seq(&mut ob, "d", 3);
+    let b = append_seq(&mut ob, "d", 3);
+    assert_eq!(b.first_id, a.last_id + 1);
+    let st = ob.stats().unwrap();
+    assert_eq!((st.rows, st.bytes, st.dropped_for_space_total), (0, 0, 6));
+}
+
+#[test]
+fn age_bound_drops_old_rows_and_count_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let max_age = Duration::from_secs(60);
+    let lim = Limits {
+        max_age,
+        ..limits()
+    };
+    let age_ns = max_age.as_nanos() as i64;
+    let (t_old, t_new) = {
+        let mut ob = Outbox::open(&path, lim).unwrap();
+        append_seq(&mut ob, "old", 3);
+        std::thread::sleep(Duration::from_millis(5));
+        append_seq(&mut ob, "new", 2);
+        let rows = all(&mut ob);
+        let (t_old, t_new) = (rows[0].enqueued_ns, rows[3].enqueued_ns);
+        assert!(t_old < t_new);
+        assert_eq!(ob.stats().unwrap().oldest_enqueued_ns, Some(t_old));
+
+        // Nothing is due yet: exactly at the boundary a row is kept ("before", not "at").
+        assert_eq!(ob.enforce_age(t_old + age_ns).unwrap(), 0);
+        assert_eq!(ob.enforce_age(t_old + age_ns + 1).unwrap(), 3);
+        let left = all(&mut ob);
+        assert_eq!(seqs_of(&left, "new"), vec![1, 2]);
+        assert!(seqs_of(&left, "old").is_empty());
+        let st = ob.stats().unwrap();
+        assert_eq!((st.rows, st.dropped_for_age_total), (2, 3));
+        assert_eq!(st.oldest_enqueued_ns, Some(t_new));
+        assert_eq!(
+            st.bytes,
+            left.iter().map(|r| size(&r.topic, &r.payload)).sum::<u64>()
+        );
+        (t_old, t_new)
+    };
+    let _ = t_old;
+    let mut ob = Outbox::open(&path, lim).unwrap();
+    assert_eq!(ob.stats().unwrap().dropped_for_age_total, 3);
+    assert_eq!(ob.enforce_age(t_new + age_ns + 1).unwrap(), 2);
+    let st = ob.stats().unwrap();
+    assert_eq!((st.rows, st.bytes, st.dropped_for_age_total), (0, 0, 5));
+    assert_eq!(ob.enforce_age(i64::MAX).unwrap(), 0);
+}
+
+#[test]
+fn open_refuses_garbage_file_naming_the_path_and_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, content) in [
+        ("short.db", b"hello, not a database".to_vec()),
+        (
+            "long.db",
+            (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect(),
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &content).unwrap();
+        let err = Outbox::open(&path, limits()).unwrap_err();
+        assert!(matches!(err, StoreError::NotAnOutbox { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        assert_eq!(err.path(), path);
+        assert_eq!(std::fs::read(&path).unwrap(), content, "file untouched");
+        let err = Outbox::open_read_only(&path).unwrap_err();
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn open_refuses_foreign_sqlite_database_without_touching_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE readings (x); INSERT INTO readings VALUES (1);")
+            .unwrap();
+    }
+    let content = std::fs::read(&path).unwrap();
+    let err = Outbox::open(&path, limits()).unwrap_err();
+    assert!(matches!(err, StoreError::NotAnOutbox { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), content);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete", "journal mode not switched on a foreign db");
+
+    // Another application's id is refused too.
+    conn.execute_batch("PRAGMA application_id = 1234;").unwrap();
+    drop(conn);
+    let err = Outbox::open(&path, limits()).unwrap_err();
+    assert!(err.to_string().contains("application_id"), "{err}");
+}
+
+#[test]
+fn open_refuses_newer_schema_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    drop(Outbox::open(&path, limits()).unwrap());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let app: i32 = conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .unwrap();
+        let ver: i32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((app, ver), (APPLICATION_ID, SCHEMA_VERSION));
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        conn.execute_batch(&format!("PRAGMA user_version = {};", SCHEMA_VERSION + 1))
+            .unwrap();
+    }
+    let err = Outbox::open(&path, limits()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::UnsupportedSchema { found, .. } if found == SCHEMA_VERSION + 1),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&path.display().to_string()));
+}
+
+#[test]
+fn open_refuses_corrupt_outbox_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    {
+        let mut ob = Outbox::open(&path, limits()).unwrap();
+        append_seq(&mut ob, "d", 10);
+    }
+    // Clobber page 1 after the 100-byte header: the schema table (and thus everything) is unreadable.
+    let mut bytes = std::fs::read(&path).unwrap();
+    for b in &mut bytes[100..4096] {
+        *b = 0xA5;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Outbox::open(&path, limits()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Corrupt { .. } | StoreError::NotAnOutbox { .. }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "a corrupt outbox is not recreated"
+    );
+}
+
+#[test]
+fn open_does_not_create_parent_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing").join("outbox.db");
+    let err = Outbox::open(&path, limits()).unwrap_err();
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert!(!dir.path().join("missing").exists());
+}
+
+#[test]
+fn open_read_only_on_missing_file_is_an_error_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let err = Outbox::open_read_only(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert!(!path.exists());
+
+    // An empty file is not an outbox either, for a reader.
+    std::fs::write(&path, b"").unwrap();
+    let err = Outbox::open_read_only(&path).unwrap_err();
+    assert!(matches!(err, StoreError::NotAnOutbox { .. }), "{err:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"");
+}
+
+#[test]
+fn read_only_handle_follows_the_writer_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let lim = Limits {
+        max_bytes: 123_456,
+        ..limits()
+    };
+    let mut w = Outbox::open(&path, lim).unwrap();
+    append_seq(&mut w, "d", 10);
+    let mut r = Outbox::open_read_only(&path).unwrap();
+    assert_eq!(r.stats().unwrap(), w.stats().unwrap());
+    assert_eq!(r.stats().unwrap().max_bytes, 123_456);
+
+    // The writer keeps working while the reader is open, and even mid-read.
+    let page = r.read_after(0, 5).unwrap();
+    append_seq(&mut w, "d", 10);
+    let ids: Vec<i64> = page.iter().map(|m| m.id).collect();
+    w.delete(&ids).unwrap();
+    assert_eq!(
+        r.stats().unwrap(),
+        w.stats().unwrap(),
+        "reader sees the commits"
+    );
+    assert_eq!(r.read_after(0, 100).unwrap(), all(&mut w));
+
+    for err in [
+        r.append(|_| vec![msg("x", b"")]).unwrap_err(),
+        r.delete(&[ids[0]]).unwrap_err(),
+        r.enforce_age(i64::MAX).unwrap_err(),
+    ] {
+        assert!(matches!(err, StoreError::ReadOnly { .. }), "{err:?}");
+        assert!(err.to_string().contains(&path.display().to_string()));
+    }
+    assert_eq!(r.stats().unwrap().rows, 15);
+
+    // With the writer gone (WAL checkpointed and removed), a reader still opens and changes nothing.
+    drop(r);
+    drop(w);
+    let content = std::fs::read(&path).unwrap();
+    let mut r = Outbox::open_read_only(&path).unwrap();
+    assert_eq!(r.stats().unwrap().rows, 15);
+    assert_eq!(r.read_after(0, 1000).unwrap().len(), 15);
+    drop(r);
+    assert_eq!(std::fs::read(&path).unwrap(), content);
+    let mut w = Outbox::open(&path, lim).unwrap();
+    assert_eq!(w.stats().unwrap().rows, 15);
+}
+
+#[test]
+fn two_writer_handles_keep_ids_and_seqs_increasing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let mut a = Outbox::open(&path, limits()).unwrap();
+    let mut b = Outbox::open(&path, limits()).unwrap();
+    let mut last = 0;
+    for i in 0..10 {
+        let ob = if i % 3 == 0 { &mut b } else { &mut a };
+        let rep = append_seq(ob, "d", 7);
+        assert_eq!(rep.first_id, last + 1);
+        last = rep.last_id;
+        if i == 5 {
+            let first = all(ob)[0].id;
+            ob.delete(&[first]).unwrap();
+        }
+    }
+    let rows = all(&mut a);
+    assert_eq!(seqs_of(&rows, "d"), (2..=70).collect::<Vec<u64>>());
+    let st = b.stats().unwrap();
+    assert_eq!(st.rows, 69);
+    assert_eq!(
+        st.bytes,
+        rows.iter().map(|r| size(&r.topic, &r.payload)).sum::<u64>()
+    );
+    // The counters stay exact after the handles took turns.
+    b.delete(&[rows[0].id]).unwrap();
+    a.delete(&[rows[1].id]).unwrap();
+    let st = a.stats().unwrap();
+    assert_eq!(st.rows, 67);
+    assert_eq!(
+        st.bytes,
+        rows[2..]
+            .iter()
+            .map(|r| size(&r.topic, &r.payload))
+            .sum::<u64>()
+    );
+}
+
+#[test]
+fn outbox_can_move_to_a_blocking_thread() {
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<Outbox>();
+    assert_send::<StoreError>();
+}
+
+/// Random operations against a simple in-memory model, with reopens in between.
+#[test]
+fn randomized_operations_match_a_model() {
+    for seed in 1..=4u64 {
+        run_model(seed);
+    }
+}
+
+fn run_model(seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let lim = Limits {
+        max_bytes: rng.random_range(2_000..20_000),
+        max_age: Duration::from_millis(rng.random_range(0..5)),
+        synchronous_full: false,
+    };
+    let mut ob = Outbox::open(&path, lim).unwrap();
+    // id -> (topic, payload, retain)
+    let mut model: BTreeMap<i64, (String, Vec<u8>, bool)> = BTreeMap::new();
+    let mut seqs: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut last_id, mut dropped_space, mut dropped_age) = (0i64, 0u64, 0u64);
+    let devices = ["a", "b", "c", "ü/7"];
+
+    for step in 0..300 {
+        match rng.random_range(0..100) {
+            0..=49 => {
+                let n = rng.random_range(0..20);
+                let msgs: Vec<(String, Vec<u8>, bool, &str)> = (0..n)
+                    .map(|_| {
+                        let dev = devices[rng.random_range(0..devices.len())];
+                        let plen = rng.random_range(0..300);
+                        let payload: Vec<u8> = (0..plen).map(|_| rng.random()).collect();
+                        (format!("t/{dev}"), payload, rng.random_bool(0.2), dev)
+                    })
+                    .collect();
+                let mut got_seqs = Vec::new();
+                let rep = ob
+                    .append(|seq| {
+                        msgs.iter()
+                            .map(|(t, p, r, dev)| {
+                                got_seqs.push((dev.to_string(), seq.next(dev)));
+                                NewMessage {
+                                    topic: t.clone(),
+                                    payload: p.clone(),
+                                    qos: 1,
+                                    retain: *r,
+                                }
+                            })
+                            .collect()
+                    })
+                    .unwrap();
+                for (dev, s) in got_seqs {
+                    let e = seqs.entry(dev).or_insert(0);
+                    assert_eq!(s, *e + 1, "seed {seed} step {step}");
+                    *e = s;
+                }
+                assert_eq!(rep.appended, n);
+                assert_eq!(rep.first_id, last_id + 1);
+                for (t, p, r, _) in msgs {
+                    last_id += 1;
+                    model.insert(last_id, (t, p, r));
+                }
+                assert_eq!(rep.last_id, last_id);
+                // Model of the byte bound: drop from the front.
+                let mut total: u64 = model.values().map(|(t, p, _)| size(t, p)).sum();
+                let mut dropped = 0;
+                while total > lim.max_bytes {
+                    let (_, (t, p, _)) = model.pop_first().unwrap();
+                    total -= size(&t, &p);
+                    dropped += 1;
+                }
+                assert_eq!(rep.dropped_for_space, dropped, "seed {seed} step {step}");
+                dropped_space += dropped;
+            }
+            50..=64 => {
+                let ids: Vec<i64> = (0..rng.random_range(0..30))
+                    .map(|_| rng.random_range(last_id - 40..=last_id + 2))
+                    .collect();
+                ob.delete(&ids).unwrap();
+                for id in ids {
+                    model.remove(&id);
+                }
+            }
+            65..=79 => {
+                let after = rng.random_range(last_id - 50..=last_id);
+                let limit = rng.random_range(0..40);
+                let got = ob.read_after(after, limit).unwrap();
+                let want: Vec<i64> = model
+                    .range(after + 1..)
+                    .take(limit)
+                    .map(|(id, _)| *id)
+                    .collect();
+                assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), want);
+                for r in got {
+                    let (t, p, ret) = &model[&r.id];
+                    assert_eq!((&r.topic, &r.payload, r.retain, r.qos), (t, p, *ret, 1));
+                }
+            }
+            80..=87 => {
+                // Pick a stored row's timestamp t and age out everything enqueued strictly before it.
+                let rows = all(&mut ob);
+                if !rows.is_empty() {
+                    let t = rows[rng.random_range(0..rows.len())].enqueued_ns;
+                    let (old, young): (Vec<_>, Vec<_>) =
+                        rows.iter().partition(|r| r.enqueued_ns < t);
+                    let n = ob.enforce_age(t + lim.max_age.as_nanos() as i64).unwrap();
+                    assert_eq!(n as usize, old.len(), "seed {seed} step {step}");
+                    for r in &old {
+                        model.remove(&r.id);
+                    }
+                    assert_eq!(all(&mut ob), young.into_iter().cloned().collect::<Vec<_>>());
+                    dropped_age += n;
+                }
+            }
+            88..=93 => {
+                drop(ob);
+                ob = Outbox::open(&path, lim).unwrap();
+            }
+            _ => {
+                let st = ob.stats().unwrap();
+                assert_eq!(st.rows as usize, model.len());
+                assert_eq!(st.newest_id, model.last_key_value().map(|(k, _)| *k));
+            }
+        }
+        let st = ob.stats().unwrap();
+        assert_eq!(st.rows as usize, model.len(), "seed {seed} step {step}");
+        assert_eq!(
+            st.bytes,
+            model.values().map(|(t, p, _)| size(t, p)).sum::<u64>()
+        );
+        assert_eq!(st.dropped_for_space_total, dropped_space);
+        assert_eq!(st.dropped_for_age_total, dropped_age);
+        assert!(st.bytes <= lim.max_bytes);
+    }
+    let rows = all(&mut ob);
+    assert_eq!(
+        rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+        model.keys().copied().collect::<Vec<_>>()
+    );
+}

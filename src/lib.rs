@@ -1,0 +1,323 @@
+//! The `weir` daemon: loads gateway.yaml, wires sources → bus → pipeline stages → outbox →
+//! forwarder, and shuts down in order.
+//!
+//! Shutdown order (SIGTERM/SIGINT): sources are cancelled first; once every source task has
+//! returned, the bus has no senders left, so the pipeline drains what is on it and commits it to
+//! the outbox; then the forwarder gets a moment to collect acknowledgements for messages in flight,
+//! publishes the retained `offline` status and disconnects. Everything still in the outbox is
+//! delivered by the next start.
+//!
+//! Adapter kinds are wired by the explicit, feature-gated match in [`source_builder`]: a build
+//! without a feature does not contain the adapter, and a config naming it is rejected by
+//! `weir check`.
+
+pub mod http;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::Notify;
+use weir_config::{ConfigErrors, Diagnostics, GatewayConfig, SourceEntry};
+use weir_core::{
+    bus, BusReceiver, BusSender, CancellationToken, CommandInbox, CommandRouter, Metrics,
+    Passthrough, SourceBuilder, SourceContext, Transform,
+};
+use weir_mqtt::{Encoder, Forwarder, OutboxWriter};
+use weir_store::{Limits, Outbox};
+
+/// Source kinds compiled into this build.
+pub const SOURCE_KINDS: &[&str] = &[
+    #[cfg(feature = "sim")]
+    "sim",
+];
+
+/// A configuration with every source section parsed.
+#[derive(Debug)]
+pub struct Loaded {
+    pub cfg: GatewayConfig,
+    pub sources: Vec<(String, Box<dyn SourceBuilder>)>,
+}
+
+/// Parse one `sources[i]` entry with the adapter crate that owns its kind.
+pub fn source_builder(e: &SourceEntry, d: &mut Diagnostics) -> Option<Box<dyn SourceBuilder>> {
+    match e.kind.as_str() {
+        #[cfg(feature = "sim")]
+        "sim" => {
+            let c: weir_sim::SimConfig = d.parse(e.body.clone(), &e.path)?;
+            let problems = c.validate();
+            for (key, msg) in &problems {
+                d.error(&format!("{}.{key}", e.path), msg.clone());
+            }
+            problems
+                .is_empty()
+                .then(|| Box::new(c) as Box<dyn SourceBuilder>)
+        }
+        other => {
+            d.error(
+                &e.path,
+                format!(
+                    "unknown source kind `{other}`; this build has: {}",
+                    SOURCE_KINDS.join(", ")
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Load and validate everything `run` needs: the file, every source section, TLS files.
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let (cfg, mut d) = weir_config::load_file(path);
+    let mut sources = Vec::new();
+    if let Some(cfg) = &cfg {
+        for e in &cfg.sources {
+            if let Some(b) = source_builder(e, &mut d) {
+                sources.push((e.name.clone(), b));
+            }
+        }
+        if let Some(t) = &cfg.mqtt.tls {
+            if !d.has_errors() {
+                if let Err(e) = weir_mqtt::tls::client_config(t) {
+                    d.error("mqtt.tls", e.to_string());
+                }
+            }
+        }
+        let sd = &cfg.gateway.state_dir;
+        if sd.exists() && !sd.is_dir() {
+            d.error(
+                "gateway.state_dir",
+                format!("{} is not a directory", sd.display()),
+            );
+        }
+    }
+    d.finish()?;
+    Ok(Loaded {
+        cfg: cfg.expect("no errors means a config"),
+        sources,
+    })
+}
+
+/// Open (or create) the outbox named by the configuration.
+pub fn open_outbox(cfg: &GatewayConfig) -> anyhow::Result<Outbox> {
+    let path = cfg.store_path();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create state directory {}", dir.display()))?;
+    }
+    let limits = Limits {
+        max_bytes: cfg.store.max_bytes,
+        max_age: cfg.store_max_age(),
+        synchronous_full: cfg.store.synchronous == weir_config::Synchronous::Full,
+    };
+    Ok(Outbox::open(&path, limits)?)
+}
+
+/// Keeps one source running: builds it, runs it, and after a failure or a panic builds a fresh
+/// one after a jittered exponential backoff. Returns when `shutdown` is cancelled.
+async fn supervise(
+    name: String,
+    builder: Arc<dyn SourceBuilder>,
+    bus: BusSender,
+    inbox: CommandInbox,
+    shutdown: CancellationToken,
+    metrics: Metrics,
+) {
+    let restarts = metrics.counter("weir_source_restarts_total", &[("source", &name)]);
+    let base = builder.restart_backoff();
+    let mut attempt = 0u32;
+    loop {
+        let result: Result<(), String> = match builder.build(&name) {
+            Ok(mut src) => {
+                let ctx = SourceContext {
+                    bus: bus.clone(),
+                    shutdown: shutdown.clone(),
+                    commands: inbox.clone(),
+                };
+                let started = tokio::time::Instant::now();
+                let r = tokio::spawn(async move { src.run(ctx).await }).await;
+                if started.elapsed() > Duration::from_secs(60) {
+                    attempt = 0;
+                }
+                match r {
+                    Ok(Ok(())) if shutdown.is_cancelled() => return,
+                    Ok(Ok(())) => Err("returned before shutdown".to_string()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(j) if j.is_panic() => Err("panicked".to_string()),
+                    Err(j) => Err(j.to_string()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let delay = weir_mqtt::forwarder::backoff(base, Duration::from_secs(60), attempt);
+        attempt = attempt.saturating_add(1);
+        restarts.inc();
+        if let Err(e) = result {
+            tracing::error!(source = %name, "source failed: {e}; restarting in {delay:?}");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// The pipeline: bus → stages → outbox. Returns when the bus is closed and drained.
+///
+/// A commit that fails (disk full, I/O error) is retried with backoff while the batch is held:
+/// the bus then fills and sources slow down or count drops; nothing taken off the bus is lost.
+pub async fn pipeline(
+    mut rx: BusReceiver,
+    mut stages: Vec<Box<dyn Transform>>,
+    writer: OutboxWriter,
+    max_batch: usize,
+    metrics: Metrics,
+) {
+    let committed = metrics.counter("weir_readings_committed_total", &[]);
+    let commit_errors = metrics.counter("weir_outbox_commit_errors_total", &[]);
+    while let Some(mut batch) = rx.recv().await {
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Some(b) => batch.extend(b),
+                None => break,
+            }
+        }
+        for s in stages.iter_mut() {
+            s.process(&mut batch);
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match writer.commit(&batch) {
+                Ok(r) => {
+                    committed.add(batch.len() as u64);
+                    if r.dropped_for_space > 0 {
+                        tracing::warn!(
+                            dropped = r.dropped_for_space,
+                            "outbox full (store.max_bytes): dropped the oldest rows"
+                        );
+                    }
+                    break;
+                }
+                Err(e) => {
+                    commit_errors.inc();
+                    tracing::error!(
+                        "outbox commit failed: {e}; holding {} readings and retrying in {delay:?}",
+                        batch.len()
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Run the gateway until `shutdown` is cancelled. `ready` is called once everything is started.
+pub async fn run(
+    loaded: Loaded,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(),
+) -> anyhow::Result<()> {
+    let Loaded { cfg, sources } = loaded;
+    let metrics = Metrics::new();
+    let router = CommandRouter::new();
+    let outbox = Arc::new(Mutex::new(open_outbox(&cfg)?));
+    {
+        let s = weir_mqtt::forwarder::lock(&outbox).stats()?;
+        tracing::info!(
+            path = %cfg.store_path().display(),
+            rows = s.rows,
+            bytes = s.bytes,
+            "outbox open"
+        );
+    }
+    let wake = Arc::new(Notify::new());
+    let (bus_tx, bus_rx) = bus(cfg.bus.capacity_batches, &metrics);
+
+    // Pipeline: the rule engine and inference slots are pass-through until those stages exist.
+    let stages: Vec<Box<dyn Transform>> = vec![
+        Box::new(Passthrough("rules")),
+        Box::new(Passthrough("inference")),
+    ];
+    let writer = OutboxWriter::new(outbox.clone(), Encoder::from_config(&cfg), wake.clone());
+    let pipeline_task = tokio::spawn(pipeline(
+        bus_rx,
+        stages,
+        writer,
+        cfg.store.max_batch_readings,
+        metrics.clone(),
+    ));
+
+    let fwd_cfg = weir_mqtt::forwarder_config(&cfg)?;
+    let fwd_token = CancellationToken::new();
+    let forwarder = Forwarder::new(
+        fwd_cfg,
+        outbox.clone(),
+        wake,
+        router.clone(),
+        metrics.clone(),
+    );
+    let fwd_task = tokio::spawn(forwarder.run(fwd_token.clone()));
+
+    let http_token = CancellationToken::new();
+    if let Some(addr) = cfg.metrics.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics.listen: cannot listen on {addr}"))?;
+        tokio::spawn(http::serve(listener, metrics.clone(), http_token.clone()));
+        tracing::info!(%addr, "metrics endpoint at http://{addr}/metrics");
+    }
+
+    let sources_token = CancellationToken::new();
+    let mut supervisors = Vec::new();
+    for (name, builder) in sources {
+        let builder: Arc<dyn SourceBuilder> = Arc::from(builder);
+        let inbox = router.register(&name, &builder.devices(), 64);
+        tracing::info!(source = %name, kind = builder.kind(), "starting source");
+        supervisors.push(tokio::spawn(supervise(
+            name.clone(),
+            builder,
+            bus_tx.for_source(&name),
+            inbox,
+            sources_token.child_token(),
+            metrics.clone(),
+        )));
+    }
+    drop(bus_tx);
+    ready();
+    tracing::info!(gateway = %cfg.gateway.id, "weir running");
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: stopping sources");
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(cfg.gateway.shutdown_timeout_ms);
+    sources_token.cancel();
+    for s in supervisors {
+        if tokio::time::timeout_at(deadline, s).await.is_err() {
+            tracing::warn!("a source did not stop in time");
+        }
+    }
+    tracing::info!("draining the bus into the outbox");
+    if tokio::time::timeout_at(deadline, pipeline_task)
+        .await
+        .is_err()
+    {
+        tracing::error!("the pipeline did not drain before gateway.shutdown_timeout_ms");
+    }
+    fwd_token.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), fwd_task).await;
+    http_token.cancel();
+    let s = weir_mqtt::forwarder::lock(&outbox).stats()?;
+    tracing::info!(
+        rows = s.rows,
+        "stopped; rows left in the outbox are sent on the next start"
+    );
+    Ok(())
+}

@@ -1,0 +1,393 @@
+//! Test harness: real mosquitto brokers, the real `weir` binary, a real MQTT subscriber.
+//! Every process gets a free loopback port and a temp dir, and is stopped by PID on drop.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+/// A mosquitto broker on a free loopback port, configured from the test.
+pub struct Mosquitto {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    conf: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// `extra` is appended to the config (listeners for TLS and so on).
+    pub fn start_with(extra: &str, persistent: bool) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        let mut text = String::new();
+        text.push_str("user root\nlog_dest stderr\nlog_type error\nlog_type warning\n");
+        text.push_str("max_queued_messages 0\nmax_inflight_messages 100\n");
+        if persistent {
+            text.push_str(&format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                dir.path().display()
+            ));
+        } else {
+            text.push_str("persistence false\n");
+        }
+        if extra.contains("per_listener_settings") {
+            text.push_str(extra);
+            text.push_str(&format!(
+                "\nlistener {port} 127.0.0.1\nallow_anonymous true\n"
+            ));
+        } else {
+            text.push_str(&format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\n"
+            ));
+            text.push_str(extra);
+        }
+        std::fs::write(&conf, text).unwrap();
+        let mut m = Mosquitto {
+            port,
+            dir,
+            conf,
+            child: None,
+        };
+        m.start_again();
+        m
+    }
+
+    pub fn start() -> Mosquitto {
+        Self::start_with("", false)
+    }
+
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("mosquitto.log"))
+            .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto must be installed (apt-get install mosquitto)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("mosquitto to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    /// SIGTERM and wait: mosquitto saves its persistence file on the way out.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "-TERM");
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A message seen by the subscriber.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+impl Msg {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A real MQTT subscriber (rumqttc, QoS 1, persistent session so broker restarts lose nothing),
+/// collecting every message it receives, running on its own thread.
+pub struct Subscriber {
+    pub msgs: Arc<Mutex<Vec<Msg>>>,
+    client: rumqttc::Client,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Subscriber {
+    pub fn connect(port: u16, filter: &str) -> Subscriber {
+        let id = format!("test-sub-{}", free_port());
+        let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        o.set_clean_session(false)
+            .set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut conn) = rumqttc::Client::new(o, 10_000);
+        client.subscribe(filter, rumqttc::QoS::AtLeastOnce).unwrap();
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (m2, s2) = (msgs.clone(), stop.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut tx = Some(tx);
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                if s2.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        m2.lock().unwrap().push(Msg {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                            retain: p.retain,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("subscription acknowledged");
+        Subscriber { msgs, client, stop }
+    }
+
+    pub fn snapshot(&self) -> Vec<Msg> {
+        self.msgs.lock().unwrap().clone()
+    }
+
+    pub fn count(&self, f: impl Fn(&Msg) -> bool) -> usize {
+        self.msgs.lock().unwrap().iter().filter(|m| f(m)).count()
+    }
+
+    pub fn publish(&self, topic: &str, payload: &[u8]) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.to_vec())
+            .unwrap();
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.client.disconnect();
+    }
+}
+
+/// Telemetry seen per device: `device -> [seq in arrival order]`, from per-reading messages under
+/// `prefix`. Status topics are skipped.
+pub fn seqs_by_device(msgs: &[Msg], prefix: &str) -> HashMap<String, Vec<u64>> {
+    let mut out: HashMap<String, Vec<u64>> = HashMap::new();
+    for m in msgs {
+        let Some(rest) = m
+            .topic
+            .strip_prefix(prefix)
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            continue;
+        };
+        if rest.starts_with("status") || rest.ends_with("/set") || rest.ends_with("/result") {
+            continue;
+        }
+        let Some((device, _point)) = rest.rsplit_once('/') else {
+            continue;
+        };
+        if let Some(seq) = m.json().get("seq").and_then(|s| s.as_u64()) {
+            out.entry(device.to_string()).or_default().push(seq);
+        }
+    }
+    out
+}
+
+/// The `weir` binary under test.
+pub struct Gateway {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+pub fn weir_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_weir")
+}
+
+impl Gateway {
+    /// Write `config` (with `{state}` replaced by the state dir) and start `weir run`.
+    pub fn start(dir: &Path, config: &str) -> Gateway {
+        let cfg_path = dir.join("gateway.yaml");
+        let state = dir.join("state");
+        std::fs::write(
+            &cfg_path,
+            config.replace("{state}", &state.display().to_string()),
+        )
+        .unwrap();
+        let mut g = Gateway {
+            dir: dir.to_path_buf(),
+            config: cfg_path,
+            child: None,
+            log: dir.join("weir.log"),
+        };
+        g.start_again();
+        g
+    }
+
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none());
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        writeln!(log, "---- start ----").unwrap();
+        let child = Command::new(weir_bin())
+            .args(["run", "-c"])
+            .arg(&self.config)
+            .env("WEIR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn outbox_path(&self) -> PathBuf {
+        self.dir.join("state").join("outbox.db")
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        signal(c.id(), "-TERM");
+        c.wait().unwrap()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `weir <args> -c <config>` to completion: (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(weir_bin())
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- weir log ----\n{}", self.log());
+        }
+    }
+}
+
+/// A gateway config for tests: sim source + broker on `port`.
+pub fn config(port: u16, sim: &str, extra_mqtt: &str, store: &str) -> String {
+    format!(
+        "gateway:\n  id: test\n  state_dir: {{state}}\n  shutdown_timeout_ms: 5000\n\
+mqtt:\n  host: 127.0.0.1\n  port: {port}\n  topic_prefix: t\n  reconnect_min_ms: 100\n  reconnect_max_ms: 1000\n  status_interval_s: 1\n{extra_mqtt}\
+store:\n  synchronous: normal\n{store}\
+sources:\n  - sim:\n      name: sim\n      seed: 7\n{sim}"
+    )
+}
+
+/// Rows in an outbox file: (topic, seq), in id order.
+pub fn outbox_rows(path: &Path) -> Vec<(String, u64)> {
+    let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let table = table_name(&c);
+    let mut st = c
+        .prepare(&format!("SELECT topic, payload FROM {table} ORDER BY id"))
+        .unwrap();
+    let rows = st
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })
+        .unwrap()
+        .map(|r| r.unwrap())
+        .map(|(t, p)| {
+            let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+            (t, v["seq"].as_u64().unwrap())
+        })
+        .collect();
+    rows
+}
+
+fn table_name(c: &rusqlite::Connection) -> String {
+    let names: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_master WHERE type='table'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    names
+        .into_iter()
+        .find(|n| n.contains("outbox") || n.contains("message"))
+        .expect("an outbox table")
+}

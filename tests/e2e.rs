@@ -1,0 +1,399 @@
+//! End-to-end tests of the `weir` binary against a real mosquitto broker.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+
+const PREFIX: &str = "t";
+
+/// Every reading of every device arrived: per device the seqs seen cover 1..=max without a gap.
+/// Returns (unique readings, duplicates).
+fn check_complete(seqs: &HashMap<String, Vec<u64>>) -> (usize, usize) {
+    let mut unique = 0;
+    let mut dups = 0;
+    for (dev, s) in seqs {
+        let set: HashSet<u64> = s.iter().copied().collect();
+        let max = *s.iter().max().unwrap();
+        for q in 1..=max {
+            assert!(
+                set.contains(&q),
+                "device {dev}: seq {q} missing (max {max})"
+            );
+        }
+        unique += set.len();
+        dups += s.len() - set.len();
+        // In order per device: the first arrival of each seq comes in increasing order.
+        let mut seen = HashSet::new();
+        let firsts: Vec<u64> = s.iter().copied().filter(|q| seen.insert(*q)).collect();
+        assert!(
+            firsts.windows(2).all(|w| w[0] < w[1]),
+            "device {dev}: new readings arrived out of order"
+        );
+    }
+    (unique, dups)
+}
+
+#[test]
+fn readings_reach_a_subscriber_with_topics_payloads_and_order() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let dir = tempfile::tempdir().unwrap();
+    let _gw = Gateway::start(
+        dir.path(),
+        &config(
+            broker.port,
+            "      readings_per_s: 1000\n      total_readings: 700\n",
+            "",
+            "",
+        ),
+    );
+    wait_until("700 readings", Duration::from_secs(30), || {
+        seqs_by_device(&sub.snapshot(), PREFIX)
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+            >= 700
+    });
+    let msgs = sub.snapshot();
+    let seqs = seqs_by_device(&msgs, PREFIX);
+    let (unique, dups) = check_complete(&seqs);
+    assert_eq!(unique, 700);
+    assert_eq!(dups, 0, "no duplicates without an outage");
+    // 1 greenhouse x (climate + 4 beds): 100 rounds of 7 points.
+    assert_eq!(seqs["gh1/climate"].len(), 300);
+    assert_eq!(seqs["gh1/bed3"].len(), 100);
+    let topics: HashSet<&str> = msgs.iter().map(|m| m.topic.as_str()).collect();
+    for t in [
+        "t/gh1/climate/temperature",
+        "t/gh1/climate/humidity",
+        "t/gh1/climate/light",
+        "t/gh1/bed4/moisture",
+    ] {
+        assert!(topics.contains(t), "missing topic {t}: {topics:?}");
+    }
+    let temp = msgs
+        .iter()
+        .find(|m| m.topic == "t/gh1/climate/temperature")
+        .unwrap()
+        .json();
+    assert_eq!(temp["unit"], "°C");
+    assert_eq!(temp["quality"], "good");
+    assert!(temp["value"].as_f64().unwrap() > -20.0 && temp["value"].as_f64().unwrap() < 60.0);
+    let ts = temp["ts"].as_str().unwrap();
+    assert!(humantime::parse_rfc3339(ts).is_ok(), "ts {ts} is RFC 3339");
+    assert!(msgs
+        .iter()
+        .any(|m| m.topic == "t/status" && m.payload == b"online"));
+}
+
+#[test]
+fn broker_outage_of_20s_at_2000_readings_per_s_loses_nothing() {
+    let mut broker = Mosquitto::start_with("", true);
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let dir = tempfile::tempdir().unwrap();
+    let total = 2000 * 30;
+    let _gw = Gateway::start(
+        dir.path(),
+        &config(
+            broker.port,
+            &format!(
+                "      greenhouses: 4\n      readings_per_s: 2000\n      total_readings: {total}\n"
+            ),
+            "",
+            "",
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let before = sub.count(|_| true);
+    assert!(before > 1000, "readings flow before the outage ({before})");
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(20));
+    broker.start_again();
+    wait_until(
+        "every reading after the outage",
+        Duration::from_secs(90),
+        || {
+            let s = seqs_by_device(&sub.snapshot(), PREFIX);
+            s.values()
+                .map(|v| v.iter().collect::<HashSet<_>>().len())
+                .sum::<usize>()
+                >= total as usize
+        },
+    );
+    let seqs = seqs_by_device(&sub.snapshot(), PREFIX);
+    let (unique, dups) = check_complete(&seqs);
+    eprintln!("outage: {unique} unique readings, {dups} duplicates");
+    assert_eq!(unique, total as usize);
+    assert!(
+        dups <= 2 * 256,
+        "duplicates only from the in-flight window: {dups}"
+    );
+}
+
+#[test]
+fn kill_9_then_restart_delivers_every_committed_reading() {
+    let mut broker = Mosquitto::start_with("", true);
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start(
+        dir.path(),
+        &config(
+            broker.port,
+            "      greenhouses: 2\n      readings_per_s: 3000\n",
+            "",
+            "",
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    broker.stop(); // let rows pile up in the outbox
+    std::thread::sleep(Duration::from_secs(2));
+    gw.kill9();
+    let committed = outbox_rows(&gw.outbox_path());
+    assert!(
+        committed.len() > 1000,
+        "the outbox held rows at the kill: {}",
+        committed.len()
+    );
+    broker.start_again();
+    gw.start_again();
+    let want: HashSet<(String, u64)> = committed.into_iter().collect();
+    wait_until("every committed row", Duration::from_secs(60), || {
+        let got: HashSet<(String, u64)> = sub
+            .snapshot()
+            .iter()
+            .filter_map(|m| {
+                m.json()
+                    .get("seq")
+                    .and_then(|s| s.as_u64())
+                    .map(|s| (m.topic.clone(), s))
+            })
+            .collect();
+        want.is_subset(&got)
+    });
+    // Sequence numbers continue across the kill: no gap anywhere.
+    std::thread::sleep(Duration::from_secs(1));
+    let (unique, dups) = check_complete(&seqs_by_device(&sub.snapshot(), PREFIX));
+    eprintln!(
+        "kill -9: {} committed rows replayed; {unique} unique, {dups} duplicates",
+        want.len()
+    );
+}
+
+#[test]
+fn bounded_outbox_drops_oldest_and_reports_it() {
+    let mut broker = Mosquitto::start_with("", true);
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start(
+        dir.path(),
+        &config(
+            broker.port,
+            "      readings_per_s: 4000\n      total_readings: 20000\n",
+            "",
+            "  max_bytes: 65536\n",
+        ),
+    );
+    broker.stop();
+    wait_until("the outbox to overflow", Duration::from_secs(30), || {
+        let (code, out, _) = gw.cli(&["buffer", "stats"]);
+        code == 0
+            && serde_json::from_str::<serde_json::Value>(&out).unwrap()["dropped_for_space_total"]
+                .as_u64()
+                .unwrap_or(0)
+                > 1000
+    });
+    std::thread::sleep(Duration::from_secs(6)); // the simulator has finished
+    assert!(
+        gw.is_running(),
+        "the daemon keeps running when the outbox is full"
+    );
+    let (_, out, _) = gw.cli(&["buffer", "stats"]);
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(stats["bytes"].as_u64().unwrap() <= 65536, "{stats}");
+    let dropped = stats["dropped_for_space_total"].as_u64().unwrap();
+    let kept = stats["rows"].as_u64().unwrap();
+    assert_eq!(
+        dropped + kept,
+        20000,
+        "every reading is either kept or counted as dropped: {stats}"
+    );
+    assert!(gw.log().contains("dropped the oldest rows"));
+
+    broker.start_again();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    wait_until(
+        "kept rows and the status document",
+        Duration::from_secs(30),
+        || {
+            let msgs = sub.snapshot();
+            let n: usize = seqs_by_device(&msgs, PREFIX).values().map(Vec::len).sum();
+            let status = msgs
+                .iter()
+                .rev()
+                .find(|m| m.topic == "t/status/metrics")
+                .map(|m| m.json());
+            n >= kept as usize
+                && status.is_some_and(|s| {
+                    s["outbox"]["dropped_for_space_total"].as_u64() == Some(dropped)
+                })
+        },
+    );
+    // What arrived is the newest data: for each device a contiguous run ending at its last seq.
+    for (dev, s) in seqs_by_device(&sub.snapshot(), PREFIX) {
+        let min = *s.iter().min().unwrap();
+        let max = *s.iter().max().unwrap();
+        assert!(min > 1, "device {dev}: the oldest readings were dropped");
+        let set: HashSet<u64> = s.iter().copied().collect();
+        assert!(
+            (min..=max).all(|q| set.contains(&q)),
+            "device {dev}: gap in the kept rows"
+        );
+    }
+}
+
+#[test]
+fn sigterm_commits_everything_taken_from_the_simulator() {
+    // No broker at all: everything stays in the outbox; a clean shutdown keeps every reading.
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start(
+        dir.path(),
+        &config(
+            port,
+            "      readings_per_s: 5000\n      total_readings: 5000\n",
+            "",
+            "",
+        ),
+    );
+    wait_until("the simulator to finish", Duration::from_secs(20), || {
+        let (_, out, _) = gw.cli(&["buffer", "stats"]);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .map(|v| v["rows"].as_u64() == Some(5000))
+            .unwrap_or(false)
+    });
+    let status = gw.terminate();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    assert_eq!(outbox_rows(&gw.outbox_path()).len(), 5000);
+    assert!(
+        gw.log().contains("stopped; rows left in the outbox"),
+        "{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn commands_over_mqtt_reach_the_simulated_actuators_and_get_results() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let dir = tempfile::tempdir().unwrap();
+    let _gw = Gateway::start(
+        dir.path(),
+        &config(broker.port, "      interval_ms: 60000\n", "", ""),
+    );
+    wait_until("the gateway online", Duration::from_secs(20), || {
+        sub.count(|m| m.topic == "t/status" && m.payload == b"online") > 0
+    });
+    std::thread::sleep(Duration::from_millis(300)); // command subscriptions are acknowledged
+    sub.publish("t/gh1/actuators/vent/set", b"true");
+    sub.publish("t/gh1/actuators/shade/set", br#"{"value": 250}"#);
+    sub.publish("t/gh9/pump/speed/set", b"3");
+    sub.publish("t/gh1/climate/temperature/set", b"3");
+    wait_until("four command results", Duration::from_secs(20), || {
+        sub.count(|m| m.topic.ends_with("/set/result")) >= 4
+    });
+    let msgs = sub.snapshot();
+    let result = |t: &str| msgs.iter().find(|m| m.topic == t).unwrap().json();
+    assert_eq!(result("t/gh1/actuators/vent/set/result")["ok"], true);
+    let shade = result("t/gh1/actuators/shade/set/result");
+    assert_eq!(shade["ok"], false);
+    assert!(
+        shade["error"].as_str().unwrap().contains("0–100"),
+        "{shade}"
+    );
+    let unknown = result("t/gh9/pump/speed/set/result");
+    assert!(
+        unknown["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown device `gh9/pump`"),
+        "{unknown}"
+    );
+    let ro = result("t/gh1/climate/temperature/set/result");
+    assert!(
+        ro["error"].as_str().unwrap().contains("unknown device"),
+        "{ro}"
+    );
+    wait_until(
+        "the vent state as telemetry",
+        Duration::from_secs(10),
+        || {
+            sub.snapshot()
+                .iter()
+                .any(|m| m.topic == "t/gh1/actuators/vent" && m.json()["value"] == true)
+        },
+    );
+}
+
+#[test]
+fn sigterm_publishes_offline_status() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/status");
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start(dir.path(), &config(broker.port, "", "", ""));
+    wait_until("online", Duration::from_secs(20), || {
+        sub.count(|m| m.payload == b"online") > 0
+    });
+    assert!(gw.terminate().success());
+    wait_until("offline", Duration::from_secs(10), || {
+        sub.count(|m| m.payload == b"offline") > 0
+    });
+}
+
+#[test]
+fn last_will_marks_a_killed_gateway_offline() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/status");
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start(
+        dir.path(),
+        &config(broker.port, "", "  keepalive_s: 5\n", ""),
+    );
+    wait_until("online", Duration::from_secs(20), || {
+        sub.count(|m| m.payload == b"online") > 0
+    });
+    gw.kill9();
+    wait_until("the will", Duration::from_secs(15), || {
+        sub.count(|m| m.payload == b"offline") > 0
+    });
+}
+
+#[test]
+fn metrics_endpoint_serves_prometheus_text() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mport = free_port();
+    let cfg = config(broker.port, "      readings_per_s: 100\n", "", "").replace(
+        "sources:\n",
+        &format!("metrics:\n  listen: 127.0.0.1:{mport}\nsources:\n"),
+    );
+    let _gw = Gateway::start(dir.path(), &cfg);
+    let mut body = String::new();
+    wait_until("metrics", Duration::from_secs(20), || {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", mport)) else {
+            return false;
+        };
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        body.clear();
+        s.read_to_string(&mut body).unwrap();
+        body.contains("weir_mqtt_acked_total ") && !body.contains("weir_mqtt_acked_total 0\n")
+    });
+    assert!(body.starts_with("HTTP/1.1 200 OK"));
+    assert!(
+        body.contains("weir_readings_in_total{source=\"sim\"}"),
+        "{body}"
+    );
+}
