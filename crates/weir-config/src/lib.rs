@@ -321,9 +321,10 @@ pub fn load_file(path: &Path) -> (Option<GatewayConfig>, Diagnostics) {
 
 /// Parse and validate `text` (named `file` in messages), with `lookup` for `${VAR}`.
 ///
-/// Returns the config when one could be built, and the diagnostics collector, which may hold
-/// errors either way. The caller parses adapter sections (`sources[i]`) into the same collector,
-/// then calls [`Diagnostics::finish`] to get every error at once.
+/// Returns the config when the document is a mapping (sections that failed to parse are replaced
+/// by their defaults, their errors recorded), and the diagnostics collector. The caller parses adapter
+/// sections (`sources[i]`) into the same collector, then calls [`Diagnostics::finish`], which fails
+/// when anything was recorded: a config must not be used unless `finish` succeeded.
 pub fn load_str(
     text: &str,
     file: &Path,
@@ -370,10 +371,8 @@ pub fn load_str(
     let bus: BusSection = section("bus")
         .and_then(|v| d.parse(v, "bus"))
         .unwrap_or_default();
-    let mqtt: Option<MqttSection> = d.parse(
-        section("mqtt").unwrap_or(serde_yaml::Value::Mapping(Default::default())),
-        "mqtt",
-    );
+    let empty = || serde_yaml::Value::Mapping(Default::default());
+    let mqtt: Option<MqttSection> = d.parse(section("mqtt").unwrap_or_else(empty), "mqtt");
     let store: StoreSection = section("store")
         .and_then(|v| d.parse(v, "store"))
         .unwrap_or_default();
@@ -414,20 +413,29 @@ pub fn load_str(
         }
     }
 
-    let config = match (gateway, mqtt) {
-        (Some(gateway), Some(mqtt)) => Some(GatewayConfig {
-            file: file.to_path_buf(),
-            gateway,
-            bus,
-            mqtt,
-            store,
-            metrics,
-            sources,
-            mqtt_password,
+    // A section that failed to parse has its error recorded; defaults stand in for it so that the
+    // rest (the sources above all) is still validated and every error is reported at once.
+    let config = GatewayConfig {
+        file: file.to_path_buf(),
+        gateway: gateway.unwrap_or_else(|| GatewaySection {
+            id: String::new(),
+            state_dir: default_state_dir(),
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
         }),
-        _ => None,
+        bus,
+        mqtt: match mqtt {
+            Some(m) => m,
+            None => match serde_yaml::from_value(empty()) {
+                Ok(m) => m,
+                Err(_) => return (None, d),
+            },
+        },
+        store,
+        metrics,
+        sources,
+        mqtt_password,
     };
-    (config, d)
+    (Some(config), d)
 }
 
 fn validate_mqtt(m: &MqttSection, d: &mut Diagnostics) {
