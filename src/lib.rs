@@ -77,6 +77,12 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
                 sources.push((e.name.clone(), b));
             }
         }
+        for (stage, _) in &cfg.stages {
+            d.error(
+                stage,
+                format!("the `{stage}` stage is not part of this build of weir"),
+            );
+        }
         if let Some(t) = &cfg.mqtt.tls {
             if !d.has_errors() {
                 if let Err(e) = weir_mqtt::tls::client_config(t) {
@@ -179,7 +185,35 @@ pub async fn pipeline(
 ) {
     let committed = metrics.counter("weir_readings_committed_total", &[]);
     let commit_errors = metrics.counter("weir_outbox_commit_errors_total", &[]);
-    while let Some(mut batch) = rx.recv().await {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut batch = tokio::select! {
+            b = rx.recv() => match b {
+                Some(b) => b,
+                None => break,
+            },
+            _ = tick.tick() => {
+                // Time-driven output of each stage passes through the stages after it.
+                let now = weir_core::Timestamp::now();
+                let mut batch = Vec::new();
+                for i in 0..stages.len() {
+                    let mut out = Vec::new();
+                    stages[i].tick(now, &mut out);
+                    if !out.is_empty() {
+                        for s in stages.iter_mut().skip(i + 1) {
+                            s.process(&mut out);
+                        }
+                        batch.extend(out);
+                    }
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+                commit(&writer, &batch, &committed, &commit_errors).await;
+                continue;
+            }
+        };
         while batch.len() < max_batch {
             match rx.try_recv() {
                 Some(b) => batch.extend(b),
@@ -192,28 +226,38 @@ pub async fn pipeline(
         if batch.is_empty() {
             continue;
         }
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match writer.commit(&batch) {
-                Ok(r) => {
-                    committed.add(batch.len() as u64);
-                    if r.dropped_for_space > 0 {
-                        tracing::warn!(
-                            dropped = r.dropped_for_space,
-                            "outbox full (store.max_bytes): dropped the oldest rows"
-                        );
-                    }
-                    break;
-                }
-                Err(e) => {
-                    commit_errors.inc();
-                    tracing::error!(
-                        "outbox commit failed: {e}; holding {} readings and retrying in {delay:?}",
-                        batch.len()
+        commit(&writer, &batch, &committed, &commit_errors).await;
+    }
+}
+
+/// Commit one batch, retrying with backoff until it is durable.
+async fn commit(
+    writer: &OutboxWriter,
+    batch: &[weir_core::Reading],
+    committed: &weir_core::Counter,
+    commit_errors: &weir_core::Counter,
+) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match writer.commit(batch) {
+            Ok(r) => {
+                committed.add(batch.len() as u64);
+                if r.dropped_for_space > 0 {
+                    tracing::warn!(
+                        dropped = r.dropped_for_space,
+                        "outbox full (store.max_bytes): dropped the oldest rows"
                     );
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
+                return;
+            }
+            Err(e) => {
+                commit_errors.inc();
+                tracing::error!(
+                    "outbox commit failed: {e}; holding {} readings and retrying in {delay:?}",
+                    batch.len()
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -320,4 +364,93 @@ pub async fn run(
         "stopped; rows left in the outbox are sent on the next start"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use weir_core::{DeviceInfo, Quality, Reading, Source, SourceError, Timestamp, Value};
+
+    /// Panics on its first run, fails on its second, and reports on the third.
+    #[derive(Debug, Default)]
+    struct Flaky(Arc<AtomicUsize>);
+
+    struct FlakySource(usize);
+
+    #[async_trait::async_trait]
+    impl Source for FlakySource {
+        async fn run(&mut self, ctx: SourceContext) -> Result<(), SourceError> {
+            match self.0 {
+                0 => panic!("adapter bug"),
+                1 => Err(SourceError::Other("port vanished".into())),
+                _ => {
+                    let r = Reading {
+                        device: "d".into(),
+                        point: "p".into(),
+                        value: Value::I64(self.0 as i64),
+                        unit: None,
+                        ts: Timestamp::now(),
+                        quality: Quality::Good,
+                        source: Arc::from("flaky"),
+                    };
+                    ctx.bus.send(vec![r]).await?;
+                    ctx.shutdown.cancelled().await;
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    impl SourceBuilder for Flaky {
+        fn kind(&self) -> &'static str {
+            "flaky"
+        }
+        fn devices(&self) -> Vec<DeviceInfo> {
+            vec![]
+        }
+        fn build(&self, _name: &str) -> Result<Box<dyn Source>, weir_core::BuildError> {
+            Ok(Box::new(FlakySource(self.0.fetch_add(1, Ordering::SeqCst))))
+        }
+        fn restart_backoff(&self) -> Duration {
+            Duration::from_millis(10)
+        }
+    }
+
+    #[tokio::test]
+    async fn supervisor_restarts_a_panicking_or_failing_source() {
+        let metrics = Metrics::new();
+        let (tx, mut rx) = bus(4, &metrics);
+        let router = CommandRouter::new();
+        let inbox = router.register("flaky", &[], 1);
+        let token = CancellationToken::new();
+        let builds = Arc::new(AtomicUsize::new(0));
+        let sup = tokio::spawn(supervise(
+            "flaky".into(),
+            Arc::new(Flaky(builds.clone())),
+            tx.for_source("flaky"),
+            inbox,
+            token.clone(),
+            metrics.clone(),
+        ));
+        drop(tx);
+        let batch = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch[0].value, Value::I64(2), "third build reports");
+        assert_eq!(builds.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            metrics
+                .counter("weir_source_restarts_total", &[("source", "flaky")])
+                .get(),
+            2
+        );
+        token.cancel();
+        sup.await.unwrap();
+        assert!(
+            rx.recv().await.is_none(),
+            "bus closes once the supervisor is gone"
+        );
+    }
 }

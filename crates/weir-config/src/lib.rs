@@ -271,6 +271,9 @@ pub struct GatewayConfig {
     pub store: StoreSection,
     pub metrics: MetricsSection,
     pub sources: Vec<SourceEntry>,
+    /// Pipeline-stage sections (`rules:`, `inference:`) as written, with their YAML path; parsed by
+    /// the stage's own crate through [`Diagnostics::parse`] like the sources.
+    pub stages: Vec<(String, serde_yaml::Value)>,
     /// The MQTT password after `password` / `password_file` resolution.
     pub mqtt_password: Option<Secret>,
 }
@@ -305,7 +308,16 @@ impl GatewayConfig {
     }
 }
 
-const TOP_KEYS: &[&str] = &["gateway", "bus", "mqtt", "store", "metrics", "sources"];
+const TOP_KEYS: &[&str] = &[
+    "gateway",
+    "bus",
+    "mqtt",
+    "store",
+    "metrics",
+    "sources",
+    "rules",
+    "inference",
+];
 
 /// Read and validate a file; see [`load_str`].
 pub fn load_file(path: &Path) -> (Option<GatewayConfig>, Diagnostics) {
@@ -433,6 +445,10 @@ pub fn load_str(
         store,
         metrics,
         sources,
+        stages: ["rules", "inference"]
+            .iter()
+            .filter_map(|k| section(k).map(|v| (k.to_string(), v)))
+            .collect(),
         mqtt_password,
     };
     (Some(config), d)

@@ -77,6 +77,10 @@ pub trait SourceBuilder: Send + Sync + std::fmt::Debug {
 pub trait Transform: Send {
     fn name(&self) -> &str;
     fn process(&mut self, batch: &mut Batch);
+    /// Called about once a second by the pipeline, with an empty batch, for time-driven work
+    /// (window ends, timers). Readings pushed onto `out` go through the later stages and into the
+    /// outbox like any others.
+    fn tick(&mut self, _now: crate::Timestamp, _out: &mut Batch) {}
 }
 
 /// A stage that passes every reading through unchanged: the slot a later stage fills.

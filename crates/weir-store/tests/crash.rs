@@ -42,7 +42,11 @@ fn batch(seq: &mut weir_store::SeqAllocator<'_>, n: usize) -> Vec<NewMessage> {
 }
 
 fn seq_of(row: &StoredMessage) -> u64 {
-    row.topic.strip_prefix("site/dev/").unwrap().parse().unwrap()
+    row.topic
+        .strip_prefix("site/dev/")
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Child side. A no-op when run as an ordinary test.
@@ -113,7 +117,10 @@ fn check_whole_batches(db: &Path, batch_rows: usize) -> i64 {
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row.id, i as i64 + 1);
         assert_eq!(seq_of(row), i as u64 + 1);
-        assert_eq!(row.payload, format!(r#"{{"seq":{},"value":{}}}"#, i + 1, (i + 1) * 3).into_bytes());
+        assert_eq!(
+            row.payload,
+            format!(r#"{{"seq":{},"value":{}}}"#, i + 1, (i + 1) * 3).into_bytes()
+        );
     }
     let st = ob.stats().unwrap();
     assert_eq!(st.rows, n as u64);
@@ -121,7 +128,10 @@ fn check_whole_batches(db: &Path, batch_rows: usize) -> i64 {
         .iter()
         .map(|r| (r.topic.len() + r.payload.len()) as u64 + weir_store::ROW_OVERHEAD_BYTES)
         .sum();
-    assert_eq!(st.bytes, bytes, "persisted byte counter matches the surviving rows");
+    assert_eq!(
+        st.bytes, bytes,
+        "persisted byte counter matches the surviving rows"
+    );
     // Sequence numbers and ids continue right after the surviving batches.
     let rep = ob
         .append(|seq| {
@@ -144,7 +154,12 @@ fn abort_while_building_a_batch_keeps_exactly_the_committed_batches() {
     let db = dir.path().join("outbox.db");
     let child = spawn_child("abort", &db);
     let output = child.wait_with_output().unwrap();
-    assert_eq!(output.status.signal(), Some(6), "child died of SIGABRT: {:?}", output.status);
+    assert_eq!(
+        output.status.signal(),
+        Some(6),
+        "child died of SIGABRT: {:?}",
+        output.status
+    );
     let stdout = String::from_utf8(output.stdout).unwrap();
     let ids = committed_ids(stdout.lines().map(str::to_owned));
     let expected_last = (ABORT_BATCHES * ABORT_BATCH_ROWS) as i64;
@@ -178,7 +193,10 @@ fn sigkill_at_random_moments_keeps_whole_committed_batches() {
         let last_reported = *seen.last().unwrap();
 
         let n = check_whole_batches(&db, LOOP_BATCH_ROWS);
-        assert!(n >= last_reported, "every reported commit survived ({n} < {last_reported})");
+        assert!(
+            n >= last_reported,
+            "every reported commit survived ({n} < {last_reported})"
+        );
         assert!(
             n <= last_reported + LOOP_BATCH_ROWS as i64,
             "at most one batch committed but not yet reported"

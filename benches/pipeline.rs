@@ -1,0 +1,413 @@
+//! Throughput, latency, replay and memory of the whole pipeline against a real mosquitto.
+//!
+//! `cargo bench --bench pipeline` (mosquitto must be on the PATH). Prints figures; asserts nothing
+//! about speed. Every gateway figure is given next to a baseline measured in the same run:
+//! a bare rumqttc QoS 1 publish loop to the same broker, one message per reading.
+//!
+//! Phases:
+//! 1. baseline: rumqttc AsyncClient, QoS 1, N messages of a telemetry-sized payload, until the
+//!    last PUBACK;
+//! 2. gateway, one message per reading: simulator → bus → pipeline stages → durable outbox
+//!    (synchronous=FULL) → forwarder → mosquitto, until the last PUBACK;
+//! 3. the same with per-device batching;
+//! 4. latency at 1,000 readings/s: reading timestamp → arrival at a subscriber on the same broker
+//!    (an upper bound for reading → PUBLISH on the wire);
+//! 5. outbox replay: 1,000,000 rows committed while no broker is reachable, then delivered;
+//! 6. resident memory of the `weir` binary on a greenhouse config at 10,000 readings/s.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use weir_config::PublishMode;
+use weir_core::{
+    bus, CancellationToken, CommandRouter, Metrics, Passthrough, SourceBuilder, SourceContext,
+    Transform,
+};
+use weir_mqtt::{ConnectOptions, Encoder, Forwarder, ForwarderConfig, OutboxWriter};
+use weir_store::{Limits, Outbox};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The broker process, its port, and the directory holding its config (kept until drop).
+struct Broker(Child, u16, #[allow(dead_code)] tempfile::TempDir);
+
+impl Broker {
+    fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("m.conf");
+        std::fs::write(
+            &conf,
+            format!("user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n"),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker(child, port, dir)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const PAYLOAD: &[u8] = br#"{"value":21.87,"unit":"\xc2\xb0C","ts":"2026-11-22T03:40:12.512034871Z","quality":"good","seq":14}"#;
+
+async fn baseline(port: u16, n: u64) -> f64 {
+    let mut o = rumqttc::MqttOptions::new("bench-raw", "127.0.0.1", port);
+    o.set_inflight(256);
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 1024);
+    let start = Instant::now();
+    let pub_task = tokio::spawn(async move {
+        for i in 0..n {
+            client
+                .publish(
+                    format!("bench/gh{}/climate/temperature", i % 4),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    PAYLOAD,
+                )
+                .await
+                .unwrap();
+        }
+        client
+    });
+    let mut acks = 0;
+    while acks < n {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = el.poll().await.unwrap() {
+            acks += 1;
+        }
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    drop(pub_task.await);
+    rate
+}
+
+fn connect(port: u16, id: &str) -> ConnectOptions {
+    ConnectOptions {
+        host: "127.0.0.1".into(),
+        port,
+        client_id: id.into(),
+        v5: false,
+        keepalive: Duration::from_secs(30),
+        connect_timeout: Duration::from_secs(5),
+        credentials: None,
+        tls: None,
+        max_inflight: 256,
+        will: (format!("{id}/status"), b"offline".to_vec()),
+        max_packet_bytes: 1 << 20,
+    }
+}
+
+fn fcfg(port: u16, id: &str, exit_when_empty: bool) -> ForwarderConfig {
+    ForwarderConfig {
+        connect: connect(port, id),
+        prefix: id.into(),
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_secs(1),
+        commands: false,
+        status_interval: Duration::from_secs(60),
+        max_age: Duration::from_secs(86400),
+        exit_when_empty,
+    }
+}
+
+fn open(dir: &std::path::Path) -> Arc<Mutex<Outbox>> {
+    let limits = Limits {
+        max_bytes: 4 << 30,
+        max_age: Duration::from_secs(86400),
+        synchronous_full: true,
+    };
+    Arc::new(Mutex::new(
+        Outbox::open(&dir.join("outbox.db"), limits).unwrap(),
+    ))
+}
+
+/// Simulator → … → mosquitto for `n` readings; readings/s until the last PUBACK.
+async fn gateway(port: u16, n: u64, mode: PublishMode) -> (f64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    let metrics = Metrics::new();
+    let wake = Arc::new(Notify::new());
+    let (tx, rx) = bus(1024, &metrics);
+    let id = format!("bench-{}", free_port());
+    let encoder = Encoder::new(
+        &id,
+        "{prefix}/{device}/{point}",
+        "{prefix}/{device}",
+        mode,
+        1,
+    );
+    let writer = OutboxWriter::new(outbox.clone(), encoder, wake.clone());
+    let stages: Vec<Box<dyn Transform>> = vec![
+        Box::new(Passthrough("rules")),
+        Box::new(Passthrough("inference")),
+    ];
+    let pipe = tokio::spawn(weir::pipeline(rx, stages, writer, 5000, metrics.clone()));
+    let token = CancellationToken::new();
+    let fwd = Forwarder::new(
+        fcfg(port, &id, false),
+        outbox.clone(),
+        wake,
+        CommandRouter::new(),
+        metrics.clone(),
+    );
+    let fwd_task = tokio::spawn(fwd.run(token.clone()));
+    let sim: weir_sim::SimConfig = serde_yaml::from_str(&format!(
+        "{{greenhouses: 10, beds: 6, readings_per_s: 10000000, total_readings: {n}, max_batch: 1000, seed: 1}}"
+    ))
+    .unwrap();
+    let router = CommandRouter::new();
+    let inbox = router.register("sim", &sim.devices(), 4);
+    let mut src = sim.build("sim").unwrap();
+    let ctx = SourceContext {
+        bus: tx.for_source("sim"),
+        shutdown: token.clone(),
+        commands: inbox,
+    };
+    drop(tx);
+    let start = Instant::now();
+    let src_task = tokio::spawn(async move { src.run(ctx).await });
+    let acked = metrics.counter("weir_mqtt_acked_total", &[]);
+    let committed = metrics.counter("weir_readings_committed_total", &[]);
+    // Wait until every reading is committed and every resulting message acknowledged.
+    loop {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if committed.get() >= n {
+            let rows = weir_mqtt::forwarder::lock(&outbox).stats().unwrap().rows;
+            if rows == 0 {
+                break;
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let messages = acked.get();
+    token.cancel();
+    let _ = src_task.await;
+    let _ = pipe.await;
+    let _ = fwd_task.await;
+    (n as f64 / secs, messages)
+}
+
+async fn latency(port: u16) -> (f64, f64, f64) {
+    let id = format!("lat-{}", free_port());
+    let mut o = rumqttc::MqttOptions::new(format!("{id}-sub"), "127.0.0.1", port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (sub, mut el) = rumqttc::AsyncClient::new(o, 1024);
+    sub.subscribe(format!("{id}/#"), rumqttc::QoS::AtMostOnce)
+        .await
+        .unwrap();
+    loop {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) = el.poll().await.unwrap() {
+            break;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    let metrics = Metrics::new();
+    let wake = Arc::new(Notify::new());
+    let (tx, rx) = bus(1024, &metrics);
+    let encoder = Encoder::new(
+        &id,
+        "{prefix}/{device}/{point}",
+        "{prefix}/{device}",
+        PublishMode::PerReading,
+        1,
+    );
+    let writer = OutboxWriter::new(outbox.clone(), encoder, wake.clone());
+    let pipe = tokio::spawn(weir::pipeline(rx, vec![], writer, 5000, metrics.clone()));
+    let token = CancellationToken::new();
+    let fwd = Forwarder::new(
+        fcfg(port, &id, false),
+        outbox,
+        wake,
+        CommandRouter::new(),
+        metrics,
+    );
+    let fwd_task = tokio::spawn(fwd.run(token.clone()));
+    let n = 5000u64;
+    let sim: weir_sim::SimConfig = serde_yaml::from_str(&format!(
+        "{{readings_per_s: 1000, tick_ms: 1, total_readings: {n}, seed: 1}}"
+    ))
+    .unwrap();
+    let router = CommandRouter::new();
+    let inbox = router.register("sim", &sim.devices(), 4);
+    let mut src = sim.build("sim").unwrap();
+    let ctx = SourceContext {
+        bus: tx.for_source("sim"),
+        shutdown: token.clone(),
+        commands: inbox,
+    };
+    drop(tx);
+    let src_task = tokio::spawn(async move { src.run(ctx).await });
+    let mut lat = Vec::new();
+    while (lat.len() as u64) < n {
+        if let Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) =
+            tokio::time::timeout(Duration::from_secs(10), el.poll()).await
+        {
+            let now = std::time::SystemTime::now();
+            let v: serde_json::Value = match serde_json::from_slice(&p.payload) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            if let Some(ts) = v["ts"].as_str() {
+                let t = humantime::parse_rfc3339(ts).unwrap();
+                lat.push(now.duration_since(t).unwrap_or_default().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    token.cancel();
+    let _ = src_task.await;
+    let _ = pipe.await;
+    let _ = fwd_task.await;
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let q = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
+    (q(0.5), q(0.99), q(1.0))
+}
+
+async fn replay(port: u16, rows: u64) -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path());
+    let id = format!("replay-{}", free_port());
+    let start = Instant::now();
+    let mut seq_dev = 0u64;
+    for _ in 0..rows / 1000 {
+        weir_mqtt::forwarder::lock(&outbox)
+            .append(|seqs| {
+                (0..1000)
+                    .map(|_| {
+                        seq_dev += 1;
+                        let d = format!("gh{}/climate", seq_dev % 8);
+                        let s = seqs.next(&d);
+                        weir_store::NewMessage {
+                            topic: format!("{id}/{d}/temperature"),
+                            payload: format!(r#"{{"value":21.87,"unit":"C","ts":"2026-11-22T03:40:12.512034871Z","quality":"good","seq":{s}}}"#).into_bytes(),
+                            qos: 1,
+                            retain: false,
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap();
+    }
+    let fill = rows as f64 / start.elapsed().as_secs_f64();
+    let fwd = Forwarder::new(
+        fcfg(port, &id, true),
+        outbox.clone(),
+        Arc::new(Notify::new()),
+        CommandRouter::new(),
+        Metrics::new(),
+    );
+    let start = Instant::now();
+    fwd.run(CancellationToken::new()).await;
+    let rate = rows as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(
+        weir_mqtt::forwarder::lock(&outbox).stats().unwrap().rows,
+        0,
+        "replay delivered everything"
+    );
+    (fill, rate)
+}
+
+fn rss_of_weir(port: u16) -> Option<(u64, u64)> {
+    let bin = env!("CARGO_BIN_EXE_weir");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gw.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "gateway:\n  id: rss\n  state_dir: {}\nmqtt:\n  port: {port}\nsources:\n  - sim:\n      greenhouses: 4\n      readings_per_s: 10000\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(bin)
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_secs(10));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
+    let kb = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    };
+    let r = (kb("VmRSS:")?, kb("VmHWM:")?);
+    let _ = child.kill();
+    let _ = child.wait();
+    Some(r)
+}
+
+fn main() {
+    weir_mqtt::tls::install_crypto_provider();
+    let n: u64 = std::env::var("WEIR_BENCH_READINGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let replay_rows: u64 = std::env::var("WEIR_BENCH_REPLAY_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let broker = Broker::start();
+    let port = broker.1;
+    rt.block_on(async {
+        let _ = baseline(port, 20_000).await; // warm-up
+        let raw = baseline(port, n).await;
+        println!("baseline: bare rumqttc QoS 1 publish loop      {raw:>10.0} msg/s");
+        let (per_reading, msgs) = gateway(port, n, PublishMode::PerReading).await;
+        println!(
+            "gateway, one message per reading (QoS 1, durable) {per_reading:>10.0} readings/s  ({msgs} messages)  ratio to baseline {:.2}",
+            per_reading / raw
+        );
+        let (batched, msgs) = gateway(port, n * 3, PublishMode::PerDevice).await;
+        println!(
+            "gateway, per-device batches                      {batched:>10.0} readings/s  ({msgs} messages)  ratio to baseline {:.2}",
+            batched / raw
+        );
+        let (p50, p99, max) = latency(port).await;
+        println!("latency at 1,000 readings/s, reading -> subscriber: p50 {p50:.2} ms  p99 {p99:.2} ms  max {max:.2} ms");
+        let (fill, rate) = replay(port, replay_rows).await;
+        println!(
+            "outbox replay of {replay_rows} rows: committed at {fill:.0} rows/s (1,000 per transaction, FULL), delivered at {rate:.0} readings/s  ratio to baseline {:.2}",
+            rate / raw
+        );
+    });
+    match rss_of_weir(port) {
+        Some((rss, hwm)) => println!(
+            "weir binary, 4 greenhouses at 10,000 readings/s: RSS {:.1} MB, peak {:.1} MB",
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        ),
+        None => println!("weir binary RSS: could not be measured"),
+    }
+}
