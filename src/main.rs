@@ -90,7 +90,7 @@ fn init_logging() {
     }
 }
 
-fn load(config: &PathBuf) -> Result<weir::Loaded, ExitCode> {
+fn load(config: &std::path::Path) -> Result<weir::Loaded, ExitCode> {
     weir::load(config).map_err(|e| {
         eprint!("{e}");
         ExitCode::from(1)

@@ -21,22 +21,18 @@ pub fn substitute(
     diags: &mut Diagnostics,
 ) {
     match v {
-        serde_yaml::Value::String(s) => {
-            if s.contains('$') {
-                match expand(s, lookup) {
-                    // `port: ${PORT}` must still be a number: a substituted value that reads as a
-                    // YAML number or boolean becomes one.
-                    Ok(n) if n != *s => {
-                        *v = match serde_yaml::from_str::<serde_yaml::Value>(&n) {
-                            Ok(x @ (serde_yaml::Value::Number(_) | serde_yaml::Value::Bool(_))) => {
-                                x
-                            }
-                            _ => serde_yaml::Value::String(n),
-                        }
+        serde_yaml::Value::String(s) if s.contains('$') => {
+            match expand(s, lookup) {
+                // `port: ${PORT}` must still be a number: a substituted value that reads as a
+                // YAML number or boolean becomes one.
+                Ok(n) if n != *s => {
+                    *v = match serde_yaml::from_str::<serde_yaml::Value>(&n) {
+                        Ok(x @ (serde_yaml::Value::Number(_) | serde_yaml::Value::Bool(_))) => x,
+                        _ => serde_yaml::Value::String(n),
                     }
-                    Ok(_) => {}
-                    Err(e) => diags.error(path, e),
                 }
+                Ok(_) => {}
+                Err(e) => diags.error(path, e),
             }
         }
         serde_yaml::Value::Sequence(seq) => {
