@@ -46,7 +46,7 @@ impl Broker {
         let conf = dir.path().join("m.conf");
         std::fs::write(
             &conf,
-            format!("user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n"),
+            format!("user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nset_tcp_nodelay true\n"),
         )
         .unwrap();
         let child = Command::new("mosquitto")
@@ -78,6 +78,10 @@ async fn baseline(port: u16, n: u64) -> f64 {
     let mut o = rumqttc::MqttOptions::new("bench-raw", "127.0.0.1", port);
     o.set_inflight(256);
     let (client, mut el) = rumqttc::AsyncClient::new(o, 1024);
+    // Same TCP settings as the gateway's connection, so the comparison is like for like.
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    el.set_network_options(net);
     let start = Instant::now();
     let pub_task = tokio::spawn(async move {
         for i in 0..n {
@@ -215,6 +219,9 @@ async fn latency(port: u16) -> (f64, f64, f64) {
     let mut o = rumqttc::MqttOptions::new(format!("{id}-sub"), "127.0.0.1", port);
     o.set_max_packet_size(1 << 20, 1 << 20);
     let (sub, mut el) = rumqttc::AsyncClient::new(o, 1024);
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    el.set_network_options(net);
     sub.subscribe(format!("{id}/#"), rumqttc::QoS::AtMostOnce)
         .await
         .unwrap();

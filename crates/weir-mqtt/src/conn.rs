@@ -79,6 +79,16 @@ fn qos(q: u8) -> QoS {
     }
 }
 
+/// TCP_NODELAY: a PUBLISH goes on the wire at once. With Nagle's algorithm a small publish written
+/// while the previous one is unacknowledged at TCP level waits for the peer's delayed ACK (40 ms on
+/// Linux), which is what a latency budget of a few milliseconds cannot afford.
+fn network_options(o: &ConnectOptions) -> rumqttc::NetworkOptions {
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_connection_timeout(o.connect_timeout.as_secs().max(1));
+    net.set_tcp_nodelay(true);
+    net
+}
+
 fn qos5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
     if q == 0 {
         rumqttc::v5::mqttbytes::QoS::AtMostOnce
@@ -117,6 +127,7 @@ impl Session {
             if let Some((u, p)) = &o.credentials {
                 m.set_credentials(u.clone(), p.clone());
             }
+            m.set_network_options(network_options(o));
             let (c, e) = rumqttc::v5::AsyncClient::new(m, cap);
             Session::V5(c, Box::new(e))
         } else {
@@ -136,9 +147,7 @@ impl Session {
                 m.set_credentials(u.clone(), p.clone());
             }
             let (c, mut e) = rumqttc::AsyncClient::new(m, cap);
-            let mut net = rumqttc::NetworkOptions::new();
-            net.set_connection_timeout(o.connect_timeout.as_secs().max(1));
-            e.set_network_options(net);
+            e.set_network_options(network_options(o));
             Session::V4(c, Box::new(e))
         }
     }
