@@ -28,9 +28,13 @@
 //!    [`ROW_OVERHEAD_BYTES`]). The limit is enforced on append only: lowering it takes effect at the next
 //!    append, opening never deletes data.
 //! 5. **Bounded by age.** [`Outbox::enforce_age`] deletes rows whose `enqueued_ns` (UTC wall clock at
-//!    append) is before `now_ns - max_age`, counted in `dropped_for_age_total`. It uses an index and costs
-//!    no write transaction when nothing is due. Because the timestamp is the wall clock, a clock that jumps
-//!    forward (e.g. an RTC-less board getting NTP time) ages rows appended before the jump accordingly.
+//!    append) is before `now_ns - max_age`, counted in `dropped_for_age_total`. All rows of one append
+//!    share one `enqueued_ns`, and each append also records `(first_id, last_id, enqueued_ns)` in the small
+//!    `batch` table, which alone is indexed by time: the age bound and `oldest_enqueued_ns` cost a look-up
+//!    per batch instead of a second per-row index (which would cost ~30 % of append and replay
+//!    throughput). `enforce_age` costs no write transaction when nothing is due. Because the timestamp is
+//!    the wall clock, a clock that jumps forward (e.g. an RTC-less board getting NTP time) ages rows
+//!    appended before the jump accordingly; a clock that steps back does not reorder ids.
 //! 6. **Counters are exact and durable.** `rows`, `bytes`, the two drop counters and `last_id` live in the
 //!    single `meta` row and are updated in the same transaction as the data they describe, so they are
 //!    never out of step with the table and survive restarts. Opening reads them (O(1)) instead of scanning
@@ -46,7 +50,8 @@
 //!    numbers stay strictly increasing even then.
 //! 9. **Read-only handles don't disturb the writer.** [`Outbox::open_read_only`] opens with
 //!    `SQLITE_OPEN_READONLY`; under WAL its reads neither block nor are blocked by the daemon's writes, it
-//!    never checkpoints, and every write method on it fails with [`StoreError::ReadOnly`].
+//!    never checkpoints, and every write method on it fails with [`StoreError::ReadOnly`]. (When no writer
+//!    is running, SQLite may leave empty `-wal`/`-shm` files behind; the next writer uses them as usual.)
 //!
 //! # Connection settings
 //!
@@ -69,7 +74,12 @@
 //!     retain      INTEGER NOT NULL,     -- 0 / 1
 //!     enqueued_ns INTEGER NOT NULL      -- UTC wall clock at append, ns since the Unix epoch
 //! );
-//! CREATE INDEX outbox_enqueued ON outbox (enqueued_ns);      -- age bound and oldest_enqueued_ns
+//! CREATE TABLE batch (                  -- one row per append that stored rows
+//!     first_id    INTEGER PRIMARY KEY,  -- its rows are first_id..=last_id (some may be gone)
+//!     last_id     INTEGER NOT NULL,
+//!     enqueued_ns INTEGER NOT NULL      -- = outbox.enqueued_ns of its rows
+//! );
+//! CREATE INDEX batch_enqueued ON batch (enqueued_ns);        -- age bound and oldest_enqueued_ns
 //! CREATE TABLE device_seq (
 //!     device   TEXT PRIMARY KEY,
 //!     last_seq INTEGER NOT NULL         -- last sequence number handed out and committed
@@ -85,19 +95,27 @@
 //!     max_bytes               INTEGER NOT NULL   -- byte bound of the last writer, for read-only stats
 //! );
 //! ```
+//!
+//! A `batch` row goes with the age bound, or once every id up to its `last_id` is gone; a batch emptied
+//! out of order by acks lingers (it matches no row, so it is harmless) until then.
+//!
+//! # Cost
+//!
+//! An append is one transaction: one cached `INSERT` per row plus a constant number of statements (meta
+//! row, batch row, one upsert per device that got sequence numbers). [`Outbox::delete`] removes each run
+//! of consecutive ids with one ranged `SELECT count/sum` and one ranged `DELETE`, so acking in id order
+//! costs two statements per call, not per row. Opening and [`Outbox::stats`] never scan the table.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{
-    params, Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
-};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
 /// Fixed per-row overhead, in bytes, added to `len(topic) + len(payload)` when sizing a row for the byte
-/// bound. It approximates SQLite's record header, the id, qos/retain/timestamp columns, the cell pointer
-/// and the `enqueued_ns` index entry, so `max_bytes` roughly tracks the file's real growth.
+/// bound. It approximates SQLite's record header, the id, qos/retain/timestamp columns and the cell
+/// pointer, so `max_bytes` roughly tracks the file's real growth.
 pub const ROW_OVERHEAD_BYTES: u64 = 32;
 
 /// `PRAGMA application_id` of a Weir outbox: the ASCII bytes `"WEIR"`.
@@ -119,7 +137,12 @@ CREATE TABLE outbox (
     retain      INTEGER NOT NULL,
     enqueued_ns INTEGER NOT NULL
 );
-CREATE INDEX outbox_enqueued ON outbox (enqueued_ns);
+CREATE TABLE batch (
+    first_id    INTEGER PRIMARY KEY,
+    last_id     INTEGER NOT NULL,
+    enqueued_ns INTEGER NOT NULL
+);
+CREATE INDEX batch_enqueued ON batch (enqueued_ns);
 CREATE TABLE device_seq (
     device   TEXT PRIMARY KEY,
     last_seq INTEGER NOT NULL
@@ -151,14 +174,22 @@ const SQL_MAX_ID: &str = "SELECT max(id) FROM outbox";
 const SQL_OLDEST_FIRST: &str =
     "SELECT id, octet_length(topic) + length(payload) FROM outbox ORDER BY id";
 const SQL_DELETE_UP_TO: &str = "DELETE FROM outbox WHERE id <= ?1";
-const SQL_DELETE_ID: &str =
-    "DELETE FROM outbox WHERE id = ?1 RETURNING octet_length(topic) + length(payload)";
-const SQL_MIN_ENQUEUED: &str = "SELECT min(enqueued_ns) FROM outbox";
-const SQL_DELETE_OLDER: &str =
-    "DELETE FROM outbox WHERE enqueued_ns < ?1 RETURNING octet_length(topic) + length(payload)";
+const SQL_INSERT_BATCH: &str =
+    "INSERT INTO batch (first_id, last_id, enqueued_ns) VALUES (?1, ?2, ?3)";
+const SQL_SIZE_RANGE: &str =
+    "SELECT count(*), coalesce(sum(octet_length(topic) + length(payload)), 0) \
+                              FROM outbox WHERE id BETWEEN ?1 AND ?2";
+const SQL_DELETE_RANGE: &str = "DELETE FROM outbox WHERE id BETWEEN ?1 AND ?2";
+const SQL_BATCHES_OLDER: &str = "SELECT first_id, last_id FROM batch WHERE enqueued_ns < ?1";
+const SQL_ANY_BATCH_OLDER: &str = "SELECT 1 FROM batch WHERE enqueued_ns < ?1 LIMIT 1";
+const SQL_DELETE_BATCHES_OLDER: &str = "DELETE FROM batch WHERE enqueued_ns < ?1";
+const SQL_PRUNE_BATCHES: &str = "DELETE FROM batch WHERE last_id < \
+                                 coalesce((SELECT min(id) FROM outbox), 9223372036854775807)";
 const SQL_READ_AFTER: &str = "SELECT id, topic, payload, qos, retain, enqueued_ns FROM outbox \
                               WHERE id > ?1 ORDER BY id LIMIT ?2";
-const SQL_STATS: &str = "SELECT rows, bytes, (SELECT min(enqueued_ns) FROM outbox), \
+const SQL_STATS: &str = "SELECT rows, bytes, \
+                         (SELECT b.enqueued_ns FROM batch b WHERE EXISTS (SELECT 1 FROM outbox o \
+                          WHERE o.id BETWEEN b.first_id AND b.last_id) ORDER BY b.enqueued_ns LIMIT 1), \
                          (SELECT max(id) FROM outbox), dropped_for_space_total, dropped_for_age_total, \
                          max_bytes FROM meta WHERE singleton = 0";
 
@@ -674,7 +705,7 @@ impl Outbox {
     ///
     /// `build` runs inside the write transaction. If anything fails (or `build` panics) nothing of the
     /// batch is stored and no sequence number is consumed. An empty batch that issued no sequence numbers
-    /// costs no transaction.
+    /// commits nothing (no fsync).
     pub fn append<F: FnOnce(&mut SeqAllocator<'_>) -> Vec<NewMessage>>(
         &mut self,
         build: F,
@@ -730,6 +761,11 @@ impl Outbox {
                 m.rows += 1;
                 m.bytes += row_size(msg.topic.len(), msg.payload.len());
             }
+        }
+        if !messages.is_empty() {
+            tx.prepare_cached(SQL_INSERT_BATCH)
+                .and_then(|mut s| s.execute(params![first_id, m.last_id, enqueued_ns]))
+                .map_err(&err)?;
         }
         {
             let mut upsert = tx.prepare_cached(SQL_UPSERT_SEQ).map_err(&err)?;
@@ -801,24 +837,29 @@ impl Outbox {
         if ids.is_empty() {
             return Ok(());
         }
+        // Acks come in id order, so `ids` is normally one ascending run: delete it as ranges of
+        // consecutive ids (two statements per range instead of one per id).
+        let sorted;
+        let ids = if ids.windows(2).all(|w| w[0] < w[1]) {
+            ids
+        } else {
+            let mut v = ids.to_vec();
+            v.sort_unstable();
+            v.dedup();
+            sorted = v;
+            &sorted[..]
+        };
         self.write(OP, limits, |tx, path, m| {
-            let err = sql_err(path, OP);
-            let mut stmt = tx.prepare_cached(SQL_DELETE_ID).map_err(&err)?;
-            for id in ids {
-                let size: Option<i64> = stmt
-                    .query_row([id], |r| r.get(0))
-                    .optional()
-                    .map_err(&err)?;
-                if let Some(size) = size {
-                    release(
-                        path,
-                        m,
-                        1,
-                        to_u64(path, OP, "row size", size)? + ROW_OVERHEAD_BYTES,
-                    );
+            let mut start = 0;
+            while start < ids.len() {
+                let mut end = start;
+                while end + 1 < ids.len() && ids[end + 1] == ids[end] + 1 {
+                    end += 1;
                 }
+                delete_range(tx, path, OP, m, ids[start], ids[end])?;
+                start = end + 1;
             }
-            Ok(())
+            prune_batches(tx, path, OP)
         })
     }
 
@@ -829,28 +870,33 @@ impl Outbox {
         let limits = self.limits(OP)?;
         let max_age_ns = i64::try_from(limits.max_age.as_nanos()).unwrap_or(i64::MAX);
         let cutoff = now_ns.saturating_sub(max_age_ns);
-        let oldest: Option<i64> = self
+        let due = self
             .conn
-            .prepare_cached(SQL_MIN_ENQUEUED)
-            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .prepare_cached(SQL_ANY_BATCH_OLDER)
+            .and_then(|mut s| s.exists([cutoff]))
             .map_err(sql_err(&self.path, OP))?;
-        if oldest.is_none_or(|oldest| oldest >= cutoff) {
+        if !due {
             return Ok(0);
         }
         let mut dropped = 0;
         self.write(OP, limits, |tx, path, m| {
             let err = sql_err(path, OP);
-            let mut stmt = tx.prepare_cached(SQL_DELETE_OLDER).map_err(&err)?;
-            let mut rows = stmt.query([cutoff]).map_err(&err)?;
-            let (mut n, mut bytes) = (0u64, 0u64);
-            while let Some(row) = rows.next().map_err(&err)? {
-                let size: i64 = row.get(0).map_err(&err)?;
-                n += 1;
-                bytes += to_u64(path, OP, "row size", size)? + ROW_OVERHEAD_BYTES;
+            let ranges: Vec<(i64, i64)> = tx
+                .prepare_cached(SQL_BATCHES_OLDER)
+                .and_then(|mut s| {
+                    s.query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<_, _>>()
+                })
+                .map_err(&err)?;
+            let rows_before = m.rows;
+            for (first, last) in ranges {
+                delete_range(tx, path, OP, m, first, last)?;
             }
-            release(path, m, n, bytes);
-            m.dropped_for_age_total += n;
-            dropped = n;
+            tx.prepare_cached(SQL_DELETE_BATCHES_OLDER)
+                .and_then(|mut s| s.execute([cutoff]))
+                .map_err(&err)?;
+            dropped = rows_before - m.rows;
+            m.dropped_for_age_total += dropped;
             Ok(())
         })?;
         if dropped > 0 {
@@ -959,6 +1005,39 @@ fn begin_write(
     Ok(*meta)
 }
 
+/// Deletes the rows with ids in `first..=last` (some may be gone already) and releases their size.
+fn delete_range(
+    tx: &Transaction<'_>,
+    path: &Path,
+    op: &'static str,
+    m: &mut Meta,
+    first: i64,
+    last: i64,
+) -> Result<(), StoreError> {
+    let err = sql_err(path, op);
+    let (n, size): (i64, i64) = tx
+        .prepare_cached(SQL_SIZE_RANGE)
+        .and_then(|mut s| s.query_row([first, last], |r| Ok((r.get(0)?, r.get(1)?))))
+        .map_err(&err)?;
+    if n > 0 {
+        tx.prepare_cached(SQL_DELETE_RANGE)
+            .and_then(|mut s| s.execute([first, last]))
+            .map_err(&err)?;
+        let n = to_u64(path, op, "row count", n)?;
+        let bytes = to_u64(path, op, "row sizes", size)? + n * ROW_OVERHEAD_BYTES;
+        release(path, m, n, bytes);
+    }
+    Ok(())
+}
+
+/// Forgets batches whose rows are all gone (every id up to their `last_id`).
+fn prune_batches(tx: &Transaction<'_>, path: &Path, op: &'static str) -> Result<(), StoreError> {
+    tx.prepare_cached(SQL_PRUNE_BATCHES)
+        .and_then(|mut s| s.execute([]))
+        .map_err(sql_err(path, op))?;
+    Ok(())
+}
+
 /// Deletes the oldest rows until at least `excess` bytes are freed; returns how many rows went.
 fn drop_oldest(
     tx: &Transaction<'_>,
@@ -990,6 +1069,7 @@ fn drop_oldest(
             .map_err(&err)?;
     }
     release(path, m, n, freed);
+    prune_batches(tx, path, OP)?;
     if exhausted {
         // Only reachable if the counters had drifted: the table is empty now, so they are exactly zero.
         tracing::warn!(path = %path.display(), "outbox byte counter was above the table's contents; reset");

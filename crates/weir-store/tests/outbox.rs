@@ -520,6 +520,56 @@ fn age_bound_drops_old_rows_and_count_persists() {
 }
 
 #[test]
+fn batches_emptied_out_of_order_do_not_affect_oldest_or_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let mut ob = Outbox::open(&path, limits()).unwrap();
+    let a = append_seq(&mut ob, "d", 3);
+    std::thread::sleep(Duration::from_millis(2));
+    let b = append_seq(&mut ob, "d", 3);
+    std::thread::sleep(Duration::from_millis(2));
+    append_seq(&mut ob, "d", 3);
+    let rows = all(&mut ob);
+    let t_a = rows[0].enqueued_ns;
+    // Ack all of the middle batch (out of order, in reverse), keeping the first.
+    ob.delete(&(b.first_id..=b.last_id).rev().collect::<Vec<_>>())
+        .unwrap();
+    // Pretend the emptied batch was stamped by a clock that had stepped back.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        let n = conn
+            .execute(
+                "UPDATE batch SET enqueued_ns = 5 WHERE first_id = ?1",
+                [b.first_id],
+            )
+            .unwrap();
+        assert_eq!(n, 1, "the emptied batch lingers until the head passes it");
+    }
+    assert_eq!(
+        ob.stats().unwrap().oldest_enqueued_ns,
+        Some(t_a),
+        "empty batch ignored"
+    );
+    // Due by its stamp, but it holds no row: nothing is dropped or counted.
+    assert_eq!(
+        ob.enforce_age(6 + limits().max_age.as_nanos() as i64)
+            .unwrap(),
+        0
+    );
+    let st = ob.stats().unwrap();
+    assert_eq!((st.rows, st.dropped_for_age_total), (6, 0));
+    // Acking the head prunes the batches it passed.
+    ob.delete(&(a.first_id..=a.last_id).collect::<Vec<_>>())
+        .unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let batches: i64 = conn
+        .query_row("SELECT count(*) FROM batch", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(batches, 1);
+}
+
+#[test]
 fn open_refuses_garbage_file_naming_the_path_and_leaves_it_alone() {
     let dir = tempfile::tempdir().unwrap();
     for (name, content) in [
@@ -761,8 +811,9 @@ fn two_writer_handles_keep_ids_and_seqs_increasing() {
 #[test]
 fn outbox_can_move_to_a_blocking_thread() {
     fn assert_send<T: Send + 'static>() {}
+    fn assert_error<T: std::error::Error + Send + Sync + 'static>() {}
     assert_send::<Outbox>();
-    assert_send::<StoreError>();
+    assert_error::<StoreError>();
 }
 
 /// Random operations against a simple in-memory model, with reopens in between.
