@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 
 fn weir(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut c = Command::new(common::weir_bin());
+    let mut c = common::weir_cmd();
     c.args(args);
     for (k, v) in env {
         c.env(k, v);

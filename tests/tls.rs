@@ -188,7 +188,7 @@ fn garbage_tls_files_fail_check_with_the_file_named() {
         ),
     )
     .unwrap();
-    let out = Command::new(weir_bin())
+    let out = weir_cmd()
         .args(["check", "-c"])
         .arg(&cfg)
         .output()

@@ -250,6 +250,20 @@ pub fn weir_bin() -> &'static str {
     env!("CARGO_BIN_EXE_weir")
 }
 
+/// A command that runs the weir binary. When the tests run for another architecture under an
+/// emulator (`scripts/cross-aarch64 --test`), `WEIR_TEST_EXEC_PREFIX=qemu-aarch64` names it: the
+/// binary is started through it, since binfmt is not set up on build machines.
+pub fn weir_cmd() -> Command {
+    match std::env::var("WEIR_TEST_EXEC_PREFIX") {
+        Ok(prefix) if !prefix.is_empty() => {
+            let mut c = Command::new(prefix);
+            c.arg(weir_bin());
+            c
+        }
+        _ => Command::new(weir_bin()),
+    }
+}
+
 impl Gateway {
     /// Write `config` (with `{state}` replaced by the state dir) and start `weir run`.
     pub fn start(dir: &Path, config: &str) -> Gateway {
@@ -278,7 +292,7 @@ impl Gateway {
             .open(&self.log)
             .unwrap();
         writeln!(log, "---- start ----").unwrap();
-        let child = Command::new(weir_bin())
+        let child = weir_cmd()
             .args(["run", "-c"])
             .arg(&self.config)
             .env("WEIR_LOG", "info")
@@ -320,7 +334,7 @@ impl Gateway {
 
     /// `weir <args> -c <config>` to completion: (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(weir_bin())
+        let out = weir_cmd()
             .args(args)
             .arg("-c")
             .arg(&self.config)

@@ -87,10 +87,14 @@ fn crash_child() {
 
 fn spawn_child(mode: &str, db: &Path) -> std::process::Child {
     let exe = std::env::current_exe().unwrap();
+    // Under an emulator (`scripts/cross-aarch64 --test`) the child goes through it too: binfmt is
+    // not set up on build machines.
+    let prefix = std::env::var("WEIR_TEST_EXEC_PREFIX").unwrap_or_default();
     // `ulimit -c 0` keeps the aborting child from leaving a core file behind.
     Command::new("/bin/sh")
         .arg("-c")
-        .arg(r#"ulimit -c 0; exec "$0" "$@""#)
+        .arg(r#"ulimit -c 0; exec $WEIR_TEST_EXEC_PREFIX "$0" "$@""#)
+        .env("WEIR_TEST_EXEC_PREFIX", prefix)
         .arg(exe)
         .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
         .env(MODE_ENV, mode)
