@@ -148,69 +148,112 @@ fn open(dir: &std::path::Path) -> Arc<Mutex<Outbox>> {
     ))
 }
 
+/// A running gateway pipeline: simulator → bus → stages → outbox → forwarder → mosquitto.
+struct Running {
+    _dir: tempfile::TempDir,
+    outbox: Arc<Mutex<Outbox>>,
+    metrics: Metrics,
+    token: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// `sim` is the simulator's YAML (flow style); `id` is the topic prefix.
+    fn start(
+        port: u16,
+        id: &str,
+        mode: PublishMode,
+        stages: Vec<Box<dyn Transform>>,
+        sim: &str,
+    ) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open(dir.path());
+        let metrics = Metrics::new();
+        let wake = Arc::new(Notify::new());
+        let (tx, rx) = bus(1024, &metrics);
+        let encoder = Encoder::new(
+            id,
+            "{prefix}/{device}/{point}",
+            "{prefix}/{device}",
+            mode,
+            1,
+        );
+        let writer = OutboxWriter::new(outbox.clone(), encoder, wake.clone());
+        let token = CancellationToken::new();
+        let fwd = Forwarder::new(
+            fcfg(port, id, false),
+            outbox.clone(),
+            wake,
+            CommandRouter::new(),
+            metrics.clone(),
+        );
+        let sim: weir_sim::SimConfig = serde_yaml::from_str(sim).unwrap();
+        let router = CommandRouter::new();
+        let inbox = router.register("sim", &sim.devices(), 4);
+        let mut src = sim.build("sim").unwrap();
+        let ctx = SourceContext {
+            bus: tx.for_source("sim"),
+            shutdown: token.clone(),
+            commands: inbox,
+        };
+        drop(tx);
+        let tasks = vec![
+            tokio::spawn(weir::pipeline(rx, stages, writer, 5000, metrics.clone())),
+            tokio::spawn(fwd.run(token.clone())),
+            tokio::spawn(async move {
+                let _ = src.run(ctx).await;
+            }),
+        ];
+        Running {
+            _dir: dir,
+            outbox,
+            metrics,
+            token,
+            tasks,
+        }
+    }
+
+    async fn stop(self) {
+        self.token.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
 /// Simulator → … → mosquitto for `n` readings; readings/s until the last PUBACK.
 async fn gateway(port: u16, n: u64, mode: PublishMode) -> (f64, u64) {
-    let dir = tempfile::tempdir().unwrap();
-    let outbox = open(dir.path());
-    let metrics = Metrics::new();
-    let wake = Arc::new(Notify::new());
-    let (tx, rx) = bus(1024, &metrics);
     let id = format!("bench-{}", free_port());
-    let encoder = Encoder::new(
-        &id,
-        "{prefix}/{device}/{point}",
-        "{prefix}/{device}",
-        mode,
-        1,
-    );
-    let writer = OutboxWriter::new(outbox.clone(), encoder, wake.clone());
     let stages: Vec<Box<dyn Transform>> = vec![
         Box::new(Passthrough("rules")),
         Box::new(Passthrough("inference")),
     ];
-    let pipe = tokio::spawn(weir::pipeline(rx, stages, writer, 5000, metrics.clone()));
-    let token = CancellationToken::new();
-    let fwd = Forwarder::new(
-        fcfg(port, &id, false),
-        outbox.clone(),
-        wake,
-        CommandRouter::new(),
-        metrics.clone(),
-    );
-    let fwd_task = tokio::spawn(fwd.run(token.clone()));
-    let sim: weir_sim::SimConfig = serde_yaml::from_str(&format!(
-        "{{greenhouses: 10, beds: 6, readings_per_s: 10000000, total_readings: {n}, max_batch: 1000, seed: 1}}"
-    ))
-    .unwrap();
-    let router = CommandRouter::new();
-    let inbox = router.register("sim", &sim.devices(), 4);
-    let mut src = sim.build("sim").unwrap();
-    let ctx = SourceContext {
-        bus: tx.for_source("sim"),
-        shutdown: token.clone(),
-        commands: inbox,
-    };
-    drop(tx);
     let start = Instant::now();
-    let src_task = tokio::spawn(async move { src.run(ctx).await });
-    let acked = metrics.counter("weir_mqtt_acked_total", &[]);
-    let committed = metrics.counter("weir_readings_committed_total", &[]);
+    let run = Running::start(
+        port,
+        &id,
+        mode,
+        stages,
+        &format!("{{greenhouses: 10, beds: 6, readings_per_s: 10000000, total_readings: {n}, max_batch: 1000, seed: 1}}"),
+    );
+    let acked = run.metrics.counter("weir_mqtt_acked_total", &[]);
+    let committed = run.metrics.counter("weir_readings_committed_total", &[]);
     // Wait until every reading is committed and every resulting message acknowledged.
     loop {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        if committed.get() >= n {
-            let rows = weir_mqtt::forwarder::lock(&outbox).stats().unwrap().rows;
-            if rows == 0 {
-                break;
-            }
+        if committed.get() >= n
+            && weir_mqtt::forwarder::lock(&run.outbox)
+                .stats()
+                .unwrap()
+                .rows
+                == 0
+        {
+            break;
         }
     }
     let secs = start.elapsed().as_secs_f64();
     let messages = acked.get();
-    token.cancel();
-    let _ = src_task.await;
-    let _ = pipe.await;
-    let _ = fwd_task.await;
+    run.stop().await;
     (n as f64 / secs, messages)
 }
 
@@ -230,44 +273,14 @@ async fn latency(port: u16) -> (f64, f64, f64) {
             break;
         }
     }
-    let dir = tempfile::tempdir().unwrap();
-    let outbox = open(dir.path());
-    let metrics = Metrics::new();
-    let wake = Arc::new(Notify::new());
-    let (tx, rx) = bus(1024, &metrics);
-    let encoder = Encoder::new(
-        &id,
-        "{prefix}/{device}/{point}",
-        "{prefix}/{device}",
-        PublishMode::PerReading,
-        1,
-    );
-    let writer = OutboxWriter::new(outbox.clone(), encoder, wake.clone());
-    let pipe = tokio::spawn(weir::pipeline(rx, vec![], writer, 5000, metrics.clone()));
-    let token = CancellationToken::new();
-    let fwd = Forwarder::new(
-        fcfg(port, &id, false),
-        outbox,
-        wake,
-        CommandRouter::new(),
-        metrics,
-    );
-    let fwd_task = tokio::spawn(fwd.run(token.clone()));
     let n = 5000u64;
-    let sim: weir_sim::SimConfig = serde_yaml::from_str(&format!(
-        "{{readings_per_s: 1000, tick_ms: 1, total_readings: {n}, seed: 1}}"
-    ))
-    .unwrap();
-    let router = CommandRouter::new();
-    let inbox = router.register("sim", &sim.devices(), 4);
-    let mut src = sim.build("sim").unwrap();
-    let ctx = SourceContext {
-        bus: tx.for_source("sim"),
-        shutdown: token.clone(),
-        commands: inbox,
-    };
-    drop(tx);
-    let src_task = tokio::spawn(async move { src.run(ctx).await });
+    let run = Running::start(
+        port,
+        &id,
+        PublishMode::PerReading,
+        vec![],
+        &format!("{{readings_per_s: 1000, tick_ms: 1, total_readings: {n}, seed: 1}}"),
+    );
     let mut lat = Vec::new();
     while (lat.len() as u64) < n {
         if let Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) =
@@ -284,10 +297,7 @@ async fn latency(port: u16) -> (f64, f64, f64) {
             }
         }
     }
-    token.cancel();
-    let _ = src_task.await;
-    let _ = pipe.await;
-    let _ = fwd_task.await;
+    run.stop().await;
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let q = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
     (q(0.5), q(0.99), q(1.0))
