@@ -399,12 +399,17 @@ mod tests {
         serde_yaml::from_str(yaml).unwrap()
     }
 
-    #[tokio::test]
-    async fn produces_exactly_total_readings_round_robin() {
-        let c =
-            cfg("{greenhouses: 2, beds: 2, readings_per_s: 5000, total_readings: 1003, seed: 1}");
+    type Running = (
+        CommandRouter,
+        weir_core::BusReceiver,
+        CancellationToken,
+        tokio::task::JoinHandle<Result<(), SourceError>>,
+    );
+
+    /// Build and run the simulator with a bus and a router of its own.
+    fn start(c: &SimConfig) -> Running {
         let m = Metrics::new();
-        let (tx, mut rx) = bus(64, &m);
+        let (tx, rx) = bus(64, &m);
         let router = CommandRouter::new();
         let inbox = router.register("sim", &c.devices(), 4);
         let token = CancellationToken::new();
@@ -415,6 +420,14 @@ mod tests {
             commands: inbox,
         };
         let task = tokio::spawn(async move { src.run(ctx).await });
+        (router, rx, token, task)
+    }
+
+    #[tokio::test]
+    async fn produces_exactly_total_readings_round_robin() {
+        let c =
+            cfg("{greenhouses: 2, beds: 2, readings_per_s: 5000, total_readings: 1003, seed: 1}");
+        let (_router, mut rx, token, task) = start(&c);
         let mut got = Vec::new();
         while got.len() < 1003 {
             got.extend(rx.recv().await.unwrap());
@@ -435,18 +448,7 @@ mod tests {
     #[tokio::test]
     async fn actuator_commands_change_state_and_report() {
         let c = cfg("{interval_ms: 100000, seed: 2}");
-        let m = Metrics::new();
-        let (tx, mut rx) = bus(64, &m);
-        let router = CommandRouter::new();
-        let inbox = router.register("sim", &c.devices(), 4);
-        let token = CancellationToken::new();
-        let mut src = c.build("sim").unwrap();
-        let ctx = SourceContext {
-            bus: tx.for_source("sim"),
-            shutdown: token.clone(),
-            commands: inbox,
-        };
-        let task = tokio::spawn(async move { src.run(ctx).await });
+        let (router, mut rx, token, task) = start(&c);
         let ok = router
             .execute(
                 "gh1/actuators".into(),
