@@ -1,0 +1,856 @@
+//! The running adapter: one task per line, serialising every transaction on it.
+//!
+//! # Scheduling
+//!
+//! Each line task owns its transport and keeps, per device, the next due time of every planned
+//! request. It repeatedly takes the earliest due request, runs it (waiting at most the response
+//! timeout), and reschedules it one interval later, keeping its phase (missed periods are skipped,
+//! not caught up in a burst). Commands for the line's devices are taken between transactions.
+//!
+//! # Fault isolation
+//!
+//! * A slave that does not answer is marked down: its points are reported once as
+//!   `Bad("timeout")`, and it is probed with one request after a backoff that doubles (with
+//!   jitter) from `backoff_min_ms` to `backoff_max_ms`. Healthy slaves are therefore delayed by at
+//!   most one response timeout per probe. The first answer brings it back: all its requests fall
+//!   due at once.
+//! * A Modbus exception is an answer: the request's points become `Bad(<exception name>)`
+//!   (e.g. `illegal_data_address`) and are polled again next period.
+//! * A CRC error or a garbled frame is counted; the request's points become `Bad("crc_error")` /
+//!   `Bad("garbled_response")`; the transport discards stray bytes before the next request.
+//! * A port or connection that fails (a USB adapter unplugged, a vanished pty, a closed TCP
+//!   connection) marks every point of the line `Bad("connection_lost: …")` and is reopened after a
+//!   jittered, doubling backoff from `reconnect_min_ms` to `reconnect_max_ms`.
+//!
+//! Readings of a bad point carry no value (`NaN`, encoded as JSON `null`); a bad quality is
+//! reported when it starts or its reason changes, not at every failed probe.
+//!
+//! # Metrics (labels `source`, `line`, and `device` for the per-device ones)
+//!
+//! `weir_modbus_requests_total`, `weir_modbus_timeouts_total`, `weir_modbus_exceptions_total`,
+//! `weir_modbus_crc_errors_total`, `weir_modbus_transaction_micros_total` (sum over answered
+//! transactions) and `weir_modbus_transaction_mean_micros` (gauge), per device and, as
+//! `weir_modbus_line_*`, per line; per line also `weir_modbus_line_garbage_bytes_total` and
+//! `weir_modbus_line_reconnects_total`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use weir_core::{
+    BuildError, BusSender, CancellationToken, Command, Counter, DeviceId, DeviceInfo, Gauge,
+    Metrics, PointId, Quality, Reading, Source, SourceBuilder, SourceContext, SourceError,
+    Timestamp, Value,
+};
+
+use crate::config::{Device, Framing, Line, LineKind, Parity, Point, Resolved};
+use crate::pdu::{Request, Response, Table};
+use crate::transport::{RtuTransport, TcpTransport, TransactError, Transport};
+
+/// A configured Modbus source: what the binary hands to its supervisor.
+#[derive(Debug, Clone)]
+pub struct ModbusBuilder {
+    pub resolved: Arc<Resolved>,
+    /// Where the per-line and per-device counters go.
+    pub metrics: Metrics,
+}
+
+impl ModbusBuilder {
+    pub fn new(resolved: Resolved, metrics: Metrics) -> Self {
+        ModbusBuilder {
+            resolved: Arc::new(resolved),
+            metrics,
+        }
+    }
+}
+
+impl SourceBuilder for ModbusBuilder {
+    fn kind(&self) -> &'static str {
+        "modbus"
+    }
+
+    fn devices(&self) -> Vec<DeviceInfo> {
+        self.resolved
+            .lines
+            .iter()
+            .flat_map(|l| &l.devices)
+            .map(|d| DeviceInfo {
+                device: DeviceId::new(&d.id),
+                writable_points: d
+                    .points
+                    .iter()
+                    .filter(|p| p.writable)
+                    .map(|p| PointId::new(&p.name))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn build(&self, name: &str) -> Result<Box<dyn Source>, BuildError> {
+        Ok(Box::new(ModbusSource {
+            name: Arc::from(name),
+            resolved: self.resolved.clone(),
+            metrics: self.metrics.clone(),
+        }))
+    }
+}
+
+/// The running source.
+#[derive(Debug)]
+pub struct ModbusSource {
+    name: Arc<str>,
+    resolved: Arc<Resolved>,
+    metrics: Metrics,
+}
+
+#[async_trait]
+impl Source for ModbusSource {
+    async fn run(&mut self, ctx: SourceContext) -> Result<(), SourceError> {
+        let mut tasks = JoinSet::new();
+        let mut route: HashMap<Arc<str>, mpsc::Sender<Command>> = HashMap::new();
+        let stop = ctx.shutdown.child_token();
+        for line in &self.resolved.lines {
+            let (tx, rx) = mpsc::channel(16);
+            for d in &line.devices {
+                route.insert(d.id.clone(), tx.clone());
+            }
+            let task = LineTask::new(
+                line.clone(),
+                self.name.clone(),
+                &self.resolved,
+                ctx.bus.clone(),
+                &self.metrics,
+            );
+            tasks.spawn(task.run(stop.clone(), rx));
+        }
+        tracing::info!(source = %self.name, lines = self.resolved.lines.len(), "modbus source started");
+        let result = loop {
+            tokio::select! {
+                biased;
+                _ = ctx.shutdown.cancelled() => break Ok(()),
+                done = tasks.join_next() => match done {
+                    None => break Ok(()),
+                    Some(Ok(Ok(()))) => {
+                        if ctx.shutdown.is_cancelled() { break Ok(()) }
+                    }
+                    Some(Ok(Err(e))) => break Err(e),
+                    Some(Err(j)) => break Err(SourceError::Other(format!("a line task failed: {j}"))),
+                },
+                cmd = ctx.commands.recv() => {
+                    let Some(cmd) = cmd else { continue };
+                    match route.get(cmd.device.as_str()) {
+                        None => { let _ = cmd.reply.send(Err(format!("no modbus device `{}`", cmd.device))); }
+                        Some(tx) => if let Err(e) = tx.try_send(cmd) {
+                            let cmd = match e { mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c };
+                            let _ = cmd.reply.send(Err("busy: the line's command queue is full".into()));
+                        }
+                    }
+                }
+            }
+        };
+        stop.cancel();
+        while tasks.join_next().await.is_some() {}
+        result
+    }
+}
+
+/// Counters of one line or one device.
+#[derive(Debug, Clone)]
+struct Stats {
+    requests: Counter,
+    timeouts: Counter,
+    exceptions: Counter,
+    crc: Counter,
+    tx_micros: Counter,
+    tx_count: Counter,
+    mean: Gauge,
+}
+
+impl Stats {
+    fn new(m: &Metrics, prefix: &str, labels: &[(&str, &str)]) -> Stats {
+        let c = |n: &str| m.counter(&format!("{prefix}_{n}"), labels);
+        Stats {
+            requests: c("requests_total"),
+            timeouts: c("timeouts_total"),
+            exceptions: c("exceptions_total"),
+            crc: c("crc_errors_total"),
+            tx_micros: c("transaction_micros_total"),
+            tx_count: c("answered_total"),
+            mean: m.gauge(&format!("{prefix}_transaction_mean_micros"), labels),
+        }
+    }
+    fn answered(&self, d: Duration) {
+        self.tx_micros.add(d.as_micros() as u64);
+        self.tx_count.inc();
+        self.mean
+            .set((self.tx_micros.get() / self.tx_count.get().max(1)) as i64);
+    }
+}
+
+/// Last reported state of a point.
+#[derive(Debug, Clone)]
+struct Last {
+    value: Value,
+    quality: Quality,
+}
+
+#[derive(Debug)]
+struct DevState {
+    dev: Device,
+    id: DeviceId,
+    pids: Vec<PointId>,
+    next_due: Vec<Instant>,
+    last: Vec<Option<Last>>,
+    /// Down: (probe time, current backoff).
+    down: Option<(Instant, Duration)>,
+    stats: Stats,
+}
+
+struct LineTask {
+    line: Line,
+    source: Arc<str>,
+    bus: BusSender,
+    devs: Vec<DevState>,
+    backoff: (Duration, Duration),
+    reconnect: (Duration, Duration),
+    stats: Stats,
+    garbage: Counter,
+    reconnects: Counter,
+}
+
+/// `base × 2^attempt`, capped at `max`, times a jitter factor in [0.75, 1.25).
+pub fn jittered(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let d = base
+        .saturating_mul(1u32 << attempt.min(20))
+        .min(max);
+    d.mul_f64(rand::rng().random_range(0.75..1.25))
+}
+
+fn bad(reason: &str) -> Quality {
+    Quality::Bad(Arc::from(reason))
+}
+
+impl LineTask {
+    fn new(line: Line, source: Arc<str>, r: &Resolved, bus: BusSender, m: &Metrics) -> Self {
+        let now = Instant::now();
+        let label = line.label.clone();
+        let devs = line
+            .devices
+            .iter()
+            .map(|d| DevState {
+                id: DeviceId::new(&d.id),
+                pids: d.points.iter().map(|p| PointId::new(&p.name)).collect(),
+                next_due: vec![now; d.blocks.len()],
+                last: vec![None; d.points.len()],
+                down: None,
+                stats: Stats::new(
+                    m,
+                    "weir_modbus",
+                    &[("source", &source), ("line", &label), ("device", &d.id)],
+                ),
+                dev: d.clone(),
+            })
+            .collect();
+        let ll = [("source", &*source), ("line", label.as_str())];
+        LineTask {
+            stats: Stats::new(m, "weir_modbus_line", &ll),
+            garbage: m.counter("weir_modbus_line_garbage_bytes_total", &ll),
+            reconnects: m.counter("weir_modbus_line_reconnects_total", &ll),
+            line,
+            source,
+            bus,
+            devs,
+            backoff: r.backoff,
+            reconnect: r.reconnect,
+        }
+    }
+
+    async fn open(&self) -> std::io::Result<Box<dyn Transport>> {
+        match &self.line.kind {
+            LineKind::Rtu {
+                port,
+                baud,
+                parity,
+                data_bits,
+                stop_bits,
+                inter_frame,
+            } => {
+                use tokio_serial::SerialPortBuilderExt;
+                let path = port.to_string_lossy().into_owned();
+                let b = tokio_serial::new(path, *baud)
+                    .parity(match parity {
+                        Parity::None => tokio_serial::Parity::None,
+                        Parity::Even => tokio_serial::Parity::Even,
+                        Parity::Odd => tokio_serial::Parity::Odd,
+                    })
+                    .data_bits(match data_bits {
+                        5 => tokio_serial::DataBits::Five,
+                        6 => tokio_serial::DataBits::Six,
+                        7 => tokio_serial::DataBits::Seven,
+                        _ => tokio_serial::DataBits::Eight,
+                    })
+                    .stop_bits(if *stop_bits == 2 {
+                        tokio_serial::StopBits::Two
+                    } else {
+                        tokio_serial::StopBits::One
+                    });
+                let s = b.open_native_async().map_err(std::io::Error::from)?;
+                Ok(Box::new(RtuTransport::new(s, *inter_frame)))
+            }
+            LineKind::Tcp {
+                host,
+                port,
+                framing,
+                connect_timeout,
+            } => {
+                let addr = tokio::time::timeout(
+                    *connect_timeout,
+                    tokio::net::lookup_host((host.as_str(), *port)),
+                )
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "resolve timeout"))??
+                .next()
+                .ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host}: no address"))
+                })?;
+                match framing {
+                    Framing::Mbap => Ok(Box::new(TcpTransport::connect(addr, *connect_timeout).await?)),
+                    Framing::Rtu => {
+                        let s = tokio::time::timeout(
+                            *connect_timeout,
+                            tokio::net::TcpStream::connect(addr),
+                        )
+                        .await
+                        .map_err(|_| {
+                            std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout")
+                        })??;
+                        s.set_nodelay(true)?;
+                        Ok(Box::new(RtuTransport::new(s, Duration::ZERO)))
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, batch: Vec<Reading>, stop: &CancellationToken) -> Result<(), SourceError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => Ok(()),
+            r = self.bus.send(batch) => Ok(r?),
+        }
+    }
+
+    /// Readings for points `which` of device `d` becoming bad with `reason` (only those whose
+    /// quality changes).
+    fn mark_bad(&mut self, d: usize, which: &[usize], reason: &str, out: &mut Vec<Reading>) {
+        let q = bad(reason);
+        let ts = Timestamp::now();
+        let ds = &mut self.devs[d];
+        for &i in which {
+            if ds.last[i].as_ref().is_some_and(|l| l.quality == q) {
+                continue;
+            }
+            let p = &ds.dev.points[i];
+            ds.last[i] = Some(Last {
+                value: Value::F64(f64::NAN),
+                quality: q.clone(),
+            });
+            out.push(Reading {
+                device: ds.id.clone(),
+                point: ds.pids[i].clone(),
+                value: Value::F64(f64::NAN),
+                unit: p.unit.clone(),
+                ts,
+                quality: q.clone(),
+                source: self.source.clone(),
+            });
+        }
+    }
+
+    fn mark_line_bad(&mut self, reason: &str, out: &mut Vec<Reading>) {
+        for d in 0..self.devs.len() {
+            let all: Vec<usize> = (0..self.devs[d].dev.points.len()).collect();
+            self.mark_bad(d, &all, reason, out);
+        }
+    }
+
+    async fn run(
+        mut self,
+        stop: CancellationToken,
+        mut cmds: mpsc::Receiver<Command>,
+    ) -> Result<(), SourceError> {
+        let mut transport: Option<Box<dyn Transport>> = None;
+        let mut attempt = 0u32;
+        loop {
+            if stop.is_cancelled() {
+                return Ok(());
+            }
+            if transport.is_none() {
+                match self.open().await {
+                    Ok(t) => {
+                        if attempt > 0 {
+                            tracing::info!(line = %self.line.label, "line open again");
+                        }
+                        attempt = 0;
+                        transport = Some(t);
+                        let now = Instant::now();
+                        for d in &mut self.devs {
+                            d.next_due.iter_mut().for_each(|t| *t = now);
+                            d.down = None;
+                        }
+                    }
+                    Err(e) => {
+                        let reason = format!("connection_lost: {e}");
+                        if attempt == 0 {
+                            tracing::warn!(line = %self.line.label, "cannot open: {e}");
+                        }
+                        let mut out = Vec::new();
+                        self.mark_line_bad(&reason, &mut out);
+                        self.send(out, &stop).await?;
+                        let delay = jittered(self.reconnect.0, self.reconnect.1, attempt);
+                        attempt = attempt.saturating_add(1);
+                        self.reconnects.inc();
+                        let until = Instant::now() + delay;
+                        loop {
+                            tokio::select! {
+                                biased;
+                                _ = stop.cancelled() => return Ok(()),
+                                c = cmds.recv() => match c {
+                                    Some(c) => { let _ = c.reply.send(Err(format!("line unavailable: {e}"))); }
+                                    None => return Ok(()),
+                                },
+                                _ = tokio::time::sleep_until(until) => break,
+                            }
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(t) = transport.as_mut() else { continue };
+            let (when, d, b) = self.next();
+            let fatal = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                c = cmds.recv() => match c {
+                    Some(c) => self.write(t.as_mut(), c).await,
+                    None => return Ok(()),
+                },
+                _ = tokio::time::sleep_until(when) => {
+                    let mut out = Vec::new();
+                    let fatal = self.poll(t.as_mut(), d, b, &mut out).await;
+                    self.send(out, &stop).await?;
+                    fatal
+                }
+            };
+            if let Some(e) = fatal {
+                tracing::warn!(line = %self.line.label, "connection lost: {e}; reopening");
+                transport = None;
+                let mut out = Vec::new();
+                self.mark_line_bad(&format!("connection_lost: {e}"), &mut out);
+                self.send(out, &stop).await?;
+                // Reopen after a first backoff step so a flapping port is not hammered.
+                let delay = jittered(self.reconnect.0, self.reconnect.1, 0);
+                self.reconnects.inc();
+                attempt = 1;
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+
+    /// The earliest due request: (time, device, block). A device that is down offers its probe.
+    fn next(&self) -> (Instant, usize, usize) {
+        let mut best = (Instant::now() + Duration::from_secs(3600), 0, usize::MAX);
+        for (di, d) in self.devs.iter().enumerate() {
+            let Some((bi, due)) = d
+                .next_due
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, t)| **t)
+                .map(|(i, t)| (i, *t))
+            else {
+                continue;
+            };
+            let when = match d.down {
+                Some((probe, _)) => probe,
+                None => due,
+            };
+            if when < best.0 {
+                best = (when, di, bi);
+            }
+        }
+        best
+    }
+
+    /// Count one transaction's outcome on the line and the device.
+    fn account(&mut self, d: usize, r: &Result<Response, TransactError>, took: Duration) {
+        for s in [&self.stats, &self.devs[d].stats] {
+            s.requests.inc();
+            match r {
+                Ok(_) => s.answered(took),
+                Err(TransactError::Exception(_)) => {
+                    s.exceptions.inc();
+                    s.answered(took);
+                }
+                Err(TransactError::Timeout) => s.timeouts.inc(),
+                Err(TransactError::Crc) => s.crc.inc(),
+                Err(_) => {}
+            }
+        }
+    }
+
+    async fn transact(
+        &mut self,
+        t: &mut dyn Transport,
+        d: usize,
+        req: &Request,
+    ) -> Result<Response, TransactError> {
+        let unit = self.devs[d].dev.unit;
+        let t0 = Instant::now();
+        let r = t.transact(unit, req, self.line.response_timeout).await;
+        self.account(d, &r, t0.elapsed());
+        self.garbage.add(t.take_garbage_bytes());
+        r
+    }
+
+    /// Poll block `b` of device `d`; returns the error when the connection must be reopened.
+    async fn poll(
+        &mut self,
+        t: &mut dyn Transport,
+        d: usize,
+        b: usize,
+        out: &mut Vec<Reading>,
+    ) -> Option<TransactError> {
+        if b == usize::MAX {
+            return None; // nothing to poll on this line
+        }
+        let block = self.devs[d].dev.blocks[b].clone();
+        let req = Request::Read {
+            table: block.table,
+            address: block.address,
+            count: block.count,
+        };
+        let r = self.transact(t, d, &req).await;
+        let now = Instant::now();
+        let ds = &mut self.devs[d];
+        let answered = matches!(r, Ok(_) | Err(TransactError::Exception(_)));
+        if answered {
+            if ds.down.take().is_some() {
+                tracing::info!(device = %ds.id, "answering again");
+                ds.next_due.iter_mut().for_each(|t| *t = now);
+            }
+            let due = &mut ds.next_due[b];
+            *due += block.interval;
+            while *due <= now {
+                *due += block.interval;
+            }
+        }
+        let which: Vec<usize> = block.points.iter().map(|(p, _)| *p).collect();
+        match r {
+            Ok(resp) => {
+                self.emit(d, &block, &resp, out);
+                None
+            }
+            Err(TransactError::Exception(e)) => {
+                self.mark_bad(d, &which, e.name(), out);
+                None
+            }
+            Err(TransactError::Timeout) => {
+                let ds = &mut self.devs[d];
+                let backoff = match ds.down {
+                    Some((_, b)) => (b * 2).min(self.backoff.1),
+                    None => {
+                        tracing::warn!(device = %ds.id, unit = ds.dev.unit, "not answering; backing off");
+                        self.backoff.0
+                    }
+                };
+                ds.down = Some((now + jittered(backoff, backoff, 0), backoff));
+                let all: Vec<usize> = (0..ds.dev.points.len()).collect();
+                self.mark_bad(d, &all, "timeout", out);
+                None
+            }
+            Err(e) if e.is_fatal() => Some(e),
+            Err(e) => {
+                // CRC error, garbled or invalid: try again next period.
+                let due = &mut self.devs[d].next_due[b];
+                *due += block.interval;
+                while *due <= now {
+                    *due += block.interval;
+                }
+                self.mark_bad(d, &which, &e.reason(), out);
+                None
+            }
+        }
+    }
+
+    /// Decode a block's response into readings (report-on-change applied).
+    fn emit(&mut self, d: usize, block: &crate::plan::Block, resp: &Response, out: &mut Vec<Reading>) {
+        let ts = Timestamp::now();
+        for &(pi, off) in &block.points {
+            let ds = &self.devs[d];
+            let p = &ds.dev.points[pi];
+            let off = off as usize;
+            let decoded = match resp {
+                Response::Bits(bits) => bits.get(off).map(|b| Ok(p.codec.decode_bit(*b))),
+                Response::Registers(regs) => regs
+                    .get(off..off + p.count() as usize)
+                    .map(|r| p.codec.decode_registers(r)),
+                Response::Written => None,
+            };
+            let (value, quality) = match decoded {
+                Some(Ok(v)) => (v, Quality::Good),
+                Some(Err(e)) => (Value::F64(f64::NAN), bad(&format!("decode: {e}"))),
+                None => (Value::F64(f64::NAN), bad("short response")),
+            };
+            if !should_report(p, ds.last[pi].as_ref(), &value, &quality) {
+                continue;
+            }
+            out.push(Reading {
+                device: ds.id.clone(),
+                point: ds.pids[pi].clone(),
+                value: value.clone(),
+                unit: p.unit.clone(),
+                ts,
+                quality: quality.clone(),
+                source: self.source.clone(),
+            });
+            self.devs[d].last[pi] = Some(Last { value, quality });
+        }
+    }
+
+    /// Execute a write command and answer it; returns the error when the connection must be
+    /// reopened.
+    async fn write(&mut self, t: &mut dyn Transport, cmd: Command) -> Option<TransactError> {
+        let Some(d) = self.devs.iter().position(|d| d.id == cmd.device) else {
+            let _ = cmd.reply.send(Err(format!("no modbus device `{}`", cmd.device)));
+            return None;
+        };
+        let Some(pi) = self.devs[d].pids.iter().position(|p| *p == cmd.point) else {
+            let _ = cmd.reply.send(Err(format!("device `{}` has no point `{}`", cmd.device, cmd.point)));
+            return None;
+        };
+        let p = self.devs[d].dev.points[pi].clone();
+        if !p.writable {
+            let _ = cmd.reply.send(Err(format!("point `{}` is not writable", cmd.point)));
+            return None;
+        }
+        let req = match self.write_request(t, d, &p, &cmd.value).await {
+            Ok(r) => r,
+            Err(e) => {
+                let fatal = matches!(&e, WriteError::Transact(te) if te.is_fatal());
+                let _ = cmd.reply.send(Err(e.to_string()));
+                return match e {
+                    WriteError::Transact(te) if fatal => Some(te),
+                    _ => None,
+                };
+            }
+        };
+        let r = self.transact(t, d, &req).await;
+        match r {
+            Ok(_) => {
+                tracing::info!(device = %cmd.device, point = %cmd.point, value = ?cmd.value, origin = ?cmd.origin, "written");
+                let _ = cmd.reply.send(Ok(()));
+                // Read the point back at once so the new value is reported.
+                let now = Instant::now();
+                let ds = &mut self.devs[d];
+                for (bi, b) in ds.dev.blocks.iter().enumerate() {
+                    if b.points.iter().any(|(i, _)| *i == pi) {
+                        ds.next_due[bi] = now;
+                    }
+                }
+                None
+            }
+            Err(e) => {
+                let _ = cmd.reply.send(Err(e.reason()));
+                e.is_fatal().then_some(e)
+            }
+        }
+    }
+
+    async fn write_request(
+        &mut self,
+        t: &mut dyn Transport,
+        d: usize,
+        p: &Point,
+        v: &Value,
+    ) -> Result<Request, WriteError> {
+        encode_write(p, v, async {
+            let r = self
+                .transact(
+                    t,
+                    d,
+                    &Request::Read {
+                        table: Table::Holding,
+                        address: p.address,
+                        count: 1,
+                    },
+                )
+                .await;
+            match r {
+                Ok(Response::Registers(r)) if r.len() == 1 => Ok(r[0]),
+                Ok(_) => Err(WriteError::Transact(TransactError::Garbage("short read".into()))),
+                Err(e) => Err(WriteError::Transact(e)),
+            }
+        })
+        .await
+    }
+}
+
+/// Why a write could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0}")]
+    Codec(#[from] crate::codec::CodecError),
+    #[error("{}", .0.reason())]
+    Transact(TransactError),
+}
+
+/// The request that writes `v` to point `p`. A bool held in a bit of a holding register needs the
+/// register's current value: `current` reads it (read-modify-write).
+pub async fn encode_write(
+    p: &Point,
+    v: &Value,
+    current: impl std::future::Future<Output = Result<u16, WriteError>>,
+) -> Result<Request, WriteError> {
+    match p.table {
+        Table::Coil => {
+            let b = match v {
+                Value::Bool(b) => *b,
+                Value::I64(0) => false,
+                Value::I64(1) => true,
+                Value::F64(f) if *f == 0.0 || *f == 1.0 => *f == 1.0,
+                other => {
+                    return Err(WriteError::Codec(crate::codec::CodecError::WrongType {
+                        ty: crate::codec::DataType::Bool,
+                        expected: "true/false",
+                        got: other.clone(),
+                    }))
+                }
+            };
+            Ok(Request::WriteCoil {
+                address: p.address,
+                value: b,
+            })
+        }
+        _ => {
+            let cur = if p.codec.bit.is_some() {
+                // Check the value before reading, so a bad value costs no transaction.
+                p.codec.encode_registers(v, Some(0))?;
+                Some(current.await?)
+            } else {
+                None
+            };
+            let regs = p.codec.encode_registers(v, cur)?;
+            Ok(if regs.len() == 1 {
+                Request::WriteRegister {
+                    address: p.address,
+                    value: regs[0],
+                }
+            } else {
+                Request::WriteRegisters {
+                    address: p.address,
+                    values: regs,
+                }
+            })
+        }
+    }
+}
+
+/// Report-on-change: a good value is reported when the point is not `on_change`, when it had no
+/// good value before, or when it moved by more than the deadband (any change for non-numbers or a
+/// zero deadband). A bad quality is reported when it starts or its reason changes.
+fn should_report(p: &Point, last: Option<&Last>, value: &Value, quality: &Quality) -> bool {
+    let Some(last) = last else { return true };
+    if last.quality != *quality {
+        return true;
+    }
+    if *quality != Quality::Good {
+        return false;
+    }
+    if !p.on_change {
+        return true;
+    }
+    match (last.value.as_f64(), value.as_f64()) {
+        (Some(a), Some(b)) if !matches!(value, Value::Bool(_)) => {
+            if p.deadband > 0.0 {
+                (a - b).abs() > p.deadband
+            } else {
+                a != b
+            }
+        }
+        _ => last.value != *value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Codec, DataType, Order};
+
+    fn point(on_change: bool, deadband: f64) -> Point {
+        Point {
+            name: Arc::from("p"),
+            table: Table::Holding,
+            address: 0,
+            codec: Codec::new(DataType::U16, Order::ABCD),
+            unit: None,
+            interval: Duration::from_secs(1),
+            on_change,
+            deadband,
+            writable: true,
+        }
+    }
+
+    #[test]
+    fn report_on_change_with_deadband() {
+        let p = point(true, 0.5);
+        let last = Last {
+            value: Value::F64(10.0),
+            quality: Quality::Good,
+        };
+        assert!(!should_report(&p, Some(&last), &Value::F64(10.4), &Quality::Good));
+        assert!(should_report(&p, Some(&last), &Value::F64(10.6), &Quality::Good));
+        assert!(should_report(&p, Some(&last), &Value::F64(10.0), &bad("timeout")));
+        assert!(should_report(&p, None, &Value::F64(10.0), &Quality::Good));
+        let always = point(false, 0.0);
+        assert!(should_report(&always, Some(&last), &Value::F64(10.0), &Quality::Good));
+        let bad_last = Last {
+            value: Value::F64(f64::NAN),
+            quality: bad("timeout"),
+        };
+        assert!(!should_report(&always, Some(&bad_last), &Value::F64(f64::NAN), &bad("timeout")));
+    }
+
+    #[tokio::test]
+    async fn writes_pick_the_function_and_read_modify_write_bits() {
+        let p = point(false, 0.0);
+        let no_read = async { Err(WriteError::Transact(TransactError::Timeout)) };
+        assert_eq!(
+            encode_write(&p, &Value::I64(7), no_read).await.unwrap(),
+            Request::WriteRegister { address: 0, value: 7 }
+        );
+        let mut f = point(false, 0.0);
+        f.codec = Codec::new(DataType::F32, Order::CDAB);
+        let r = encode_write(&f, &Value::F64(1.0), async { Ok(0) }).await.unwrap();
+        assert_eq!(r, Request::WriteRegisters { address: 0, values: vec![0x0000, 0x3F80] });
+        let mut b = point(false, 0.0);
+        b.codec = Codec::new(DataType::Bool, Order::ABCD);
+        b.codec.bit = Some(4);
+        let r = encode_write(&b, &Value::Bool(true), async { Ok(0b1) }).await.unwrap();
+        assert_eq!(r, Request::WriteRegister { address: 0, value: 0b1_0001 });
+        assert!(matches!(
+            encode_write(&p, &Value::from("x"), async { Ok(0) }).await,
+            Err(WriteError::Codec(_))
+        ));
+    }
+}
