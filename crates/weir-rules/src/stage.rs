@@ -1,0 +1,514 @@
+//! The rules pipeline stage.
+//!
+//! For every reading of a batch, each rule whose `match:` fits runs in configuration order; a rule
+//! sees the reading as the previous rules left it, and once a rule drops it no further rule runs.
+//! What a successful run emitted follows the reading in the batch (derived readings first, then
+//! alert readings), so per-device order is kept; derived readings do not run rules again (no loops
+//! within a stage) but do update the last-value cache. Timer rules (scripts that call `every`)
+//! also run once per pipeline tick with `r` = `()`.
+//!
+//! A run that fails — a script error, or the operations limit stopping a runaway loop — is counted
+//! in `weir_rule_errors_total{rule=…}`, logged at most once per [`LOG_INTERVAL`] per rule (with the
+//! number suppressed), and its effects are discarded: the reading goes on as it was before that
+//! rule, and the other rules still run.
+//!
+//! Alerts are edge-triggered per (device, name): `alert` publishes only when the alert becomes
+//! active or its severity changes, `clear` only when it was active. Active alerts live in memory,
+//! so a restart forgets them (a still-true condition raises again).
+//!
+//! Commands go through the [`CommandRouter`] (which enforces `writable`); a refusal is counted in
+//! `weir_rule_commands_total{rule,result="refused"}` and logged, the adapter's answer arrives
+//! later and is counted as `ok` / `failed` by a small task (when a tokio runtime is present).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rhai::{Dynamic, Engine, Scope};
+use weir_core::{
+    Batch, CommandOrigin, CommandRouter, Counter, DeviceId, Metrics, PointId, Quality, Reading,
+    Timestamp, Transform, Value,
+};
+
+use crate::config::{CompiledRule, RuleSet};
+use crate::engine::{
+    self, lock, AlertOp, Ctx, CtxRef, ScriptReading, ALERT_SOURCE_PREFIX, DERIVED_SOURCE_PREFIX,
+    SCOPE_BASE,
+};
+
+/// A rule's errors are logged at most this often (the rest are counted).
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Active alerts remembered at most; further raises are refused as script errors.
+pub const MAX_ACTIVE_ALERTS: usize = 10_000;
+/// How long a command's answer is awaited before it counts as failed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a rule did, as recorded for `weir rules test` (the daemon records nothing).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The rule changed the reading's value, unit or quality; the reading as it now is.
+    Changed {
+        rule: Arc<str>,
+        reading: Reading,
+    },
+    Dropped {
+        rule: Arc<str>,
+    },
+    Emitted {
+        rule: Arc<str>,
+        reading: Reading,
+    },
+    /// An alert became active (`raised`) or was cleared; only edges are recorded.
+    Alert {
+        rule: Arc<str>,
+        device: DeviceId,
+        name: String,
+        severity: String,
+        message: String,
+        raised: bool,
+    },
+    /// A command; `routed` is the router's verdict, `None` when offline.
+    Command {
+        rule: Arc<str>,
+        device: DeviceId,
+        point: PointId,
+        value: Value,
+        routed: Option<Result<(), String>>,
+    },
+    Error {
+        rule: Arc<str>,
+        message: String,
+    },
+}
+
+struct RuleRt {
+    rule: CompiledRule,
+    scope: Scope<'static>,
+    source: Arc<str>,
+    alert_source: Arc<str>,
+    errors: Counter,
+    emitted: Counter,
+    dropped: Counter,
+    alerts: Counter,
+    cmd_sent: Counter,
+    cmd_refused: Counter,
+    cmd_ok: Counter,
+    cmd_failed: Counter,
+    last_log: Option<Instant>,
+    suppressed: u64,
+}
+
+/// The rule engine as a [`Transform`].
+pub struct RulesStage {
+    engine: Engine,
+    ctx: CtxRef,
+    rules: Vec<RuleRt>,
+    timer_rules: Vec<usize>,
+    router: Option<CommandRouter>,
+    active: HashMap<(DeviceId, String), String>,
+    trace: Option<Vec<Event>>,
+}
+
+impl std::fmt::Debug for RulesStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RulesStage")
+            .field(
+                "rules",
+                &self.rules.iter().map(|r| &r.rule.name).collect::<Vec<_>>(),
+            )
+            .field("active_alerts", &self.active.len())
+            .finish()
+    }
+}
+
+impl RulesStage {
+    /// The daemon's stage: commands go to `router`, counters to `metrics`.
+    pub fn new(set: RuleSet, router: CommandRouter, metrics: &Metrics) -> RulesStage {
+        Self::build(set, Some(router), metrics, false)
+    }
+
+    /// For `weir rules test`: commands are recorded, not sent, and every effect is traced
+    /// (see [`RulesStage::take_events`]).
+    pub fn offline(set: RuleSet) -> RulesStage {
+        Self::build(set, None, &Metrics::new(), true)
+    }
+
+    fn build(
+        set: RuleSet,
+        router: Option<CommandRouter>,
+        metrics: &Metrics,
+        trace: bool,
+    ) -> RulesStage {
+        let ctx: CtxRef = Arc::new(Mutex::new(Ctx::default()));
+        let engine = engine::runtime_engine(&ctx);
+        let timer_rules = (0..set.rules.len())
+            .filter(|i| set.rules[*i].uses_timers)
+            .collect();
+        let rules = set
+            .rules
+            .into_iter()
+            .map(|rule| {
+                let name: &str = &rule.name;
+                let c = |n: &str| metrics.counter(n, &[("rule", name)]);
+                let cmd = |res: &str| {
+                    metrics.counter(
+                        "weir_rule_commands_total",
+                        &[("rule", name), ("result", res)],
+                    )
+                };
+                RuleRt {
+                    scope: engine::new_scope(),
+                    source: Arc::from(format!("{DERIVED_SOURCE_PREFIX}{name}")),
+                    alert_source: Arc::from(format!("{ALERT_SOURCE_PREFIX}{name}")),
+                    errors: c("weir_rule_errors_total"),
+                    emitted: c("weir_rule_emitted_total"),
+                    dropped: c("weir_rule_dropped_total"),
+                    alerts: c("weir_rule_alerts_total"),
+                    cmd_sent: cmd("sent"),
+                    cmd_refused: cmd("refused"),
+                    cmd_ok: cmd("ok"),
+                    cmd_failed: cmd("failed"),
+                    last_log: None,
+                    suppressed: 0,
+                    rule,
+                }
+            })
+            .collect();
+        RulesStage {
+            engine,
+            ctx,
+            rules,
+            timer_rules,
+            router,
+            active: HashMap::new(),
+            trace: trace.then(Vec::new),
+        }
+    }
+
+    /// Events recorded since the last call (offline stages only).
+    pub fn take_events(&mut self) -> Vec<Event> {
+        self.trace.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    pub fn rule_names(&self) -> Vec<&str> {
+        self.rules.iter().map(|r| &*r.rule.name).collect()
+    }
+
+    /// Run rule `i` for `reading` (or on the tick when `None`); effects go to `out`. Returns
+    /// whether the reading was dropped.
+    fn run(&mut self, i: usize, reading: Option<&mut Reading>, now: i64, out: &mut Batch) -> bool {
+        let rt = &mut self.rules[i];
+        lock(&self.ctx).begin(
+            i,
+            &rt.source,
+            reading.is_none(),
+            reading.as_ref().map_or(now, |r| r.ts.as_nanos()),
+            reading.as_ref().map(|r| r.device.clone()),
+        );
+        rt.scope.rewind(SCOPE_BASE);
+        let input = reading.as_ref().map(|r| (*r).clone());
+        match (input, rt.scope.get_value_mut::<ScriptReading>("r")) {
+            (Some(r), Some(slot)) => slot.0 = Some(r),
+            (Some(r), None) => {
+                rt.scope.set_value("r", ScriptReading(Some(r)));
+            }
+            (None, _) => {
+                rt.scope.set_value("r", Dynamic::UNIT);
+            }
+        }
+        let result = self.engine.run_ast_with_scope(&mut rt.scope, &rt.rule.ast);
+        rt.scope.rewind(SCOPE_BASE);
+        let after = match reading.is_some() {
+            true => rt
+                .scope
+                .get_value_mut::<ScriptReading>("r")
+                .and_then(|s| s.0.take()),
+            false => None,
+        };
+        let (dropped, emits, alerts, commands) = {
+            let mut c = lock(&self.ctx);
+            (
+                c.dropped,
+                std::mem::take(&mut c.emits),
+                std::mem::take(&mut c.alerts),
+                std::mem::take(&mut c.commands),
+            )
+        };
+        let failure = match (result, reading.is_some(), &after) {
+            (Err(e), ..) => Some(e.to_string()),
+            (Ok(()), true, None) => {
+                Some("`r` was replaced by something that is not a reading".into())
+            }
+            _ => None,
+        };
+        if let Some(message) = failure {
+            self.fail(i, message);
+            return false;
+        }
+        let rt = &self.rules[i];
+        let name = rt.rule.name.clone();
+        if let (Some(reading), Some(after)) = (reading, after) {
+            if let Some(t) = &mut self.trace {
+                if after.value != reading.value
+                    || after.unit != reading.unit
+                    || after.quality != reading.quality
+                {
+                    t.push(Event::Changed {
+                        rule: name.clone(),
+                        reading: after.clone(),
+                    });
+                }
+            }
+            *reading = after;
+        }
+        if dropped {
+            rt.dropped.inc();
+            if let Some(t) = &mut self.trace {
+                t.push(Event::Dropped { rule: name.clone() });
+            }
+        }
+        rt.emitted.add(emits.len() as u64);
+        if let Some(t) = &mut self.trace {
+            t.extend(emits.iter().map(|r| Event::Emitted {
+                rule: name.clone(),
+                reading: r.clone(),
+            }));
+        }
+        {
+            let mut c = lock(&self.ctx);
+            for r in &emits {
+                c.cache.update(r);
+            }
+        }
+        out.extend(emits);
+        let ts = lock(&self.ctx).now;
+        for a in alerts {
+            self.apply_alert(i, a, ts, out);
+        }
+        for (device, point, value) in commands {
+            self.send_command(i, device, point, value);
+        }
+        dropped
+    }
+
+    fn fail(&mut self, i: usize, message: String) {
+        let rt = &mut self.rules[i];
+        rt.errors.inc();
+        if let Some(t) = &mut self.trace {
+            t.push(Event::Error {
+                rule: rt.rule.name.clone(),
+                message: message.clone(),
+            });
+            return;
+        }
+        let now = Instant::now();
+        if rt
+            .last_log
+            .is_some_and(|t| now.duration_since(t) < LOG_INTERVAL)
+        {
+            rt.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            rule = %rt.rule.name,
+            script = %rt.rule.origin,
+            suppressed = rt.suppressed,
+            "rule failed, skipped for this reading: {message}"
+        );
+        rt.last_log = Some(now);
+        rt.suppressed = 0;
+    }
+
+    fn apply_alert(&mut self, i: usize, op: AlertOp, ts: i64, out: &mut Batch) {
+        let rt = &self.rules[i];
+        let (device, name, doc) = match op {
+            AlertOp::Raise {
+                device,
+                name,
+                severity,
+                message,
+            } => {
+                let key = (device.clone(), name.clone());
+                if self.active.get(&key) == Some(&severity) {
+                    return;
+                }
+                if !self.active.contains_key(&key) && self.active.len() >= MAX_ACTIVE_ALERTS {
+                    self.fail(i, format!("more than {MAX_ACTIVE_ALERTS} active alerts"));
+                    return;
+                }
+                self.active.insert(key, severity.clone());
+                if let Some(t) = &mut self.trace {
+                    t.push(Event::Alert {
+                        rule: rt.rule.name.clone(),
+                        device: device.clone(),
+                        name: name.clone(),
+                        severity: severity.clone(),
+                        message: message.clone(),
+                        raised: true,
+                    });
+                }
+                let doc = serde_json::json!({
+                    "state": "active", "severity": severity, "message": message,
+                    "rule": &*rt.rule.name,
+                });
+                (device, name, doc)
+            }
+            AlertOp::Clear { device, name } => {
+                let Some(severity) = self.active.remove(&(device.clone(), name.clone())) else {
+                    return;
+                };
+                if let Some(t) = &mut self.trace {
+                    t.push(Event::Alert {
+                        rule: rt.rule.name.clone(),
+                        device: device.clone(),
+                        name: name.clone(),
+                        severity: severity.clone(),
+                        message: String::new(),
+                        raised: false,
+                    });
+                }
+                let doc = serde_json::json!({
+                    "state": "cleared", "severity": severity, "rule": &*rt.rule.name,
+                });
+                (device, name, doc)
+            }
+        };
+        rt.alerts.inc();
+        out.push(Reading {
+            device,
+            point: PointId::from(name),
+            value: Value::Str(Arc::from(doc.to_string())),
+            unit: None,
+            ts: Timestamp(ts),
+            quality: Quality::Good,
+            source: rt.alert_source.clone(),
+        });
+    }
+
+    fn send_command(&mut self, i: usize, device: DeviceId, point: PointId, value: Value) {
+        let rt = &mut self.rules[i];
+        let name = rt.rule.name.clone();
+        let Some(router) = &self.router else {
+            if let Some(t) = &mut self.trace {
+                t.push(Event::Command {
+                    rule: name,
+                    device,
+                    point,
+                    value,
+                    routed: None,
+                });
+            }
+            return;
+        };
+        let what = format!("{device}/{point} <- {value:?}");
+        let routed = router.route(
+            device.clone(),
+            point.clone(),
+            value.clone(),
+            CommandOrigin::Rule(name.clone()),
+        );
+        if let Some(t) = &mut self.trace {
+            t.push(Event::Command {
+                rule: name.clone(),
+                device,
+                point,
+                value,
+                routed: Some(routed.as_ref().map(|_| ()).map_err(|e| e.to_string())),
+            });
+        }
+        match routed {
+            Err(e) => {
+                rt.cmd_refused.inc();
+                let message = format!("command {what} refused: {e}");
+                self.fail_soft(i, message);
+            }
+            Ok(rx) => {
+                rt.cmd_sent.inc();
+                tracing::info!(rule = %name, "command {what} sent");
+                let (ok, failed) = (rt.cmd_ok.clone(), rt.cmd_failed.clone());
+                if let Ok(h) = tokio::runtime::Handle::try_current() {
+                    h.spawn(async move {
+                        match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+                            Ok(Ok(Ok(()))) => {
+                                ok.inc();
+                                tracing::debug!(rule = %name, "command {what}: ok");
+                            }
+                            Ok(Ok(Err(e))) => {
+                                failed.inc();
+                                tracing::warn!(rule = %name, "command {what} failed: {e}");
+                            }
+                            Ok(Err(_)) => {
+                                failed.inc();
+                                tracing::warn!(rule = %name, "command {what}: adapter dropped it");
+                            }
+                            Err(_) => {
+                                failed.inc();
+                                tracing::warn!(rule = %name, "command {what}: no answer in {COMMAND_TIMEOUT:?}");
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Log (rate-limited like errors) without counting a script error.
+    fn fail_soft(&mut self, i: usize, message: String) {
+        let rt = &mut self.rules[i];
+        let now = Instant::now();
+        if rt
+            .last_log
+            .is_some_and(|t| now.duration_since(t) < LOG_INTERVAL)
+        {
+            rt.suppressed += 1;
+            return;
+        }
+        tracing::warn!(rule = %rt.rule.name, suppressed = rt.suppressed, "{message}");
+        rt.last_log = Some(now);
+        rt.suppressed = 0;
+    }
+}
+
+impl Transform for RulesStage {
+    fn name(&self) -> &str {
+        "rules"
+    }
+
+    fn process(&mut self, batch: &mut Batch) {
+        if self.rules.is_empty() {
+            return;
+        }
+        let input = std::mem::take(batch);
+        batch.reserve(input.len());
+        let mut extra: Batch = Vec::new();
+        for mut reading in input {
+            let mut keep = true;
+            for i in 0..self.rules.len() {
+                let r = &self.rules[i].rule;
+                if !r.matches(
+                    reading.device.as_str(),
+                    reading.point.as_str(),
+                    &reading.source,
+                ) {
+                    continue;
+                }
+                if self.run(i, Some(&mut reading), 0, &mut extra) {
+                    keep = false;
+                    break;
+                }
+            }
+            lock(&self.ctx).cache.update(&reading);
+            if keep {
+                batch.push(reading);
+            }
+            batch.append(&mut extra);
+        }
+    }
+
+    fn tick(&mut self, now: Timestamp, out: &mut Batch) {
+        for k in 0..self.timer_rules.len() {
+            let i = self.timer_rules[k];
+            self.run(i, None, now.as_nanos(), out);
+        }
+    }
+}
