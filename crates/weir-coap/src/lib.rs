@@ -1,0 +1,253 @@
+//! The CoAP adapter (RFC 7252): devices push readings to Weir, or Weir polls and observes them.
+//!
+//! One `coap` source is one task tree:
+//! * **server mode** (`listen:`) — one UDP socket; devices POST/PUT scalars, JSON objects, SenML
+//!   JSON or SenML CBOR packs (RFC 8428), whole or block-wise (RFC 7959 Block1); discovery at
+//!   `/.well-known/core` (RFC 6690). A push source: readings go on the bus with `try_send`, a full
+//!   bus drops them (counted) and the device is answered 5.03. See [`server`].
+//! * **client mode** (`devices[i].address` + `resources`) — one task per device with its own
+//!   socket: GET polls, Observe (RFC 7641) with re-registration, and commands as PUT/POST whose
+//!   response code is the command's result. See [`client`].
+//!
+//! The codec is the `coap-lite` crate; [`msg`] holds what it leaves to its user (Block values,
+//! empty messages, protocol constants), [`payload`] turns bodies into values.
+//!
+//! Counters (`weir_coap_*_total`, labelled with the source) are kept in a [`Stats`]; the running
+//! source logs a summary every `stats_interval_s` when they changed.
+//!
+//! Not supported: DTLS (`coaps://`), OSCORE, multicast, Block2 for requests we serve (the only
+//! resource served, `/.well-known/core`, fits one datagram), Block2 for responses we read.
+
+pub mod client;
+pub mod config;
+pub mod msg;
+pub mod payload;
+pub mod server;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use weir_core::{
+    BuildError, Command, Counter, DeviceId, DeviceInfo, Metrics, PointId, Source, SourceBuilder,
+    SourceContext, SourceError,
+};
+
+pub use config::CoapConfig;
+
+/// The adapter's counters.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// Requests received by the server (parsed, deduplicated or not).
+    pub requests: Counter,
+    /// Readings put on the bus.
+    pub readings: Counter,
+    /// Datagrams that were not valid CoAP.
+    pub malformed: Counter,
+    /// Requests answered with 4.xx or 5.xx.
+    pub rejected: Counter,
+    /// Retransmitted requests answered from the deduplication cache.
+    pub duplicates: Counter,
+    /// Readings dropped because the bus was full.
+    pub bus_dropped: Counter,
+    /// Block-wise uploads started.
+    pub block_transfers: Counter,
+    /// Observe notifications accepted.
+    pub notifications: Counter,
+    /// Observations re-registered after going quiet.
+    pub reregistrations: Counter,
+    /// Client exchanges that got no answer, a RST or ICMP unreachable.
+    pub client_failures: Counter,
+    /// Client responses whose payload could not be read.
+    pub bad_payloads: Counter,
+    /// Commands sent to devices.
+    pub commands: Counter,
+}
+
+impl Stats {
+    /// Counters named `weir_coap_<what>_total{source=…}` in `metrics`.
+    pub fn register(metrics: &Metrics, source: &str) -> Stats {
+        let c = |n: &str| metrics.counter(&format!("weir_coap_{n}_total"), &[("source", source)]);
+        Stats {
+            requests: c("requests"),
+            readings: c("readings"),
+            malformed: c("malformed"),
+            rejected: c("rejected"),
+            duplicates: c("duplicates"),
+            bus_dropped: c("bus_dropped"),
+            block_transfers: c("block_transfers"),
+            notifications: c("notifications"),
+            reregistrations: c("reregistrations"),
+            client_failures: c("client_failures"),
+            bad_payloads: c("bad_payloads"),
+            commands: c("commands"),
+        }
+    }
+
+    /// `requests=… readings=… …` for the log.
+    pub fn summary(&self) -> String {
+        format!(
+            "requests={} readings={} malformed={} rejected={} duplicates={} bus_dropped={} block_transfers={} notifications={} reregistrations={} client_failures={} bad_payloads={} commands={}",
+            self.requests.get(),
+            self.readings.get(),
+            self.malformed.get(),
+            self.rejected.get(),
+            self.duplicates.get(),
+            self.bus_dropped.get(),
+            self.block_transfers.get(),
+            self.notifications.get(),
+            self.reregistrations.get(),
+            self.client_failures.get(),
+            self.bad_payloads.get(),
+            self.commands.get(),
+        )
+    }
+}
+
+impl SourceBuilder for CoapConfig {
+    fn kind(&self) -> &'static str {
+        "coap"
+    }
+
+    fn devices(&self) -> Vec<DeviceInfo> {
+        self.devices
+            .iter()
+            .map(|d| DeviceInfo {
+                device: DeviceId::new(&d.id),
+                writable_points: d
+                    .resources
+                    .iter()
+                    .filter(|r| r.writable)
+                    .filter_map(|r| r.point.as_deref().map(PointId::new))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn build(&self, name: &str) -> Result<Box<dyn Source>, BuildError> {
+        if let Some((key, msg)) = self.validate().into_iter().next() {
+            return Err(BuildError {
+                source_name: name.to_string(),
+                message: format!("{key}: {msg}"),
+            });
+        }
+        Ok(Box::new(CoapSource::new(
+            self.clone(),
+            name,
+            &Metrics::new(),
+        )))
+    }
+}
+
+/// A running `coap` source.
+#[derive(Debug)]
+pub struct CoapSource {
+    cfg: CoapConfig,
+    name: Arc<str>,
+    stats: Arc<Stats>,
+}
+
+impl CoapSource {
+    /// A source whose counters live in `metrics`.
+    pub fn new(cfg: CoapConfig, name: &str, metrics: &Metrics) -> Self {
+        CoapSource {
+            stats: Arc::new(Stats::register(metrics, name)),
+            name: Arc::from(name),
+            cfg,
+        }
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+}
+
+#[async_trait]
+impl Source for CoapSource {
+    async fn run(&mut self, ctx: SourceContext) -> Result<(), SourceError> {
+        let stop = ctx.shutdown.child_token();
+        let mut tasks: JoinSet<Result<(), SourceError>> = JoinSet::new();
+        if let Some(addr) = self.cfg.listen {
+            let sock = tokio::net::UdpSocket::bind(addr).await.map_err(|e| {
+                SourceError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("coap: cannot listen on udp {addr}: {e}"),
+                ))
+            })?;
+            tracing::info!(source = %self.name, addr = %sock.local_addr()?, "CoAP server listening");
+            let server = server::Server::new(
+                sock,
+                &self.cfg,
+                self.name.clone(),
+                ctx.bus.clone(),
+                self.stats.clone(),
+            );
+            tasks.spawn(server.run(stop.clone()));
+        }
+        let mut routes: HashMap<DeviceId, mpsc::Sender<Command>> = HashMap::new();
+        for d in &self.cfg.devices {
+            if d.address.is_none() || d.resources.is_empty() {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(16);
+            routes.insert(DeviceId::new(&d.id), tx);
+            let c = client::DeviceClient::new(
+                d,
+                &self.cfg,
+                self.name.clone(),
+                ctx.bus.clone(),
+                self.stats.clone(),
+            );
+            tasks.spawn(c.run(rx, stop.clone()));
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(self.cfg.stats_interval_s));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = String::new();
+        let result = loop {
+            tokio::select! {
+                biased;
+                _ = ctx.shutdown.cancelled() => break Ok(()),
+                done = tasks.join_next(), if !tasks.is_empty() => match done {
+                    Some(Ok(Ok(()))) if ctx.shutdown.is_cancelled() => break Ok(()),
+                    Some(Ok(Ok(()))) => break Err(SourceError::Other("a CoAP task stopped".into())),
+                    Some(Ok(Err(e))) => break Err(e),
+                    Some(Err(e)) => break Err(SourceError::Other(format!("a CoAP task failed: {e}"))),
+                    None => {}
+                },
+                cmd = ctx.commands.recv() => {
+                    let Some(cmd) = cmd else { continue };
+                    match routes.get(&cmd.device) {
+                        None => {
+                            let _ = cmd.reply.send(Err(format!(
+                                "device `{}` has no address: server-mode devices cannot be written",
+                                cmd.device
+                            )));
+                        }
+                        Some(tx) => {
+                            if let Err(e) = tx.try_send(cmd) {
+                                let cmd = match e {
+                                    mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
+                                };
+                                let _ = cmd.reply.send(Err(format!("device `{}` is busy", cmd.device)));
+                            }
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let s = self.stats.summary();
+                    if s != last {
+                        tracing::info!(source = %self.name, "coap stats {s}");
+                        last = s;
+                    }
+                }
+            }
+        };
+        stop.cancel();
+        while tasks.join_next().await.is_some() {}
+        tracing::info!(source = %self.name, "coap stats {}", self.stats.summary());
+        result
+    }
+}

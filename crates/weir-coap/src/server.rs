@@ -1,0 +1,683 @@
+//! Server mode: devices push readings with POST/PUT over UDP.
+//!
+//! Resources (RFC 7252 §5.8, RFC 6690):
+//! * `POST|PUT /<device…>/<point>` with a scalar body — one reading (the last segment is the point);
+//! * `POST|PUT /<device…>` with a JSON object, a SenML JSON or a SenML CBOR pack — one reading per
+//!   member or record (see [`crate::payload`]);
+//! * `POST|PUT /` with SenML whose resolved names are `<device>/<point>` (or `<device>:<point>`);
+//! * `GET /.well-known/core` — the link-format listing (RFC 6690 §4).
+//!
+//! Answers: 2.04 Changed; 2.31 Continue for a Block1 block with more to come (RFC 7959 §2.9.1);
+//! 4.00 Bad Request with a UTF-8 diagnostic payload (RFC 7252 §5.5.2); 4.02 Bad Option for an
+//! unknown critical option (§5.4.1); 4.04 for a device that is not accepted; 4.05 for other methods;
+//! 4.08 for a block out of sequence (RFC 7959 §2.9.2); 4.13 with Size1 when the body is too large
+//! (RFC 7252 §5.9.2.9, RFC 7959 §4); 4.15 for an unknown Content-Format; 5.03 with Max-Age when the
+//! bus is full (the readings were dropped and counted: a push source never waits).
+//!
+//! Invariants:
+//! * a request is taken whole or not at all: its readings go on the bus together, or none do;
+//! * a CON gets exactly one piggybacked answer; a retransmission of a message id already seen from
+//!   the same endpoint (within EXCHANGE_LIFETIME, at most `DEDUP_CAPACITY` remembered) is answered
+//!   with the same bytes and not processed again (RFC 7252 §4.5);
+//! * a datagram that does not parse is counted; if it is a CON with a readable header it is
+//!   answered with a RST (§4.2), otherwise dropped (§4.3). Nothing a peer sends stops the task;
+//! * memory is bounded: block-wise uploads by `max_block_transfers` × `max_body_bytes`, the
+//!   deduplication cache by `DEDUP_CAPACITY` entries.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use tokio::net::UdpSocket;
+use weir_core::{
+    BusSender, CancellationToken, DeviceId, PointId, Quality, Reading, SourceError, Timestamp,
+};
+
+use crate::config::{glob_match, valid_id, CoapConfig};
+use crate::msg::{self, opt, Block};
+use crate::payload::{self, cf};
+use crate::Stats;
+
+/// Message ids remembered per server for deduplication. Below 65536 so that a peer sending faster
+/// than ids wrap within EXCHANGE_LIFETIME is never mistaken for a retransmission.
+pub const DEDUP_CAPACITY: usize = 8192;
+
+/// Largest datagram read (a UDP payload cannot be larger).
+const MAX_DATAGRAM: usize = 65_535;
+
+/// A request's identity for deduplication: endpoint and message id (RFC 7252 §4.5).
+type DedupKey = (SocketAddr, u16);
+
+/// What the server knows about the devices it accepts.
+#[derive(Debug)]
+pub struct Acceptance {
+    declared: HashMap<String, std::collections::BTreeMap<String, String>>,
+    accept_unknown: bool,
+    patterns: Vec<String>,
+}
+
+impl Acceptance {
+    pub fn new(cfg: &CoapConfig) -> Self {
+        Acceptance {
+            declared: cfg
+                .devices
+                .iter()
+                .map(|d| (d.id.clone(), d.units.clone()))
+                .collect(),
+            accept_unknown: cfg.accept_unknown,
+            patterns: cfg.accept_patterns.clone(),
+        }
+    }
+
+    fn accepts(&self, device: &str) -> bool {
+        self.declared.contains_key(device)
+            || (self.accept_unknown && self.patterns.iter().any(|p| glob_match(p, device)))
+    }
+
+    fn unit(&self, device: &str, point: &str) -> Option<&str> {
+        self.declared
+            .get(device)
+            .and_then(|u| u.get(point))
+            .map(String::as_str)
+    }
+}
+
+struct Assembly {
+    body: Vec<u8>,
+    szx: u8,
+    format: Option<u16>,
+    touched: Instant,
+}
+
+/// The outcome of one request before the bus has been tried.
+enum Answer {
+    /// Send these bytes (already final).
+    Bytes(Vec<u8>),
+    /// A response that becomes 5.03 if the burst's readings could not go on the bus.
+    Accepted(Packet),
+    /// A final response not depending on the bus (errors, 2.31, discovery).
+    Final(Packet),
+    None,
+}
+
+/// The UDP server task.
+pub struct Server {
+    sock: UdpSocket,
+    source: Arc<str>,
+    bus: BusSender,
+    stats: Arc<Stats>,
+    accept: Acceptance,
+    max_body: usize,
+    max_blocks: usize,
+    block_timeout: Duration,
+    max_burst: usize,
+    dedup: HashMap<(SocketAddr, u16), Option<Vec<u8>>>,
+    dedup_order: VecDeque<((SocketAddr, u16), Instant)>,
+    blocks: HashMap<(SocketAddr, String), Assembly>,
+    next_mid: u16,
+    ids: HashMap<String, DeviceId>,
+    points: HashMap<String, PointId>,
+    units: HashMap<String, Arc<str>>,
+    well_known: Vec<u8>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("source", &self.source)
+            .field("addr", &self.sock.local_addr().ok())
+            .finish()
+    }
+}
+
+impl Server {
+    pub fn new(
+        sock: UdpSocket,
+        cfg: &CoapConfig,
+        source: Arc<str>,
+        bus: BusSender,
+        stats: Arc<Stats>,
+    ) -> Server {
+        Server {
+            sock,
+            source,
+            bus,
+            stats,
+            accept: Acceptance::new(cfg),
+            max_body: cfg.max_body_bytes,
+            max_blocks: cfg.max_block_transfers,
+            block_timeout: Duration::from_millis(cfg.block_timeout_ms),
+            max_burst: cfg.max_burst,
+            dedup: HashMap::new(),
+            dedup_order: VecDeque::new(),
+            blocks: HashMap::new(),
+            next_mid: rand::random(),
+            ids: HashMap::new(),
+            points: HashMap::new(),
+            units: HashMap::new(),
+            well_known: well_known_core(cfg).into_bytes(),
+        }
+    }
+
+    /// Serve until `shutdown`; an error only when the socket itself fails.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), SourceError> {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut readings: Vec<Reading> = Vec::new();
+        let mut answers: Vec<(SocketAddr, Option<DedupKey>, Answer)> = Vec::new();
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                r = self.sock.recv_from(&mut buf) => r,
+            };
+            let now = Timestamp::now();
+            let mut next = Some(first);
+            let mut handled = 0;
+            while let Some(r) = next.take() {
+                match r {
+                    Ok((n, peer)) => {
+                        let (key, answer) = self.handle(&buf[..n], peer, now, &mut readings);
+                        answers.push((peer, key, answer));
+                    }
+                    // ICMP errors from earlier sends surface here on some systems: not fatal.
+                    Err(e) if is_transient(&e) => {}
+                    Err(e) => return Err(SourceError::Io(e)),
+                }
+                handled += 1;
+                if handled < self.max_burst {
+                    match self.sock.try_recv_from(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        r => next = Some(r),
+                    }
+                }
+            }
+            let accepted = if readings.is_empty() {
+                true
+            } else {
+                let n = readings.len() as u64;
+                match self.bus.try_send(std::mem::take(&mut readings)) {
+                    Ok(true) => {
+                        self.stats.readings.add(n);
+                        true
+                    }
+                    Ok(false) => {
+                        self.stats.bus_dropped.add(n);
+                        false
+                    }
+                    Err(_) if shutdown.is_cancelled() => return Ok(()),
+                    Err(e) => return Err(SourceError::BusClosed(e)),
+                }
+            };
+            for (peer, key, answer) in answers.drain(..) {
+                let bytes = match answer {
+                    Answer::None => None,
+                    Answer::Bytes(b) => Some(b),
+                    Answer::Final(p) => encode(&p),
+                    Answer::Accepted(p) if accepted => encode(&p),
+                    Answer::Accepted(mut p) => {
+                        p.header.code = MessageClass::Response(ResponseType::ServiceUnavailable);
+                        p.clear_all_options();
+                        // RFC 7252 §5.9.3.4: Max-Age says when to retry.
+                        p.add_option(CoapOption::MaxAge, msg::uint(1));
+                        p.payload = b"gateway busy: readings dropped".to_vec();
+                        self.stats.rejected.inc();
+                        encode(&p)
+                    }
+                };
+                if let Some(k) = key {
+                    if let Some(slot) = self.dedup.get_mut(&k) {
+                        slot.clone_from(&bytes);
+                    }
+                }
+                if let Some(b) = bytes {
+                    if let Err(e) = self.sock.send_to(&b, peer).await {
+                        tracing::debug!(source = %self.source, %peer, "send failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handle one datagram. Returns the dedup key to store the final answer under, and the answer.
+    fn handle(
+        &mut self,
+        buf: &[u8],
+        peer: SocketAddr,
+        now: Timestamp,
+        readings: &mut Vec<Reading>,
+    ) -> (Option<(SocketAddr, u16)>, Answer) {
+        let req = match Packet::from_bytes(buf) {
+            Ok(p) if p.header.get_version() == 1 => p,
+            Ok(_) => {
+                // RFC 7252 §3: messages with an unknown version number MUST be silently ignored.
+                self.stats.malformed.inc();
+                return (None, Answer::None);
+            }
+            Err(e) => {
+                self.stats.malformed.inc();
+                tracing::debug!(source = %self.source, %peer, "malformed datagram ({} bytes): {e}", buf.len());
+                return (None, reset_or_none(buf));
+            }
+        };
+        let ty = req.header.get_type();
+        let code = req.header.code;
+        match (ty, code) {
+            // ACK / RST: the server sends no CON, so nothing to match (RFC 7252 §4.2, §4.3).
+            (MessageType::Acknowledgement | MessageType::Reset, _) => return (None, Answer::None),
+            // An empty CON is a ping: answer RST (§4.3). An empty NON is a format error.
+            (MessageType::Confirmable, MessageClass::Empty) => {
+                return (
+                    None,
+                    Answer::Final(msg::empty(MessageType::Reset, req.header.message_id)),
+                )
+            }
+            (_, MessageClass::Request(_)) => {}
+            // A response or reserved code in a CON/NON: reject (§4.2) or ignore (§4.3).
+            _ => {
+                self.stats.malformed.inc();
+                return (None, reset_or_none(buf));
+            }
+        }
+        self.stats.requests.inc();
+        let key = (peer, req.header.message_id);
+        let instant = Instant::now();
+        if let Some(prev) = self.dedup.get(&key) {
+            self.stats.duplicates.inc();
+            return match (ty, prev) {
+                (MessageType::Confirmable, Some(b)) => (None, Answer::Bytes(b.clone())),
+                _ => (None, Answer::None),
+            };
+        }
+        self.remember(key, instant);
+        let answer = self.request(&req, peer, now, instant, readings);
+        if let Answer::Final(p) = &answer {
+            if p.header.code.is_error_response() {
+                self.stats.rejected.inc();
+            }
+        }
+        (Some(key), answer)
+    }
+
+    fn remember(&mut self, key: (SocketAddr, u16), at: Instant) {
+        while let Some((k, t)) = self.dedup_order.front() {
+            if self.dedup_order.len() >= DEDUP_CAPACITY
+                || at.duration_since(*t) > msg::EXCHANGE_LIFETIME
+            {
+                self.dedup.remove(k);
+                self.dedup_order.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.dedup.insert(key, None);
+        self.dedup_order.push_back((key, at));
+    }
+
+    fn next_mid(&mut self) -> u16 {
+        self.next_mid = self.next_mid.wrapping_add(1);
+        self.next_mid
+    }
+
+    fn error(&mut self, req: &Packet, code: ResponseType, diag: impl Into<String>) -> Answer {
+        let mid = self.next_mid();
+        let mut r = msg::response_to(req, code, mid);
+        r.payload = diag.into().into_bytes();
+        Answer::Final(r)
+    }
+
+    fn request(
+        &mut self,
+        req: &Packet,
+        peer: SocketAddr,
+        now: Timestamp,
+        instant: Instant,
+        readings: &mut Vec<Reading>,
+    ) -> Answer {
+        if let Some(n) = msg::unknown_critical_option(req) {
+            return self.error(
+                req,
+                ResponseType::BadOption,
+                format!("unsupported critical option {n}"),
+            );
+        }
+        let path = msg::uri_path(req);
+        let MessageClass::Request(method) = req.header.code else {
+            return Answer::None;
+        };
+        match method {
+            RequestType::Get if path == [".well-known", "core"] => {
+                let mid = self.next_mid();
+                let mut r = msg::response_to(req, ResponseType::Content, mid);
+                r.add_option(
+                    CoapOption::ContentFormat,
+                    msg::uint(u32::from(cf::LINK_FORMAT)),
+                );
+                r.payload = self.well_known.clone();
+                Answer::Final(r)
+            }
+            RequestType::Post | RequestType::Put => {
+                self.write(req, peer, path, now, instant, readings)
+            }
+            RequestType::Get => self.error(
+                req,
+                ResponseType::NotFound,
+                "readings are POSTed or PUT here; GET /.well-known/core lists resources",
+            ),
+            _ => self.error(req, ResponseType::MethodNotAllowed, "use POST or PUT"),
+        }
+    }
+
+    fn too_large(&mut self, req: &Packet) -> Answer {
+        let max = self.max_body;
+        let Answer::Final(mut r) = self.error(
+            req,
+            ResponseType::RequestEntityTooLarge,
+            format!("body larger than {max} bytes"),
+        ) else {
+            return Answer::None;
+        };
+        r.add_option(CoapOption::Size1, msg::uint(max as u32));
+        Answer::Final(r)
+    }
+
+    fn write(
+        &mut self,
+        req: &Packet,
+        peer: SocketAddr,
+        path: Vec<String>,
+        now: Timestamp,
+        instant: Instant,
+        readings: &mut Vec<Reading>,
+    ) -> Answer {
+        let format = msg::uint_option(req, opt::CONTENT_FORMAT).map(|f| f as u16);
+        if msg::uint_option(req, opt::SIZE1).is_some_and(|s| s as usize > self.max_body) {
+            return self.too_large(req);
+        }
+        let block1 = match req.get_first_option(CoapOption::Block1) {
+            None => None,
+            Some(v) => match Block::decode(v) {
+                Some(b) => Some(b),
+                None => return self.error(req, ResponseType::BadOption, "invalid Block1 option"),
+            },
+        };
+        let assembled;
+        let (body, format, block1) = match block1 {
+            None => {
+                if req.payload.len() > self.max_body {
+                    return self.too_large(req);
+                }
+                (&req.payload[..], format, None)
+            }
+            Some(b) => match self.block(req, peer, &path, b, format, instant) {
+                Err(answer) => return answer,
+                Ok((body, format)) => {
+                    assembled = body;
+                    (&assembled[..], format, Some(b))
+                }
+            },
+        };
+        let entries = match payload::decode(format, body, now) {
+            Ok(e) => e,
+            Err(e) if e.is_unsupported_format() => {
+                return self.error(req, ResponseType::UnsupportedContentFormat, e.to_string())
+            }
+            Err(e) => return self.error(req, ResponseType::BadRequest, e.to_string()),
+        };
+        let start = readings.len();
+        for e in entries {
+            let (device, point) = match locate(&path, e.name.as_deref()) {
+                Ok(dp) => dp,
+                Err(diag) => {
+                    readings.truncate(start);
+                    return self.error(req, ResponseType::BadRequest, diag);
+                }
+            };
+            if !valid_id(&device) || !valid_id(&point) {
+                readings.truncate(start);
+                return self.error(
+                    req,
+                    ResponseType::BadRequest,
+                    format!("invalid device or point id `{device}` / `{point}`"),
+                );
+            }
+            if !self.accept.accepts(&device) {
+                readings.truncate(start);
+                return self.error(
+                    req,
+                    ResponseType::NotFound,
+                    format!("unknown device `{device}`"),
+                );
+            }
+            let unit = e.unit.or_else(|| {
+                self.accept
+                    .unit(&device, &point)
+                    .map(|u| intern_unit(&mut self.units, u))
+            });
+            readings.push(Reading {
+                device: intern(&mut self.ids, &device, DeviceId::new),
+                point: intern(&mut self.points, &point, PointId::new),
+                value: e.value,
+                unit,
+                ts: e.ts.unwrap_or(now),
+                quality: Quality::Good,
+                source: self.source.clone(),
+            });
+        }
+        let mid = self.next_mid();
+        let mut r = msg::response_to(req, ResponseType::Changed, mid);
+        if let Some(b) = block1 {
+            r.add_option(CoapOption::Block1, Block { more: false, ..b }.encode());
+        }
+        Answer::Accepted(r)
+    }
+
+    /// Block1 reassembly (RFC 7959 §2.5). `Ok` with the whole body after the last block; `Err` with
+    /// the answer (2.31 Continue, 4.08, 4.13, 5.03) otherwise.
+    fn block(
+        &mut self,
+        req: &Packet,
+        peer: SocketAddr,
+        path: &[String],
+        b: Block,
+        format: Option<u16>,
+        now: Instant,
+    ) -> Result<(Vec<u8>, Option<u16>), Answer> {
+        let key = (peer, path.join("/"));
+        let timeout = self.block_timeout;
+        self.blocks
+            .retain(|_, a| now.duration_since(a.touched) < timeout);
+        if b.more && req.payload.len() != b.size() {
+            self.blocks.remove(&key);
+            return Err(self.error(
+                req,
+                ResponseType::BadRequest,
+                format!(
+                    "Block1 {} with M=1 carries {} bytes, not the block size {}",
+                    b.num,
+                    req.payload.len(),
+                    b.size()
+                ),
+            ));
+        }
+        if b.num == 0 {
+            if !self.blocks.contains_key(&key) && self.blocks.len() >= self.max_blocks {
+                return Err(self.error(
+                    req,
+                    ResponseType::ServiceUnavailable,
+                    "too many block-wise transfers in progress",
+                ));
+            }
+            self.blocks.insert(
+                key.clone(),
+                Assembly {
+                    body: Vec::new(),
+                    szx: b.szx,
+                    format,
+                    touched: now,
+                },
+            );
+            self.stats.block_transfers.inc();
+        }
+        let Some(a) = self.blocks.get_mut(&key) else {
+            return Err(self.error(
+                req,
+                ResponseType::RequestEntityIncomplete,
+                format!("Block1 {} without the blocks before it", b.num),
+            ));
+        };
+        // The client may switch to a smaller block size mid-transfer (RFC 7959 §2.5); the byte
+        // offset is what must continue.
+        let offset = b.num as usize * b.size();
+        if offset != a.body.len() || b.szx > a.szx {
+            self.blocks.remove(&key);
+            return Err(self.error(
+                req,
+                ResponseType::RequestEntityIncomplete,
+                format!("Block1 {} out of sequence", b.num),
+            ));
+        }
+        if a.body.len() + req.payload.len() > self.max_body {
+            self.blocks.remove(&key);
+            return Err(self.too_large(req));
+        }
+        a.body.extend_from_slice(&req.payload);
+        a.szx = b.szx;
+        a.touched = now;
+        if format.is_some() {
+            a.format = format;
+        }
+        if b.more {
+            let mid = self.next_mid();
+            let mut r = msg::response_to(req, ResponseType::Continue, mid);
+            r.add_option(CoapOption::Block1, b.encode());
+            return Err(Answer::Final(r));
+        }
+        let a = self.blocks.remove(&key).map(|a| (a.body, a.format));
+        a.ok_or(Answer::None)
+    }
+}
+
+fn intern<T: Clone>(map: &mut HashMap<String, T>, s: &str, make: impl Fn(&str) -> T) -> T {
+    if let Some(v) = map.get(s) {
+        return v.clone();
+    }
+    if map.len() >= 10_000 {
+        map.clear();
+    }
+    let v = make(s);
+    map.insert(s.to_string(), v.clone());
+    v
+}
+
+fn intern_unit(map: &mut HashMap<String, Arc<str>>, s: &str) -> Arc<str> {
+    intern(map, s, |x: &str| Arc::from(x))
+}
+
+/// Device and point of one decoded entry posted to `path`.
+fn locate(path: &[String], name: Option<&str>) -> Result<(String, String), String> {
+    match (name, path.len()) {
+        (None, n) if n >= 2 => Ok((path[..n - 1].join("/"), path[n - 1].clone())),
+        (None, _) => Err("a scalar payload is posted to /<device>/<point>".into()),
+        (Some(name), n) if n >= 1 => Ok((path.join("/"), name.to_string())),
+        (Some(name), _) => match name.rfind(['/', ':']) {
+            Some(i) if i > 0 && i + 1 < name.len() => {
+                Ok((name[..i].to_string(), name[i + 1..].to_string()))
+            }
+            _ => Err(format!(
+                "posted to /: SenML name `{name}` must be <device>/<point> or <device>:<point>"
+            )),
+        },
+    }
+}
+
+fn reset_or_none(buf: &[u8]) -> Answer {
+    msg::reset_for_garbage(buf).map_or(Answer::None, Answer::Bytes)
+}
+
+fn encode(p: &Packet) -> Option<Vec<u8>> {
+    match p.to_bytes_unlimited() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!("cannot encode a CoAP response: {e}");
+            None
+        }
+    }
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::Interrupted
+    )
+}
+
+/// The RFC 6690 link-format document served at `/.well-known/core`.
+pub fn well_known_core(cfg: &CoapConfig) -> String {
+    let ct = format!(
+        "ct=\"{} {} {} {} {}\"",
+        cf::TEXT_PLAIN,
+        cf::JSON,
+        cf::CBOR,
+        cf::SENML_JSON,
+        cf::SENML_CBOR
+    );
+    let mut links = vec!["</.well-known/core>;ct=40".to_string()];
+    for d in &cfg.devices {
+        links.push(format!("</{}>;rt=\"weir.device\";{ct}", d.id));
+    }
+    if cfg.accept_unknown {
+        links.push(format!(
+            "</>;rt=\"weir.ingest\";title=\"POST /<device>[/<point>]\";{ct}"
+        ));
+    }
+    links.join(",")
+}
+
+trait IsError {
+    fn is_error_response(&self) -> bool;
+}
+impl IsError for MessageClass {
+    fn is_error_response(&self) -> bool {
+        matches!(self, MessageClass::Response(r) if r.is_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_maps_paths_and_names() {
+        let p = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            locate(&p(&["gh1", "door", "open"]), None),
+            Ok(("gh1/door".into(), "open".into()))
+        );
+        assert!(locate(&p(&["th1"]), None).is_err());
+        assert_eq!(
+            locate(&p(&["gh1", "door"]), Some("open")),
+            Ok(("gh1/door".into(), "open".into()))
+        );
+        assert_eq!(
+            locate(&[], Some("urn:dev:ow:10e2073a01080063:temp")),
+            Ok(("urn:dev:ow:10e2073a01080063".into(), "temp".into()))
+        );
+        assert!(locate(&[], Some("temp")).is_err());
+    }
+
+    #[test]
+    fn well_known_lists_declared_devices() {
+        let c: CoapConfig = serde_yaml::from_str(
+            "{listen: '127.0.0.1:0', accept_unknown: false, devices: [{id: gh1/door}]}",
+        )
+        .unwrap();
+        let w = well_known_core(&c);
+        assert!(w.starts_with("</.well-known/core>;ct=40,"), "{w}");
+        assert!(w.contains("</gh1/door>;rt=\"weir.device\";ct=\"0 50 60 110 112\""));
+        assert!(!w.contains("weir.ingest"));
+    }
+}
