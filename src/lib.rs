@@ -31,6 +31,8 @@ use weir_store::{Limits, Outbox};
 pub const SOURCE_KINDS: &[&str] = &[
     #[cfg(feature = "sim")]
     "sim",
+    #[cfg(feature = "modbus")]
+    "modbus",
 ];
 
 /// A configuration with every source section parsed.
@@ -53,6 +55,32 @@ pub fn source_builder(e: &SourceEntry, d: &mut Diagnostics) -> Option<Box<dyn So
             problems
                 .is_empty()
                 .then(|| Box::new(c) as Box<dyn SourceBuilder>)
+        }
+        #[cfg(feature = "modbus")]
+        "modbus" => {
+            let c: weir_modbus::ModbusConfig = d.parse(e.body.clone(), &e.path)?;
+            // Profile files are relative to the configuration file.
+            let dir = d
+                .file()
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf();
+            match c.resolve(&dir) {
+                Ok(r) => Some(Box::new(weir_modbus::ModbusBuilder::new(r, Metrics::new()))
+                    as Box<dyn SourceBuilder>),
+                Err(problems) => {
+                    for (key, msg) in problems {
+                        let at = if key.is_empty() {
+                            e.path.clone()
+                        } else {
+                            format!("{}.{key}", e.path)
+                        };
+                        d.error(&at, msg);
+                    }
+                    None
+                }
+            }
         }
         other => {
             d.error(
