@@ -314,7 +314,11 @@ impl Codec {
 
     /// Encode `v` into registers for a write. A `bool` with a `bit` is encoded into `current`
     /// (the register as last read) so the other bits are kept.
-    pub fn encode_registers(&self, v: &Value, current: Option<u16>) -> Result<Vec<u16>, CodecError> {
+    pub fn encode_registers(
+        &self,
+        v: &Value,
+        current: Option<u16>,
+    ) -> Result<Vec<u16>, CodecError> {
         let is_string = self.ty == DataType::String;
         let wrong = |expected| CodecError::WrongType {
             ty: self.ty,
@@ -455,7 +459,9 @@ mod tests {
         let v = 0x0102_0304_0506_0708u64;
         let regs = [0x0708, 0x0506, 0x0304, 0x0102];
         assert_eq!(
-            c(DataType::U64, Order::CDAB).decode_registers(&regs).unwrap(),
+            c(DataType::U64, Order::CDAB)
+                .decode_registers(&regs)
+                .unwrap(),
             Value::I64(v as i64)
         );
     }
@@ -467,7 +473,10 @@ mod tests {
         k.offset = -40.0;
         let v = k.decode_registers(&[0xFFF6]).unwrap(); // -10 * 0.1 - 40
         assert_eq!(v, Value::F64(-41.0));
-        assert_eq!(k.encode_registers(&Value::F64(-41.0), None).unwrap(), vec![0xFFF6]);
+        assert_eq!(
+            k.encode_registers(&Value::F64(-41.0), None).unwrap(),
+            vec![0xFFF6]
+        );
         assert!(matches!(
             k.encode_registers(&Value::F64(1e9), None),
             Err(CodecError::OutOfRange { .. })
@@ -481,11 +490,13 @@ mod tests {
         assert_eq!(k.decode_registers(&[0b1000]).unwrap(), Value::Bool(true));
         assert_eq!(k.decode_registers(&[0b0111]).unwrap(), Value::Bool(false));
         assert_eq!(
-            k.encode_registers(&Value::Bool(true), Some(0b0001)).unwrap(),
+            k.encode_registers(&Value::Bool(true), Some(0b0001))
+                .unwrap(),
             vec![0b1001]
         );
         assert_eq!(
-            k.encode_registers(&Value::Bool(false), Some(0xFFFF)).unwrap(),
+            k.encode_registers(&Value::Bool(false), Some(0xFFFF))
+                .unwrap(),
             vec![0xFFF7]
         );
     }

@@ -47,13 +47,19 @@ pub enum CommissionError {
 }
 
 /// Open a transport to `target`.
-pub async fn open(target: &Target, timeout: Duration) -> Result<Box<dyn Transport>, CommissionError> {
+pub async fn open(
+    target: &Target,
+    timeout: Duration,
+) -> Result<Box<dyn Transport>, CommissionError> {
     match target {
         Target::Tcp { host, port } => {
             let what = format!("{host}:{port}");
             let addr = tokio::net::lookup_host((host.as_str(), *port))
                 .await
-                .map_err(|e| CommissionError::Open { what: what.clone(), source: e })?
+                .map_err(|e| CommissionError::Open {
+                    what: what.clone(),
+                    source: e,
+                })?
                 .next()
                 .ok_or_else(|| CommissionError::Open {
                     what: what.clone(),
@@ -88,7 +94,10 @@ pub async fn open(target: &Target, timeout: Duration) -> Result<Box<dyn Transpor
                     source: e.into(),
                 })?;
             let bits = 1 + 8 + (*parity != Parity::None) as u32 + *stop_bits as u32;
-            Ok(Box::new(RtuTransport::new(s, inter_frame_delay(*baud, bits))))
+            Ok(Box::new(RtuTransport::new(
+                s,
+                inter_frame_delay(*baud, bits),
+            )))
         }
     }
 }
@@ -104,7 +113,11 @@ pub async fn read(
     count: u16,
     timeout: Duration,
 ) -> Result<(Vec<u16>, Vec<Value>), CommissionError> {
-    let per = if table.is_bits() { 1 } else { codec.registers() };
+    let per = if table.is_bits() {
+        1
+    } else {
+        codec.registers()
+    };
     let req = Request::Read {
         table,
         address,
@@ -163,7 +176,9 @@ pub async fn write(
                 .await
             {
                 Ok(Response::Registers(r)) if r.len() == 1 => Ok(r[0]),
-                Ok(_) => Err(WriteError::Transact(TransactError::Garbage("short read".into()))),
+                Ok(_) => Err(WriteError::Transact(TransactError::Garbage(
+                    "short read".into(),
+                ))),
                 Err(e) => Err(WriteError::Transact(e)),
             }
         })

@@ -350,14 +350,24 @@ impl ModbusConfig {
         }
         for (k, lo, hi) in [
             ("backoff_min_ms", self.backoff_min_ms, self.backoff_max_ms),
-            ("reconnect_min_ms", self.reconnect_min_ms, self.reconnect_max_ms),
+            (
+                "reconnect_min_ms",
+                self.reconnect_min_ms,
+                self.reconnect_max_ms,
+            ),
         ] {
             if lo == 0 || lo > hi {
-                err(k.into(), "must be at least 1 and not above its _max_ms".into());
+                err(
+                    k.into(),
+                    "must be at least 1 and not above its _max_ms".into(),
+                );
             }
         }
         if self.rtu.is_empty() && self.tcp.is_empty() {
-            err(String::new(), "needs at least one `rtu:` line or `tcp:` connection".into());
+            err(
+                String::new(),
+                "needs at least one `rtu:` line or `tcp:` connection".into(),
+            );
         }
         // Profiles.
         let mut profiles: BTreeMap<&str, (Option<u64>, Vec<PointConfig>, String)> = BTreeMap::new();
@@ -374,7 +384,11 @@ impl ModbusConfig {
                         Ok(pf) => {
                             profiles.insert(
                                 name,
-                                (r.poll_ms.or(pf.poll_ms), pf.points, path.display().to_string()),
+                                (
+                                    r.poll_ms.or(pf.poll_ms),
+                                    pf.points,
+                                    path.display().to_string(),
+                                ),
                             );
                         }
                         Err(e) => err(format!("{at}.file"), e),
@@ -401,16 +415,25 @@ impl ModbusConfig {
                 err(format!("{at}.stop_bits"), "must be 1 or 2".into());
             }
             if l.response_timeout_ms == 0 {
-                err(format!("{at}.response_timeout_ms"), "must be at least 1".into());
+                err(
+                    format!("{at}.response_timeout_ms"),
+                    "must be at least 1".into(),
+                );
             }
             if let Some(d) = l.inter_frame_delay_ms {
                 if !(0.0..=1000.0).contains(&d) {
-                    err(format!("{at}.inter_frame_delay_ms"), "must be 0–1000".into());
+                    err(
+                        format!("{at}.inter_frame_delay_ms"),
+                        "must be 0–1000".into(),
+                    );
                 }
             }
             let label = format!("rtu:{}", l.port.display());
             if !labels.insert(label.clone()) {
-                err(format!("{at}.port"), "this port is already a line of this source: put its devices together".into());
+                err(
+                    format!("{at}.port"),
+                    "this port is already a line of this source: put its devices together".into(),
+                );
             }
             let devices = self.devices(&l.devices, &at, true, &profiles, &mut ids, &mut err);
             lines.push(Line {
@@ -433,10 +456,16 @@ impl ModbusConfig {
                 err(format!("{at}.host"), "must not be empty".into());
             }
             if l.response_timeout_ms == 0 {
-                err(format!("{at}.response_timeout_ms"), "must be at least 1".into());
+                err(
+                    format!("{at}.response_timeout_ms"),
+                    "must be at least 1".into(),
+                );
             }
             if l.connect_timeout_ms == 0 {
-                err(format!("{at}.connect_timeout_ms"), "must be at least 1".into());
+                err(
+                    format!("{at}.connect_timeout_ms"),
+                    "must be at least 1".into(),
+                );
             }
             let label = format!("tcp:{}:{}", l.host, l.port);
             if !labels.insert(label.clone()) {
@@ -489,18 +518,34 @@ impl ModbusConfig {
         let mut units = HashSet::new();
         for (j, d) in devs.iter().enumerate() {
             let dat = format!("{at}.devices[{j}]");
-            if d.id.is_empty() || d.id.contains(['+', '#']) || d.id.starts_with('/') || d.id.ends_with('/') {
-                err(format!("{dat}.id"), format!("`{}` must be non-empty, without `+`, `#` or a leading/trailing `/`", d.id));
+            if d.id.is_empty()
+                || d.id.contains(['+', '#'])
+                || d.id.starts_with('/')
+                || d.id.ends_with('/')
+            {
+                err(
+                    format!("{dat}.id"),
+                    format!(
+                        "`{}` must be non-empty, without `+`, `#` or a leading/trailing `/`",
+                        d.id
+                    ),
+                );
             }
             if !ids.insert(d.id.clone()) {
-                err(format!("{dat}.id"), format!("duplicate device id `{}`", d.id));
+                err(
+                    format!("{dat}.id"),
+                    format!("duplicate device id `{}`", d.id),
+                );
             }
             if rtu && !(1..=247).contains(&d.unit) {
                 // Serial Line V1.02 §2.2: 0 is broadcast (no answer), 248–255 reserved.
                 err(format!("{dat}.unit"), "must be 1–247 on an RTU line".into());
             }
             if !units.insert(d.unit) {
-                err(format!("{dat}.unit"), format!("unit {} is already used on this line", d.unit));
+                err(
+                    format!("{dat}.unit"),
+                    format!("unit {} is already used on this line", d.unit),
+                );
             }
             // Profile points first; device points replace same-named ones.
             let mut merged: Vec<(PointConfig, String)> = Vec::new();
@@ -512,7 +557,10 @@ impl ModbusConfig {
                             default_poll = poll.unwrap_or(self.poll_ms);
                         }
                         for (k, pc) in pts.iter().enumerate() {
-                            merged.push((pc.clone(), format!("{dat}.profile({origin}: points[{k}])")));
+                            merged.push((
+                                pc.clone(),
+                                format!("{dat}.profile({origin}: points[{k}])"),
+                            ));
                         }
                     }
                     None => err(
@@ -525,7 +573,10 @@ impl ModbusConfig {
             for (k, pc) in d.points.iter().enumerate() {
                 let path = format!("{dat}.points[{k}]");
                 if !from_device.insert(pc.name.as_str()) {
-                    err(format!("{path}.name"), format!("duplicate point `{}`", pc.name));
+                    err(
+                        format!("{path}.name"),
+                        format!("duplicate point `{}`", pc.name),
+                    );
                     continue;
                 }
                 match merged.iter().position(|(m, _)| m.name == pc.name) {
@@ -537,7 +588,10 @@ impl ModbusConfig {
             let mut points = Vec::new();
             for (pc, path) in &merged {
                 if !names.insert(pc.name.clone()) {
-                    err(format!("{path}.name"), format!("duplicate point `{}`", pc.name));
+                    err(
+                        format!("{path}.name"),
+                        format!("duplicate point `{}`", pc.name),
+                    );
                     continue;
                 }
                 if let Some(pt) = point(pc, path, default_poll, err) {
@@ -545,7 +599,10 @@ impl ModbusConfig {
                 }
             }
             if points.is_empty() {
-                err(format!("{dat}.points"), "the device has no points (give `points:` or a `profile:`)".into());
+                err(
+                    format!("{dat}.points"),
+                    "the device has no points (give `points:` or a `profile:`)".into(),
+                );
             }
             let spans: Vec<Span> = points
                 .iter()
@@ -558,7 +615,11 @@ impl ModbusConfig {
                     interval: p.interval,
                 })
                 .collect();
-            let blocks = plan(&spans, self.max_registers.clamp(1, MAX_READ_REGISTERS), self.max_gap);
+            let blocks = plan(
+                &spans,
+                self.max_registers.clamp(1, MAX_READ_REGISTERS),
+                self.max_gap,
+            );
             out.push(Device {
                 id: Arc::from(d.id.as_str()),
                 unit: d.unit,
@@ -571,7 +632,8 @@ impl ModbusConfig {
 }
 
 fn load_profile(path: &Path) -> Result<ProfileFile, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let de = serde_yaml::Deserializer::from_str(&text);
     serde_path_to_error::deserialize::<_, ProfileFile>(de).map_err(|e| {
         let line = e
@@ -595,7 +657,10 @@ fn point(
         err(format!("{path}.{k}"), m)
     };
     if pc.name.is_empty() || pc.name.contains(['/', '+', '#']) {
-        bad("name", format!("`{}` must be non-empty, without `/`, `+`, `#`", pc.name));
+        bad(
+            "name",
+            format!("`{}` must be non-empty, without `/`, `+`, `#`", pc.name),
+        );
     }
     let ty = pc.ty.unwrap_or(if pc.table.is_bits() {
         DataType::Bool
@@ -607,7 +672,10 @@ fn point(
             bad("type", format!("a {} holds a bool, not {ty}", pc.table));
         }
         if pc.bit.is_some() {
-            bad("bit", format!("`bit` is for bools in registers, not a {}", pc.table));
+            bad(
+                "bit",
+                format!("`bit` is for bools in registers, not a {}", pc.table),
+            );
         }
     }
     if let Some(b) = pc.bit {
@@ -621,7 +689,10 @@ fn point(
     let length = match (ty, pc.length) {
         (DataType::String, Some(n)) if (1..=MAX_READ_REGISTERS).contains(&n) => n,
         (DataType::String, _) => {
-            bad("length", format!("a string needs `length:` 1–{MAX_READ_REGISTERS} (registers)"));
+            bad(
+                "length",
+                format!("a string needs `length:` 1–{MAX_READ_REGISTERS} (registers)"),
+            );
             1
         }
         (_, Some(_)) => {
@@ -646,7 +717,13 @@ fn point(
         bad("deadband", "only applies with `on_change: true`".into());
     }
     if pc.writable && !pc.table.writable() {
-        bad("writable", format!("a {} cannot be written (only coils and holding registers)", pc.table));
+        bad(
+            "writable",
+            format!(
+                "a {} cannot be written (only coils and holding registers)",
+                pc.table
+            ),
+        );
     }
     let poll = pc.poll_ms.unwrap_or(default_poll);
     if poll == 0 {
@@ -657,7 +734,11 @@ fn point(
     codec.length = length;
     codec.scale = pc.scale;
     codec.offset = pc.offset;
-    let count = if pc.table.is_bits() { 1 } else { codec.registers() };
+    let count = if pc.table.is_bits() {
+        1
+    } else {
+        codec.registers()
+    };
     if pc.address as u32 + count as u32 > 0x1_0000 {
         bad("address", "the point runs past address 65535".into());
     }
@@ -767,12 +848,17 @@ rtu:
         );
         let p = c.resolve(dir.path()).unwrap_err();
         assert_eq!(p[0].0, "profiles.m.file");
-        assert!(p[0].1.contains("m.yaml:2") && p[0].1.contains("points[0].type"), "{}", p[0].1);
+        assert!(
+            p[0].1.contains("m.yaml:2") && p[0].1.contains("points[0].type"),
+            "{}",
+            p[0].1
+        );
     }
 
     #[test]
     fn inter_frame_delay_follows_the_baud_rate() {
-        let l: RtuLine = serde_yaml::from_str("{port: /dev/x, baud: 9600, parity: even, devices: []}").unwrap();
+        let l: RtuLine =
+            serde_yaml::from_str("{port: /dev/x, baud: 9600, parity: even, devices: []}").unwrap();
         // 11 bits per char, 3.5 chars at 9600 baud = 4.01 ms
         assert_eq!(l.bits_per_char(), 11);
         assert!((l.inter_frame().as_secs_f64() - 3.5 * 11.0 / 9600.0).abs() < 1e-9);

@@ -372,10 +372,7 @@ mod tests {
         assert_eq!(crc16(&[0x02, 0x07]), 0x1241);
         assert_eq!(rtu_frame(2, &[7]), vec![0x02, 0x07, 0x41, 0x12]);
         // A classic read: 01 03 00 00 00 0A -> C5 CD
-        assert_eq!(
-            rtu_frame(1, &[3, 0, 0, 0, 10])[6..],
-            [0xC5, 0xCD]
-        );
+        assert_eq!(rtu_frame(1, &[3, 0, 0, 0, 10])[6..], [0xC5, 0xCD]);
     }
 
     #[test]
@@ -391,7 +388,10 @@ mod tests {
             Ok(Response::Registers(vec![0x022B, 0, 0x64]))
         );
         assert_eq!(r.decode_response(&[0x83, 2]), Err(Ok(Exception(2))));
-        assert!(matches!(r.decode_response(&[3, 4, 0, 0, 0, 0]), Err(Err(_))));
+        assert!(matches!(
+            r.decode_response(&[3, 4, 0, 0, 0, 0]),
+            Err(Err(_))
+        ));
         let c = Request::Read {
             table: Table::Coil,
             address: 19,
@@ -406,10 +406,15 @@ mod tests {
         );
         let w = Request::WriteCoils {
             address: 19,
-            values: vec![true, false, true, true, false, false, true, true, true, false],
+            values: vec![
+                true, false, true, true, false, false, true, true, true, false,
+            ],
         };
         // §6.11 example
-        assert_eq!(w.encode().unwrap(), vec![0x0F, 0, 0x13, 0, 0x0A, 2, 0xCD, 0x01]);
+        assert_eq!(
+            w.encode().unwrap(),
+            vec![0x0F, 0, 0x13, 0, 0x0A, 2, 0xCD, 0x01]
+        );
         assert_eq!(
             w.decode_response(&[0x0F, 0, 0x13, 0, 0x0A]),
             Ok(Response::Written)

@@ -225,9 +225,7 @@ struct LineTask {
 
 /// `base × 2^attempt`, capped at `max`, times a jitter factor in [0.75, 1.25).
 pub fn jittered(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let d = base
-        .saturating_mul(1u32 << attempt.min(20))
-        .min(max);
+    let d = base.saturating_mul(1u32 << attempt.min(20)).min(max);
     d.mul_f64(rand::rng().random_range(0.75..1.25))
 }
 
@@ -319,7 +317,9 @@ impl LineTask {
                     std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host}: no address"))
                 })?;
                 match framing {
-                    Framing::Mbap => Ok(Box::new(TcpTransport::connect(addr, *connect_timeout).await?)),
+                    Framing::Mbap => Ok(Box::new(
+                        TcpTransport::connect(addr, *connect_timeout).await?,
+                    )),
                     Framing::Rtu => {
                         let s = tokio::time::timeout(
                             *connect_timeout,
@@ -434,7 +434,9 @@ impl LineTask {
                     }
                 }
             }
-            let Some(t) = transport.as_mut() else { continue };
+            let Some(t) = transport.as_mut() else {
+                continue;
+            };
             let (when, d, b) = self.next();
             let fatal = tokio::select! {
                 biased;
@@ -594,7 +596,13 @@ impl LineTask {
     }
 
     /// Decode a block's response into readings (report-on-change applied).
-    fn emit(&mut self, d: usize, block: &crate::plan::Block, resp: &Response, out: &mut Vec<Reading>) {
+    fn emit(
+        &mut self,
+        d: usize,
+        block: &crate::plan::Block,
+        resp: &Response,
+        out: &mut Vec<Reading>,
+    ) {
         let ts = Timestamp::now();
         for &(pi, off) in &block.points {
             let ds = &self.devs[d];
@@ -632,16 +640,23 @@ impl LineTask {
     /// reopened.
     async fn write(&mut self, t: &mut dyn Transport, cmd: Command) -> Option<TransactError> {
         let Some(d) = self.devs.iter().position(|d| d.id == cmd.device) else {
-            let _ = cmd.reply.send(Err(format!("no modbus device `{}`", cmd.device)));
+            let _ = cmd
+                .reply
+                .send(Err(format!("no modbus device `{}`", cmd.device)));
             return None;
         };
         let Some(pi) = self.devs[d].pids.iter().position(|p| *p == cmd.point) else {
-            let _ = cmd.reply.send(Err(format!("device `{}` has no point `{}`", cmd.device, cmd.point)));
+            let _ = cmd.reply.send(Err(format!(
+                "device `{}` has no point `{}`",
+                cmd.device, cmd.point
+            )));
             return None;
         };
         let p = self.devs[d].dev.points[pi].clone();
         if !p.writable {
-            let _ = cmd.reply.send(Err(format!("point `{}` is not writable", cmd.point)));
+            let _ = cmd
+                .reply
+                .send(Err(format!("point `{}` is not writable", cmd.point)));
             return None;
         }
         let req = match self.write_request(t, d, &p, &cmd.value).await {
@@ -698,7 +713,9 @@ impl LineTask {
                 .await;
             match r {
                 Ok(Response::Registers(r)) if r.len() == 1 => Ok(r[0]),
-                Ok(_) => Err(WriteError::Transact(TransactError::Garbage("short read".into()))),
+                Ok(_) => Err(WriteError::Transact(TransactError::Garbage(
+                    "short read".into(),
+                ))),
                 Err(e) => Err(WriteError::Transact(e)),
             }
         })
@@ -818,17 +835,42 @@ mod tests {
             value: Value::F64(10.0),
             quality: Quality::Good,
         };
-        assert!(!should_report(&p, Some(&last), &Value::F64(10.4), &Quality::Good));
-        assert!(should_report(&p, Some(&last), &Value::F64(10.6), &Quality::Good));
-        assert!(should_report(&p, Some(&last), &Value::F64(10.0), &bad("timeout")));
+        assert!(!should_report(
+            &p,
+            Some(&last),
+            &Value::F64(10.4),
+            &Quality::Good
+        ));
+        assert!(should_report(
+            &p,
+            Some(&last),
+            &Value::F64(10.6),
+            &Quality::Good
+        ));
+        assert!(should_report(
+            &p,
+            Some(&last),
+            &Value::F64(10.0),
+            &bad("timeout")
+        ));
         assert!(should_report(&p, None, &Value::F64(10.0), &Quality::Good));
         let always = point(false, 0.0);
-        assert!(should_report(&always, Some(&last), &Value::F64(10.0), &Quality::Good));
+        assert!(should_report(
+            &always,
+            Some(&last),
+            &Value::F64(10.0),
+            &Quality::Good
+        ));
         let bad_last = Last {
             value: Value::F64(f64::NAN),
             quality: bad("timeout"),
         };
-        assert!(!should_report(&always, Some(&bad_last), &Value::F64(f64::NAN), &bad("timeout")));
+        assert!(!should_report(
+            &always,
+            Some(&bad_last),
+            &Value::F64(f64::NAN),
+            &bad("timeout")
+        ));
     }
 
     #[tokio::test]
@@ -837,17 +879,36 @@ mod tests {
         let no_read = async { Err(WriteError::Transact(TransactError::Timeout)) };
         assert_eq!(
             encode_write(&p, &Value::I64(7), no_read).await.unwrap(),
-            Request::WriteRegister { address: 0, value: 7 }
+            Request::WriteRegister {
+                address: 0,
+                value: 7
+            }
         );
         let mut f = point(false, 0.0);
         f.codec = Codec::new(DataType::F32, Order::CDAB);
-        let r = encode_write(&f, &Value::F64(1.0), async { Ok(0) }).await.unwrap();
-        assert_eq!(r, Request::WriteRegisters { address: 0, values: vec![0x0000, 0x3F80] });
+        let r = encode_write(&f, &Value::F64(1.0), async { Ok(0) })
+            .await
+            .unwrap();
+        assert_eq!(
+            r,
+            Request::WriteRegisters {
+                address: 0,
+                values: vec![0x0000, 0x3F80]
+            }
+        );
         let mut b = point(false, 0.0);
         b.codec = Codec::new(DataType::Bool, Order::ABCD);
         b.codec.bit = Some(4);
-        let r = encode_write(&b, &Value::Bool(true), async { Ok(0b1) }).await.unwrap();
-        assert_eq!(r, Request::WriteRegister { address: 0, value: 0b1_0001 });
+        let r = encode_write(&b, &Value::Bool(true), async { Ok(0b1) })
+            .await
+            .unwrap();
+        assert_eq!(
+            r,
+            Request::WriteRegister {
+                address: 0,
+                value: 0b1_0001
+            }
+        );
         assert!(matches!(
             encode_write(&p, &Value::from("x"), async { Ok(0) }).await,
             Err(WriteError::Codec(_))

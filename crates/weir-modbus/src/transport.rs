@@ -136,9 +136,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for RtuTransport<S> {
         req: &Request,
         timeout: Duration,
     ) -> Result<Response, TransactError> {
-        let pdu = req
-            .encode()
-            .map_err(|e| TransactError::Invalid(e.0))?;
+        let pdu = req.encode().map_err(|e| TransactError::Invalid(e.0))?;
         let frame = pdu::rtu_frame(unit, &pdu);
         self.drain().await?;
         if let Some(t) = self.last_activity {

@@ -46,7 +46,12 @@ fn a_silent_slave_does_not_stall_the_others_and_recovers() {
     let yaml = line_yaml(
         &socat.b,
         "backoff_min_ms: 400\nbackoff_max_ms: 1600\n",
-        &[device("m1", 1, 200), device("m2", 2, 200), device("m3", 3, 200)].concat(),
+        &[
+            device("m1", 1, 200),
+            device("m2", 2, 200),
+            device("m3", 3, 200),
+        ]
+        .concat(),
     );
     let src = Running::start(&yaml);
     std::thread::sleep(Duration::from_secs(6));
@@ -73,13 +78,23 @@ fn a_silent_slave_does_not_stall_the_others_and_recovers() {
         // A probe of the silent slave (response timeout 300 ms) delays a poll by at most that
         // timeout; the poll after it is back on the original phase (a period the delay made the
         // poll miss is skipped, not caught up).
-        assert!(max < 200.0 + 300.0 + 60.0, "{dev}: longest period {max:.1} ms");
+        assert!(
+            max < 200.0 + 300.0 + 60.0,
+            "{dev}: longest period {max:.1} ms"
+        );
         let t0 = src.of(dev)[0].r.ts.as_nanos();
         for s in src.of(dev).iter().filter(|s| s.r.point.as_str() == "value") {
             let late = ((s.r.ts.as_nanos() - t0) as f64 / 1e6) % 200.0;
-            assert!(late < 300.0 + 60.0, "{dev}: a poll {late:.1} ms off its phase");
+            assert!(
+                late < 300.0 + 60.0,
+                "{dev}: a poll {late:.1} ms off its phase"
+            );
         }
-        assert_eq!(c("weir_modbus_timeouts_total", dev), 0, "{dev} never timed out");
+        assert_eq!(
+            c("weir_modbus_timeouts_total", dev),
+            0,
+            "{dev} never timed out"
+        );
         let temp = src.latest(dev, "temp").unwrap().value.as_f64().unwrap();
         let want = if dev == "m1" { 21.6 } else { 21.7 };
         assert!((temp - want).abs() < 1e-9, "{dev}: {temp} °C");
@@ -95,15 +110,22 @@ fn a_silent_slave_does_not_stall_the_others_and_recovers() {
     assert_eq!(bad_reports, 1);
     // Backoff 400 → 800 → 1600 ms: a handful of probes in 6 s, not 30 polls.
     let probes = c("weir_modbus_timeouts_total", "m3");
-    assert!((3..=7).contains(&probes), "{probes} probes of the silent slave");
+    assert!(
+        (3..=7).contains(&probes),
+        "{probes} probes of the silent slave"
+    );
     assert_eq!(c("weir_modbus_requests_total", "m3"), probes);
 
     peer.ok("answer 3");
     peer.ok("set 3 h 0 333");
-    wait_until("the silent slave to recover", Duration::from_secs(5), || {
-        src.latest("m3", "value").map(|r| (r.value, r.quality))
-            == Some((Value::I64(333), Quality::Good))
-    });
+    wait_until(
+        "the silent slave to recover",
+        Duration::from_secs(5),
+        || {
+            src.latest("m3", "value").map(|r| (r.value, r.quality))
+                == Some((Value::I64(333), Quality::Good))
+        },
+    );
     src.stop();
 }
 
@@ -129,10 +151,14 @@ fn a_vanished_port_is_reopened_when_it_comes_back() {
     socat.start_again();
     let mut peer = Peer::rtu(&socat.a, "7");
     peer.ok("set 7 h 0 2");
-    wait_until("readings after the port is back", Duration::from_secs(10), || {
-        src.latest("m7", "value").map(|r| (r.value, r.quality))
-            == Some((Value::I64(2), Quality::Good))
-    });
+    wait_until(
+        "readings after the port is back",
+        Duration::from_secs(10),
+        || {
+            src.latest("m7", "value").map(|r| (r.value, r.quality))
+                == Some((Value::I64(2), Quality::Good))
+        },
+    );
     let label = format!("rtu:{}", socat.b.display());
     assert!(
         src.counter(
@@ -172,10 +198,14 @@ fn noise_on_the_line_is_counted_and_the_line_resynchronises() {
     assert!(garbage >= 20, "{garbage} stray bytes counted");
     // The line is back in step: fresh good readings of a new value.
     peer.ok("set 1 h 0 6");
-    wait_until("good readings after the noise", Duration::from_secs(5), || {
-        src.latest("m1", "value").map(|r| (r.value, r.quality))
-            == Some((Value::I64(6), Quality::Good))
-    });
+    wait_until(
+        "good readings after the noise",
+        Duration::from_secs(5),
+        || {
+            src.latest("m1", "value").map(|r| (r.value, r.quality))
+                == Some((Value::I64(6), Quality::Good))
+        },
+    );
     eprintln!(
         "noise: {garbage} garbage bytes, {} crc errors, {} requests",
         src.counter("weir_modbus_line_crc_errors_total", &ll),

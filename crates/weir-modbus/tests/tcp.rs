@@ -57,7 +57,8 @@ fn every_type_and_order_decodes_changing_registers() {
         }
     }
     // A bool in bit 5 of a holding register and a coil.
-    points.push_str("          - { name: flag, table: holding, address: 290, type: bool, bit: 5 }\n");
+    points
+        .push_str("          - { name: flag, table: holding, address: 290, type: bool, bit: 5 }\n");
     points.push_str("          - { name: relay, table: coil, address: 7 }\n");
     let set_all = |peer: &mut Peer, which: usize| {
         for (table, ty, order, addr, _) in &layout {
@@ -91,14 +92,28 @@ fn every_type_and_order_decodes_changing_registers() {
         }
         true
     };
-    wait_until("every type and order decoded", Duration::from_secs(10), || check(0));
-    assert_eq!(src.latest("plant/dev", "flag").unwrap().value, Value::Bool(true));
-    assert_eq!(src.latest("plant/dev", "relay").unwrap().value, Value::Bool(true));
+    wait_until(
+        "every type and order decoded",
+        Duration::from_secs(10),
+        || check(0),
+    );
+    assert_eq!(
+        src.latest("plant/dev", "flag").unwrap().value,
+        Value::Bool(true)
+    );
+    assert_eq!(
+        src.latest("plant/dev", "relay").unwrap().value,
+        Value::Bool(true)
+    );
     // The registers change while polled: the new values arrive.
     set_all(&mut peer, 1);
     peer.ok("set 1 h 290 65503"); // every bit but 5
     peer.ok("set 1 c 7 0");
-    wait_until("the changed values decoded", Duration::from_secs(10), || check(1));
+    wait_until(
+        "the changed values decoded",
+        Duration::from_secs(10),
+        || check(1),
+    );
     wait_until("bit and coil changes", Duration::from_secs(5), || {
         src.latest("plant/dev", "flag").unwrap().value == Value::Bool(false)
             && src.latest("plant/dev", "relay").unwrap().value == Value::Bool(false)
@@ -143,33 +158,49 @@ tcp:
     wait_until("first poll", Duration::from_secs(10), || {
         src.latest("plant/pump", "setpoint").is_some()
     });
-    assert_eq!(src.write("plant/pump", "setpoint", Value::I64(4321)), Ok(()));
+    assert_eq!(
+        src.write("plant/pump", "setpoint", Value::I64(4321)),
+        Ok(())
+    );
     assert_eq!(peer.get(1, "h", 0, 1), vec![4321]);
     assert_eq!(src.write("plant/pump", "speed", Value::F64(1450.5)), Ok(()));
     assert_eq!(peer.value("getv 1 h 2 f32 CDAB 2"), "1450.5");
     assert_eq!(src.write("plant/pump", "temp_sp", Value::F64(21.5)), Ok(()));
     // (21.5 + 40) / 0.1 = 615
     assert_eq!(peer.value("getv 1 h 4 i32 DCBA 2"), "615");
-    assert_eq!(src.write("plant/pump", "big", Value::I64(-77_000_000_000)), Ok(()));
+    assert_eq!(
+        src.write("plant/pump", "big", Value::I64(-77_000_000_000)),
+        Ok(())
+    );
     assert_eq!(peer.value("getv 1 h 8 i64 BADC 4"), "-77000000000");
     assert_eq!(src.write("plant/pump", "label", Value::from("P-7")), Ok(()));
     assert_eq!(peer.value("getv 1 h 12 string ABCD 4"), "P-7");
     assert_eq!(src.write("plant/pump", "enable", Value::Bool(true)), Ok(()));
-    assert_eq!(peer.get(1, "h", 20, 1), vec![0b1001], "read-modify-write keeps bit 0");
+    assert_eq!(
+        peer.get(1, "h", 20, 1),
+        vec![0b1001],
+        "read-modify-write keeps bit 0"
+    );
     assert_eq!(src.write("plant/pump", "relay", Value::Bool(true)), Ok(()));
     assert_eq!(peer.get(1, "c", 5, 1), vec![1]);
     // The written value is read back and reported.
-    wait_until("the written setpoint reported", Duration::from_secs(5), || {
-        src.latest("plant/pump", "setpoint").map(|r| r.value) == Some(Value::I64(4321))
-    });
+    wait_until(
+        "the written setpoint reported",
+        Duration::from_secs(5),
+        || src.latest("plant/pump", "setpoint").map(|r| r.value) == Some(Value::I64(4321)),
+    );
     // Refused: not writable (router), out of range and wrong type (codec) — nothing sent.
     assert!(src
         .write("plant/pump", "status", Value::I64(1))
         .unwrap_err()
         .contains("not declared writable"));
-    let e = src.write("plant/pump", "setpoint", Value::I64(70_000)).unwrap_err();
+    let e = src
+        .write("plant/pump", "setpoint", Value::I64(70_000))
+        .unwrap_err();
     assert!(e.contains("out of range"), "{e}");
-    let e = src.write("plant/pump", "relay", Value::from("on")).unwrap_err();
+    let e = src
+        .write("plant/pump", "relay", Value::from("on"))
+        .unwrap_err();
     assert!(e.contains("true/false"), "{e}");
     assert_eq!(peer.get(1, "h", 0, 1), vec![4321]);
     src.stop();
@@ -267,7 +298,9 @@ tcp:
         });
         let before = reconnects();
         peer.ok("drop");
-        wait_until("a reconnect", Duration::from_secs(10), || reconnects() > before);
+        wait_until("a reconnect", Duration::from_secs(10), || {
+            reconnects() > before
+        });
     }
     // The server stops for good: the points go bad with the reason, then it comes back.
     peer.kill();
@@ -278,8 +311,10 @@ tcp:
     });
     let mut peer = Peer::tcp(port, "1");
     peer.ok("set 1 i 3 99");
-    wait_until("readings after the server is back", Duration::from_secs(10), || {
-        src.latest("d", "counter").map(|r| r.value) == Some(Value::I64(99))
-    });
+    wait_until(
+        "readings after the server is back",
+        Duration::from_secs(10),
+        || src.latest("d", "counter").map(|r| r.value) == Some(Value::I64(99)),
+    );
     src.stop();
 }

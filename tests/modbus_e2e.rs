@@ -1,0 +1,164 @@
+//! End to end: a pymodbus device → the `weir` binary (modbus source) → mosquitto → a subscriber;
+//! and back: MQTT `…/set` → weir → a holding register the pymodbus server then holds.
+#![cfg(feature = "modbus")]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// The pymodbus server of crates/weir-modbus/tests/peer, commanded over stdin.
+struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("WEIR_MODBUS_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/modbus-venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+impl Peer {
+    fn tcp(port: u16, devices: &str) -> Peer {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("crates/weir-modbus/tests/peer/modbus_peer.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .args(["tcp", &port.to_string(), "--devices", devices])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python with pymodbus (scripts/test installs it)");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        Peer {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn cmd(&mut self, c: &str) -> String {
+        writeln!(self.stdin, "{c}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(!line.starts_with("err"), "peer: {c} -> {line}");
+        line.trim().trim_start_matches("val ").to_string()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn pymodbus_to_mqtt_and_set_back_to_a_holding_register() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let mport = free_port();
+    let mut peer = Peer::tcp(mport, "1,2");
+    peer.cmd("setv 1 i 0 f32 ABCD 230.5");
+    peer.cmd("setv 1 i 6 f32 ABCD 4.25");
+    peer.cmd("setv 2 h 10 f32 CDAB 12.5");
+    let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/profiles/energy-meter.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        r#"gateway:
+  id: test
+  state_dir: {{state}}
+  shutdown_timeout_ms: 5000
+mqtt:
+  host: 127.0.0.1
+  port: {bport}
+  topic_prefix: t
+  reconnect_min_ms: 100
+  reconnect_max_ms: 1000
+store:
+  synchronous: normal
+sources:
+  - modbus:
+      name: plant
+      poll_ms: 200
+      profiles:
+        meter: {{ file: {profile} }}
+      tcp:
+        - host: 127.0.0.1
+          port: {mport}
+          devices:
+            - {{ id: plant/meter, unit: 1, profile: meter, poll_ms: 200 }}
+            - id: plant/pump
+              unit: 2
+              points:
+                - {{ name: flow_sp, table: holding, address: 10, type: f32, order: CDAB, unit: m3/h, writable: true }}
+                - {{ name: running, table: coil, address: 0 }}
+"#,
+        bport = broker.port,
+        profile = profile.display(),
+    );
+    let gw = Gateway::start(dir.path(), &cfg);
+    let latest = |topic: &str| {
+        sub.snapshot()
+            .iter()
+            .rev()
+            .find(|m| m.topic == topic)
+            .map(|m| m.json())
+    };
+    wait_until("meter readings over MQTT", Duration::from_secs(20), || {
+        latest("t/plant/meter/voltage_l1").is_some_and(|j| j["value"] == 230.5)
+            && latest("t/plant/meter/current_l1").is_some_and(|j| j["value"] == 4.25)
+            && latest("t/plant/pump/flow_sp").is_some_and(|j| j["value"] == 12.5)
+    });
+    let v = latest("t/plant/meter/voltage_l1").unwrap();
+    assert_eq!(v["unit"], "V");
+    assert_eq!(v["quality"], "good");
+    // The device changes a value: the new one arrives.
+    peer.cmd("setv 1 i 0 f32 ABCD 229.75");
+    wait_until("the changed voltage", Duration::from_secs(10), || {
+        latest("t/plant/meter/voltage_l1").is_some_and(|j| j["value"] == 229.75)
+    });
+    // MQTT …/set writes the holding register; pymodbus holds the value; weir reads it back.
+    sub.publish("t/plant/pump/flow_sp/set", b"42.5");
+    wait_until("the command result", Duration::from_secs(10), || {
+        latest("t/plant/pump/flow_sp/set/result").is_some()
+    });
+    assert_eq!(
+        latest("t/plant/pump/flow_sp/set/result").unwrap()["ok"],
+        true,
+        "{}",
+        gw.log()
+    );
+    assert_eq!(peer.cmd("getv 2 h 10 f32 CDAB 2"), "42.5");
+    wait_until(
+        "the written value read back",
+        Duration::from_secs(10),
+        || latest("t/plant/pump/flow_sp").is_some_and(|j| j["value"] == 42.5),
+    );
+    // Not writable: refused by the router, nothing written.
+    sub.publish("t/plant/pump/running/set", b"true");
+    wait_until("the refusal", Duration::from_secs(10), || {
+        latest("t/plant/pump/running/set/result").is_some()
+    });
+    let r = latest("t/plant/pump/running/set/result").unwrap();
+    assert_eq!(r["ok"], false);
+    assert_eq!(peer.cmd("get 2 c 0 1"), "0");
+}
