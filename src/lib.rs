@@ -31,6 +31,8 @@ use weir_store::{Limits, Outbox};
 pub const SOURCE_KINDS: &[&str] = &[
     #[cfg(feature = "sim")]
     "sim",
+    #[cfg(feature = "coap")]
+    "coap",
     #[cfg(feature = "modbus")]
     "modbus",
 ];
@@ -81,6 +83,17 @@ pub fn source_builder(e: &SourceEntry, d: &mut Diagnostics) -> Option<Box<dyn So
                     None
                 }
             }
+        }
+        #[cfg(feature = "coap")]
+        "coap" => {
+            let c: weir_coap::CoapConfig = d.parse(e.body.clone(), &e.path)?;
+            let problems = c.validate();
+            for (key, msg) in &problems {
+                d.error(&format!("{}.{key}", e.path), msg.clone());
+            }
+            problems
+                .is_empty()
+                .then(|| Box::new(c) as Box<dyn SourceBuilder>)
         }
         other => {
             d.error(
