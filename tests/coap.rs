@@ -1,0 +1,571 @@
+//! End-to-end tests of the CoAP adapter: the real `weir` binary, a real mosquitto and subscriber,
+//! and real CoAP peers — libcoap's `coap-client-notls` and aiocoap (client and server) — over UDP
+//! on loopback.
+//!
+//! Needs `libcoap3-bin` and aiocoap (`scripts/test` installs both); the Python that has aiocoap is
+//! `$WEIR_TEST_PYTHON`, else `python3`.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const PEER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/crates/weir-coap/tests/peer/coap_peer.py"
+);
+
+fn python() -> String {
+    std::env::var("WEIR_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn gateway_config(mqtt_port: u16, coap_source: &str) -> String {
+    format!(
+        "gateway:\n  id: test\n  state_dir: {{state}}\n  shutdown_timeout_ms: 5000\n\
+mqtt:\n  host: 127.0.0.1\n  port: {mqtt_port}\n  topic_prefix: t\n  reconnect_min_ms: 100\n  reconnect_max_ms: 1000\n  status_interval_s: 1\n\
+store:\n  synchronous: normal\n\
+sources:\n{coap_source}"
+    )
+}
+
+fn server_source(udp: u16) -> String {
+    format!(
+        "  - coap:\n      name: coap\n      listen: 127.0.0.1:{udp}\n      accept_patterns: [\"lab/*\"]\n      max_body_bytes: 32768\n      stats_interval_s: 1\n      devices:\n        - id: lab/th1\n          units: {{ temperature: \"°C\" }}\n"
+    )
+}
+
+/// `GET /.well-known/core` as raw bytes: CON, mid 0x7777, Uri-Path ".well-known", "core".
+fn discovery_request() -> Vec<u8> {
+    let mut b = vec![0x40, 0x01, 0x77, 0x77, 0xBB];
+    b.extend_from_slice(b".well-known");
+    b.push(0x04);
+    b.extend_from_slice(b"core");
+    b
+}
+
+/// Wait until the gateway answers CoAP on `port`.
+fn wait_coap(port: u16, gw: &mut Gateway) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let end = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < end {
+        assert!(gw.is_running(), "weir exited:\n{}", gw.log());
+        s.send_to(&discovery_request(), ("127.0.0.1", port))
+            .unwrap();
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            assert!(n >= 4);
+            assert_eq!(buf[1], 0x45, "2.05 Content for /.well-known/core");
+            return;
+        }
+    }
+    panic!("CoAP server did not answer on {port}:\n{}", gw.log());
+}
+
+/// One request with aiocoap; the JSON line it prints.
+fn aiocoap(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(PEER)
+        .arg("request")
+        .args(args)
+        .output()
+        .expect("python with aiocoap (set WEIR_TEST_PYTHON)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "aiocoap {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
+}
+
+/// `coap-client-notls <args>`; returns stdout+stderr.
+fn coap_client(args: &[&str]) -> String {
+    let out = Command::new("coap-client-notls")
+        .args(args)
+        .output()
+        .expect("coap-client-notls (apt-get install libcoap3-bin)");
+    assert!(out.status.success(), "coap-client {args:?}: {out:?}");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn last_value(sub: &Subscriber, topic: &str) -> Option<serde_json::Value> {
+    sub.snapshot()
+        .iter()
+        .rev()
+        .find(|m| m.topic == topic)
+        .map(Msg::json)
+}
+
+fn wait_topic(sub: &Subscriber, topic: &str) -> serde_json::Value {
+    wait_until(topic, Duration::from_secs(20), || {
+        last_value(sub, topic).is_some()
+    });
+    last_value(sub, topic).unwrap()
+}
+
+#[test]
+fn libcoap_and_aiocoap_post_json_and_senml_that_reach_a_subscriber() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let dir = tempfile::tempdir().unwrap();
+    let udp = free_udp_port();
+    let mut gw = Gateway::start(
+        dir.path(),
+        &gateway_config(broker.port, &server_source(udp)),
+    );
+    wait_coap(udp, &mut gw);
+    let base = format!("coap://127.0.0.1:{udp}");
+
+    // libcoap: JSON object to /<device>, a scalar to /<device>/<point>, SenML JSON to /.
+    coap_client(&[
+        "-m",
+        "post",
+        "-t",
+        "json",
+        "-e",
+        r#"{"temperature":21.5,"door":true}"#,
+        &format!("{base}/lab/th1"),
+    ]);
+    coap_client(&[
+        "-m",
+        "put",
+        "-t",
+        "text",
+        "-e",
+        "415",
+        &format!("{base}/lab/th2/co2"),
+    ]);
+    coap_client(&[
+        "-m",
+        "post",
+        "-t",
+        "senml+json",
+        "-e",
+        r#"[{"bn":"lab/th3/","n":"temp","u":"Cel","v":19.5},{"n":"hum","v":40}]"#,
+        &format!("{base}/"),
+    ]);
+
+    // aiocoap: SenML CBOR (integer labels, RFC 8428 §6), hand-encoded:
+    // [{-2: "lab/th4/", 0: "temp", 2: 23.5}, {0: "door", 4: false}]
+    let mut cbor = vec![0x82, 0xa3, 0x21, 0x68];
+    cbor.extend_from_slice(b"lab/th4/");
+    cbor.extend_from_slice(&[0x00, 0x64]);
+    cbor.extend_from_slice(b"temp");
+    cbor.extend_from_slice(&[0x02, 0xfb]);
+    cbor.extend_from_slice(&23.5f64.to_be_bytes());
+    cbor.extend_from_slice(&[0xa2, 0x00, 0x64]);
+    cbor.extend_from_slice(b"door");
+    cbor.extend_from_slice(&[0x04, 0xf4]);
+    let cbor_file = dir.path().join("pack.cbor");
+    std::fs::write(&cbor_file, &cbor).unwrap();
+    let r = aiocoap(&[
+        "post",
+        &format!("{base}/"),
+        "--cf",
+        "112",
+        "--payload-file",
+        cbor_file.to_str().unwrap(),
+    ]);
+    assert_eq!(r["code"], "2.04", "{r}");
+    // Non-confirmable SenML JSON to /<device>: answered with a NON 2.04.
+    let r = aiocoap(&[
+        "post",
+        &format!("{base}/lab/th5"),
+        "--cf",
+        "110",
+        "--non",
+        "--payload",
+        r#"[{"n":"lux","v":312,"u":"lx"}]"#,
+    ]);
+    assert_eq!(r["code"], "2.04", "{r}");
+
+    // Errors: 4.00 with a diagnostic, 4.04 for a device not accepted, 4.15, discovery.
+    let r = aiocoap(&[
+        "post",
+        &format!("{base}/lab/th1"),
+        "--cf",
+        "50",
+        "--payload",
+        r#"{"a":"#,
+    ]);
+    assert_eq!(r["code"], "4.00", "{r}");
+    assert!(
+        r["payload"].as_str().unwrap().contains("invalid JSON"),
+        "{r}"
+    );
+    let r = aiocoap(&[
+        "post",
+        &format!("{base}/lab/th1"),
+        "--cf",
+        "50",
+        "--payload",
+        r#"{"temperature":[1,2]}"#,
+    ]);
+    assert_eq!(r["code"], "4.00", "{r}");
+    assert!(
+        r["payload"].as_str().unwrap().contains("temperature"),
+        "{r}"
+    );
+    let r = aiocoap(&["post", &format!("{base}/other/x"), "--payload", "1"]);
+    assert_eq!(r["code"], "4.04", "{r}");
+    assert!(
+        r["payload"].as_str().unwrap().contains("unknown device"),
+        "{r}"
+    );
+    let r = aiocoap(&[
+        "post",
+        &format!("{base}/lab/th1"),
+        "--cf",
+        "41",
+        "--payload",
+        "<x/>",
+    ]);
+    assert_eq!(r["code"], "4.15", "{r}");
+    let r = aiocoap(&["get", &format!("{base}/.well-known/core")]);
+    assert_eq!(r["code"], "2.05", "{r}");
+    assert_eq!(r["content_format"], 40, "{r}");
+    assert!(r["payload"].as_str().unwrap().contains("</lab/th1>"), "{r}");
+
+    let t = wait_topic(&sub, "t/lab/th1/temperature");
+    assert_eq!(t["value"], 21.5);
+    assert_eq!(t["unit"], "°C", "declared unit applied");
+    assert_eq!(wait_topic(&sub, "t/lab/th1/door")["value"], true);
+    assert_eq!(wait_topic(&sub, "t/lab/th2/co2")["value"], 415);
+    let t3 = wait_topic(&sub, "t/lab/th3/temp");
+    assert_eq!(
+        (t3["value"].clone(), t3["unit"].clone()),
+        (19.5.into(), "Cel".into())
+    );
+    assert_eq!(wait_topic(&sub, "t/lab/th3/hum")["value"], 40.0);
+    assert_eq!(wait_topic(&sub, "t/lab/th4/temp")["value"], 23.5);
+    assert_eq!(wait_topic(&sub, "t/lab/th4/door")["value"], false);
+    let lux = wait_topic(&sub, "t/lab/th5/lux");
+    assert_eq!(
+        (lux["value"].clone(), lux["unit"].clone()),
+        (312.0.into(), "lx".into())
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let msgs = sub.snapshot();
+    assert!(
+        !msgs.iter().any(|m| m.topic.starts_with("t/other/")),
+        "rejected requests put nothing on the bus"
+    );
+    // Exactly one reading per accepted value (no duplicates from retransmissions).
+    let readings = msgs
+        .iter()
+        .filter(|m| m.topic.starts_with("t/lab/"))
+        .count();
+    assert_eq!(
+        readings,
+        8,
+        "{:?}",
+        msgs.iter().map(|m| &m.topic).collect::<Vec<_>>()
+    );
+    assert!(gw.is_running());
+}
+
+/// A SenML pack of `n` records for `/lab/<device>`: points p0 … p{n-1}.
+fn big_pack(n: usize) -> String {
+    let recs: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"n":"p{i}","v":{}.25,"u":"W"}}"#, i))
+        .collect();
+    format!("[{}]", recs.join(","))
+}
+
+#[test]
+fn block_wise_post_of_a_large_senml_pack() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let dir = tempfile::tempdir().unwrap();
+    let udp = free_udp_port();
+    let mut gw = Gateway::start(
+        dir.path(),
+        &gateway_config(broker.port, &server_source(udp)),
+    );
+    wait_coap(udp, &mut gw);
+    let base = format!("coap://127.0.0.1:{udp}");
+
+    let pack = big_pack(400);
+    assert!(pack.len() > 10_000);
+    let file = dir.path().join("pack.json");
+    std::fs::write(&file, &pack).unwrap();
+    // aiocoap splits it into 1024-byte Block1 blocks by itself.
+    let r = aiocoap(&[
+        "post",
+        &format!("{base}/lab/big"),
+        "--cf",
+        "110",
+        "--payload-file",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(r["code"], "2.04", "{r}");
+    // libcoap with 256-byte blocks.
+    coap_client(&[
+        "-m",
+        "post",
+        "-b",
+        "256",
+        "-t",
+        "senml+json",
+        "-f",
+        file.to_str().unwrap(),
+        &format!("{base}/lab/big2"),
+    ]);
+    // Over max_body_bytes (32768): 4.13 with Size1, nothing on the bus.
+    let huge = dir.path().join("huge.json");
+    std::fs::write(&huge, big_pack(1500)).unwrap();
+    let r = aiocoap(&[
+        "post",
+        &format!("{base}/lab/huge"),
+        "--cf",
+        "110",
+        "--payload-file",
+        huge.to_str().unwrap(),
+    ]);
+    assert_eq!(r["code"], "4.13", "{r}");
+    assert_eq!(r["size1"], 32768, "{r}");
+
+    wait_until("800 readings", Duration::from_secs(30), || {
+        sub.count(|m| m.topic.starts_with("t/lab/big")) >= 800
+    });
+    let msgs = sub.snapshot();
+    for dev in ["big", "big2"] {
+        let mut pts: Vec<u64> = msgs
+            .iter()
+            .filter_map(|m| m.topic.strip_prefix(&format!("t/lab/{dev}/p")))
+            .map(|p| p.parse().unwrap())
+            .collect();
+        pts.sort();
+        assert_eq!(
+            pts,
+            (0..400).collect::<Vec<u64>>(),
+            "{dev}: every record once"
+        );
+    }
+    let p7 = last_value(&sub, "t/lab/big2/p7").unwrap();
+    assert_eq!(p7["value"], 7.25);
+    assert_eq!(p7["unit"], "W");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sub.count(|m| m.topic.starts_with("t/lab/huge")), 0);
+    assert!(gw.is_running());
+}
+
+#[test]
+fn garbage_datagrams_and_truncated_options_are_counted_and_the_daemon_keeps_running() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let dir = tempfile::tempdir().unwrap();
+    let udp = free_udp_port();
+    let mut gw = Gateway::start(
+        dir.path(),
+        &gateway_config(broker.port, &server_source(udp)),
+    );
+    wait_coap(udp, &mut gw);
+
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let to = ("127.0.0.1", udp);
+    // (datagram, the RST's message id if one is due)
+    let cases: Vec<(Vec<u8>, Option<[u8; 2]>)> = vec![
+        (vec![0xff, 0x01, 0x02], None), // shorter than a header
+        (vec![0x49, 0x02, 0x00, 0x01, 1, 2, 3], Some([0, 1])), // CON, TKL 9
+        (vec![0x40, 0x02, 0x00, 0x02, 0xBD], Some([0, 2])), // CON, option length byte missing
+        (vec![0x40, 0x02, 0x00, 0x03, 0xB5, b'a', b'b'], Some([0, 3])), // option past the end
+        (vec![0x50, 0x02, 0x00, 0x04, 0xBD], None), // NON, truncated: dropped
+        (vec![0x80, 0x02, 0x00, 0x05], None), // version 2: ignored
+        (vec![0x40, 0x02, 0x00, 0x06, 0xF0], Some([0, 6])), // reserved option delta 15
+        (vec![0x40, 0x45, 0x00, 0x07], Some([0, 7])), // a response sent as a CON request
+    ];
+    for (d, rst) in &cases {
+        s.send_to(d, to).unwrap();
+        let mut buf = [0u8; 64];
+        match (rst, s.recv_from(&mut buf)) {
+            (Some(mid), Ok((n, _))) => {
+                assert_eq!(&buf[..n], &[0x70, 0x00, mid[0], mid[1]], "RST for {d:02x?}")
+            }
+            (None, Err(_)) => {}
+            (want, got) => panic!("{d:02x?}: expected {want:?}, got {got:?}"),
+        }
+    }
+    // 200 datagrams of pseudo-random bytes with a version of 2 or 3: all counted, none answered.
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    for i in 0..200 {
+        let len = 1 + (i * 7) % 90;
+        let mut d = Vec::with_capacity(len);
+        for _ in 0..len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            d.push(x as u8);
+        }
+        d[0] |= 0x80;
+        s.send_to(&d, to).unwrap();
+    }
+    // An empty CON (a ping) gets a RST and is not malformed (RFC 7252 §4.3).
+    s.send_to(&[0x40, 0x00, 0x12, 0x34], to).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = s.recv_from(&mut buf).expect("RST to a ping");
+    assert_eq!(&buf[..n], &[0x70, 0x00, 0x12, 0x34]);
+    assert!(
+        s.recv_from(&mut buf).is_err(),
+        "no answer to the random datagrams"
+    );
+
+    // Still serving.
+    let out = coap_client(&[
+        "-m",
+        "post",
+        "-e",
+        "7",
+        &format!("coap://127.0.0.1:{udp}/lab/after/garbage"),
+    ]);
+    assert!(!out.contains("4."), "{out}");
+    assert_eq!(wait_topic(&sub, "t/lab/after/garbage")["value"], 7);
+    assert!(gw.is_running());
+    wait_until(
+        "the malformed count in the log",
+        Duration::from_secs(10),
+        || gw.log().contains("malformed=208 "),
+    );
+}
+
+struct Peer(Child);
+
+impl Peer {
+    fn start(port: u16, run: u32) -> Peer {
+        let mut c = Command::new(python())
+            .arg(PEER)
+            .args(["server", &port.to_string(), &run.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python with aiocoap (set WEIR_TEST_PYTHON)");
+        let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "aiocoap server started");
+        // Keep reading so the pipe never fills.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while std::io::BufRead::read_line(&mut out, &mut sink).unwrap_or(0) > 0 {}
+        });
+        Peer(c)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn values(sub: &Subscriber, topic: &str) -> Vec<serde_json::Value> {
+    sub.snapshot()
+        .iter()
+        .filter(|m| m.topic == topic)
+        .map(|m| m.json()["value"].clone())
+        .collect()
+}
+
+#[test]
+fn observes_an_aiocoap_resource_re_registers_after_restart_polls_and_writes() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let peer = Peer::start(port, 1);
+    let source = format!(
+        "  - coap:\n      name: field\n      ack_timeout_ms: 200\n      max_retransmit: 2\n      backoff_max_ms: 1000\n      reregister_grace_ms: 500\n      stats_interval_s: 1\n      devices:\n        - id: plant/pump1\n          address: 127.0.0.1:{port}\n          resources:\n            - {{ path: counter, read: observe }}\n            - {{ path: temp, point: temperature, unit: \"°C\", interval_ms: 300 }}\n            - {{ path: valve, point: valve, read: none, writable: true }}\n"
+    );
+    let mut gw = Gateway::start(dir.path(), &gateway_config(broker.port, &source));
+
+    // Observe: notifications every 100 ms.
+    wait_until("20 notifications", Duration::from_secs(20), || {
+        values(&sub, "t/plant/pump1/count").len() >= 20
+    });
+    let counts: Vec<i64> = values(&sub, "t/plant/pump1/count")
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert!(
+        counts.windows(2).all(|w| w[0] < w[1]),
+        "notifications in order: {counts:?}"
+    );
+    assert_eq!(values(&sub, "t/plant/pump1/run")[0], 1);
+    // Poll: plain-text GET every 300 ms.
+    wait_until("3 polls", Duration::from_secs(10), || {
+        values(&sub, "t/plant/pump1/temperature").len() >= 3
+    });
+    let t = last_value(&sub, "t/plant/pump1/temperature").unwrap();
+    assert_eq!(
+        (t["value"].clone(), t["unit"].clone()),
+        (21.5.into(), "°C".into())
+    );
+
+    // Commands: PUT to /valve; the device's answer is the result.
+    sub.publish("t/plant/pump1/valve/set", b"true");
+    sub.publish("t/plant/pump1/valve/set", br#""maybe""#);
+    wait_until("2 command results", Duration::from_secs(10), || {
+        sub.count(|m| m.topic == "t/plant/pump1/valve/set/result") >= 2
+    });
+    let results: Vec<serde_json::Value> = sub
+        .snapshot()
+        .iter()
+        .filter(|m| m.topic == "t/plant/pump1/valve/set/result")
+        .map(Msg::json)
+        .collect();
+    assert_eq!(results[0]["ok"], true, "{results:?}");
+    assert_eq!(results[1]["ok"], false, "{results:?}");
+    let err = results[1]["error"].as_str().unwrap();
+    assert!(
+        err.contains("4.00") && err.contains("valve takes true or false"),
+        "{err}"
+    );
+
+    // Restart the server: the new instance knows nothing of the observation; Weir notices the
+    // silence past Max-Age (1 s) and registers again.
+    drop(peer);
+    std::thread::sleep(Duration::from_millis(1500));
+    let _peer = Peer::start(port, 2);
+    wait_until(
+        "notifications from the restarted server",
+        Duration::from_secs(20),
+        || values(&sub, "t/plant/pump1/run").iter().any(|v| v == 2),
+    );
+    let n2 = values(&sub, "t/plant/pump1/run")
+        .iter()
+        .filter(|v| *v == 2)
+        .count();
+    wait_until("the stream to continue", Duration::from_secs(10), || {
+        values(&sub, "t/plant/pump1/run")
+            .iter()
+            .filter(|v| *v == 2)
+            .count()
+            >= n2 + 10
+    });
+    assert!(
+        gw.log().contains("re-registering the observation"),
+        "{}",
+        gw.log()
+    );
+    assert!(gw.is_running());
+}
