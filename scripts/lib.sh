@@ -29,3 +29,19 @@ need_rust() {
   fi
   apt_need gcc libc6-dev pkg-config
 }
+
+# need_pymodbus: a virtualenv under target/ (ignored by git) with pymodbus and pyserial, the Modbus
+# test peer (crates/weir-modbus/tests/peer/modbus_peer.py uses the pymodbus 3.16 simulator API).
+# Exports WEIR_MODBUS_PYTHON, the interpreter the tests start the peer with (default: that venv,
+# else python3). A venv keeps Debian's externally managed system python untouched.
+need_pymodbus() {
+  local venv="${WEIR_MODBUS_VENV:-$PWD/target/modbus-venv}"
+  if ! "$venv/bin/python" -c 'import pymodbus, serial' >/dev/null 2>&1; then
+    apt_need python3 python3-venv
+    echo "==> installing pymodbus and pyserial into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'pymodbus>=3.16,<3.17' pyserial
+  fi
+  export WEIR_MODBUS_PYTHON="$venv/bin/python"
+}
