@@ -42,6 +42,26 @@ pub const SOURCE_KINDS: &[&str] = &[
 pub struct Loaded {
     pub cfg: GatewayConfig,
     pub sources: Vec<(String, Box<dyn SourceBuilder>)>,
+    /// The `rules:` section, compiled; `None` when the configuration has none.
+    #[cfg(feature = "rules")]
+    pub rules: Option<weir_rules::RuleSet>,
+}
+
+/// Parse and compile a `rules:` section (the file's directory resolves `file:` scripts).
+#[cfg(feature = "rules")]
+pub fn rules_section(
+    cfg: &GatewayConfig,
+    d: &mut Diagnostics,
+) -> Option<Option<weir_rules::RuleSet>> {
+    let Some((path, value)) = cfg.stages.iter().find(|(k, _)| k == "rules") else {
+        return Some(None);
+    };
+    let dir = cfg
+        .file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    weir_rules::parse_section(value.clone(), path, dir, d).map(Some)
 }
 
 /// Parse one `sources[i]` entry with the adapter crate that owns its kind.
@@ -112,13 +132,23 @@ pub fn source_builder(e: &SourceEntry, d: &mut Diagnostics) -> Option<Box<dyn So
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     let (cfg, mut d) = weir_config::load_file(path);
     let mut sources = Vec::new();
+    #[cfg(feature = "rules")]
+    let mut rules = None;
     if let Some(cfg) = &cfg {
         for e in &cfg.sources {
             if let Some(b) = source_builder(e, &mut d) {
                 sources.push((e.name.clone(), b));
             }
         }
+        #[cfg(feature = "rules")]
+        {
+            rules = rules_section(cfg, &mut d).flatten();
+        }
         for (stage, _) in &cfg.stages {
+            #[cfg(feature = "rules")]
+            if stage == "rules" {
+                continue;
+            }
             d.error(
                 stage,
                 format!("the `{stage}` stage is not part of this build of weir"),
@@ -143,6 +173,8 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     Ok(Loaded {
         cfg: cfg.expect("no errors means a config"),
         sources,
+        #[cfg(feature = "rules")]
+        rules,
     })
 }
 
@@ -310,6 +342,13 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
+    #[cfg(feature = "rules")]
+    let Loaded {
+        cfg,
+        sources,
+        rules,
+    } = loaded;
+    #[cfg(not(feature = "rules"))]
     let Loaded { cfg, sources } = loaded;
     let metrics = Metrics::new();
     let router = CommandRouter::new();
@@ -326,11 +365,21 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
     let (bus_tx, bus_rx) = bus(cfg.bus.capacity_batches, &metrics);
 
-    // Pipeline: the rule engine and inference slots are pass-through until those stages exist.
-    let stages: Vec<Box<dyn Transform>> = vec![
-        Box::new(Passthrough("rules")),
-        Box::new(Passthrough("inference")),
-    ];
+    // Pipeline: the rule engine (when `rules:` is configured), then the inference slot, which is
+    // pass-through until that stage exists.
+    let rules_stage: Box<dyn Transform> = {
+        #[cfg(feature = "rules")]
+        match rules {
+            Some(set) => {
+                tracing::info!(rules = ?set.names(), "rules loaded");
+                Box::new(weir_rules::RulesStage::new(set, router.clone(), &metrics))
+            }
+            None => Box::new(Passthrough("rules")),
+        }
+        #[cfg(not(feature = "rules"))]
+        Box::new(Passthrough("rules"))
+    };
+    let stages: Vec<Box<dyn Transform>> = vec![rules_stage, Box::new(Passthrough("inference"))];
     let writer = OutboxWriter::new(outbox.clone(), Encoder::from_config(&cfg), wake.clone());
     let pipeline_task = tokio::spawn(pipeline(
         bus_rx,

@@ -3,7 +3,7 @@
 //! on loopback.
 //!
 //! Needs `libcoap3-bin` and aiocoap (`scripts/test` installs both); the Python that has aiocoap is
-//! `$WEIR_TEST_PYTHON`, else `python3`.
+//! `$WEIR_TEST_PYTHON`, else `target/coap-venv/bin/python`, else `python3`.
 
 mod common;
 
@@ -18,8 +18,16 @@ const PEER: &str = concat!(
     "/crates/weir-coap/tests/peer/coap_peer.py"
 );
 
+/// `$WEIR_TEST_PYTHON`, else the virtualenv `scripts/test` makes, else `python3`.
 fn python() -> String {
-    std::env::var("WEIR_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+    if let Ok(p) = std::env::var("WEIR_TEST_PYTHON") {
+        return p;
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/coap-venv/bin/python");
+    if std::path::Path::new(venv).exists() {
+        return venv.into();
+    }
+    "python3".into()
 }
 
 fn free_udp_port() -> u16 {
