@@ -333,3 +333,36 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod reference_tests {
+    use super::*;
+
+    /// The commented-out `coap` example in the reference gateway.yaml parses and validates.
+    #[test]
+    fn reference_gateway_yaml_example_is_valid() {
+        let text = include_str!("../../../gateway.yaml");
+        let mut block = String::new();
+        let mut inside = false;
+        for line in text.lines() {
+            if line.starts_with("  # - coap:") {
+                inside = true;
+            } else if inside && (line.starts_with("  # - ") || !line.starts_with("  #")) {
+                break;
+            }
+            if inside {
+                block.push_str(line.trim_start_matches("  #").strip_prefix(' ').unwrap_or(""));
+                block.push('\n');
+            }
+        }
+        assert!(block.contains("listen:"), "example found:\n{block}");
+        let v: serde_yaml::Value = serde_yaml::from_str(&block).unwrap();
+        let mut body = v[0]["coap"].clone();
+        body.as_mapping_mut().unwrap().remove("name");
+        let c: CoapConfig = serde_yaml::from_value(body).unwrap();
+        assert_eq!(c.validate(), Vec::<(String, String)>::new());
+        assert_eq!(c.devices.len(), 2);
+        assert_eq!(c.devices[1].resources[2].method, WriteMethod::Put);
+        assert_eq!(c.devices[1].resources[1].read, ReadMode::Observe);
+    }
+}
