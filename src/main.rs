@@ -45,6 +45,31 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BufferCmd,
     },
+    /// Work with the rules of a configuration.
+    #[cfg(feature = "rules")]
+    Rules {
+        #[command(subcommand)]
+        cmd: RulesCmd,
+    },
+}
+
+#[cfg(feature = "rules")]
+#[derive(Subcommand, Debug)]
+enum RulesCmd {
+    /// Run the configured rules over recorded readings (JSON Lines) and print what they would
+    /// change, drop, emit, alert and command. Nothing is sent anywhere.
+    Test {
+        #[arg(
+            short,
+            long,
+            default_value = "/etc/weir/gateway.yaml",
+            env = "WEIR_CONFIG"
+        )]
+        config: PathBuf,
+        /// One reading per line: {"device":…,"point":…,"value":…,"unit":…,"ts":…}; `-` for stdin.
+        #[arg(short, long)]
+        input: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -104,8 +129,15 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Check { config } => match load(&config) {
             Ok(l) => {
+                #[cfg(feature = "rules")]
+                let rules = match &l.rules {
+                    Some(set) => format!("; {} rules: {}", set.len(), set.names().join(", ")),
+                    None => String::new(),
+                };
+                #[cfg(not(feature = "rules"))]
+                let rules = String::new();
                 println!(
-                    "{}: OK ({} source{}: {})",
+                    "{}: OK ({} source{}: {}{rules})",
                     config.display(),
                     l.sources.len(),
                     if l.sources.len() == 1 { "" } else { "s" },
@@ -135,6 +167,16 @@ fn main() -> ExitCode {
             };
             report(stats(&loaded.cfg))
         }
+        #[cfg(feature = "rules")]
+        Cmd::Rules {
+            cmd: RulesCmd::Test { config, input },
+        } => {
+            let loaded = match load(&config) {
+                Ok(l) => l,
+                Err(c) => return c,
+            };
+            report(rules_test(loaded, &input))
+        }
         Cmd::Buffer {
             cmd: BufferCmd::Drain { config },
         } => {
@@ -162,6 +204,24 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+#[cfg(feature = "rules")]
+fn rules_test(loaded: weir::Loaded, input: &std::path::Path) -> anyhow::Result<()> {
+    let Some(set) = loaded.rules else {
+        anyhow::bail!("{}: no `rules:` section", loaded.cfg.file.display());
+    };
+    let reader: Box<dyn std::io::BufRead> = if input.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let f = std::fs::File::open(input)
+            .with_context(|| format!("cannot open {}", input.display()))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let mut out = std::io::stdout().lock();
+    weir_rules::replay::replay(set, reader, &mut out)
+        .with_context(|| format!("{}", input.display()))?;
+    Ok(())
 }
 
 fn stats(cfg: &weir_config::GatewayConfig) -> anyhow::Result<()> {

@@ -132,6 +132,9 @@ pub struct MqttSection {
     /// Topic of a per-device batch; `{prefix}`, `{device}` are replaced.
     #[serde(default = "default_batch_topic")]
     pub batch_topic: String,
+    /// Topic of a rule's alert (raised / cleared); `{prefix}`, `{device}`, `{name}` are replaced.
+    #[serde(default = "default_alerts_topic")]
+    pub alerts_topic: String,
     #[serde(default)]
     pub mode: PublishMode,
     /// QoS of telemetry: 0 or 1. With 1 a row leaves the outbox only after its PUBACK.
@@ -166,6 +169,9 @@ fn default_telemetry_topic() -> String {
 }
 fn default_batch_topic() -> String {
     "{prefix}/{device}".into()
+}
+fn default_alerts_topic() -> String {
+    "{prefix}/alerts/{device}/{name}".into()
 }
 fn default_qos() -> u8 {
     1
@@ -483,6 +489,7 @@ fn validate_mqtt(m: &MqttSection, d: &mut Diagnostics) {
             &["{device}", "{point}"][..],
         ),
         ("batch_topic", &m.batch_topic, &["{device}"][..]),
+        ("alerts_topic", &m.alerts_topic, &["{device}", "{name}"][..]),
     ] {
         for n in needed {
             if !tpl.contains(n) {

@@ -20,6 +20,16 @@
 //! {"seq":17,"readings":[{"point":"temperature","value":23.4,"unit":"°C","ts":"…","quality":"good"}]}
 //! ```
 //!
+//! Alerts raised and cleared by rules are readings whose `source` starts with
+//! [`ALERT_SOURCE_PREFIX`] (`alert/<rule>`), whose point is the alert's name and whose value is a
+//! JSON object (`state`, `severity`, `message`, `rule`). In either mode each is its own message on
+//! `alerts_topic` (default `{prefix}/alerts/{device}/{name}`), committed to the outbox like telemetry
+//! so an alert raised offline is delivered later, with its own `seq` series per device:
+//!
+//! ```json
+//! {"alert":"high_temperature","device":"gh1/climate","state":"active","severity":"warning","message":"…","rule":"vent","ts":"…","seq":3}
+//! ```
+//!
 //! MQTT topic names may not contain the wildcards `+` and `#` (MQTT 3.1.1 §4.7.1); a device or point
 //! id containing one is published with `_` in its place, so a message can always be sent.
 
@@ -27,6 +37,14 @@ use serde::Serialize;
 use weir_config::PublishMode;
 use weir_core::{Quality, Reading, Value};
 use weir_store::{NewMessage, SeqAllocator};
+
+/// `source` prefix of alert readings (weir-rules emits `alert/<rule>`; the two must agree).
+pub const ALERT_SOURCE_PREFIX: &str = "alert/";
+
+/// Whether `r` is an alert raised or cleared by a rule.
+pub fn is_alert(r: &Reading) -> bool {
+    r.source.starts_with(ALERT_SOURCE_PREFIX)
+}
 
 /// A topic template split at its placeholders once, at start.
 #[derive(Debug, Clone)]
@@ -52,6 +70,8 @@ impl TopicTemplate {
                 (Part::Device, "{device}".len())
             } else if tail.starts_with("{point}") {
                 (Part::Point, "{point}".len())
+            } else if tail.starts_with("{name}") {
+                (Part::Point, "{name}".len())
             } else {
                 (Part::Lit("{".into()), 1)
             };
@@ -151,6 +171,7 @@ struct BatchJson<'a> {
 pub struct Encoder {
     telemetry: TopicTemplate,
     batch: TopicTemplate,
+    alerts: TopicTemplate,
     mode: PublishMode,
     qos: u8,
     retain: bool,
@@ -167,6 +188,7 @@ impl Encoder {
         Encoder {
             telemetry: TopicTemplate::new(telemetry_topic, prefix),
             batch: TopicTemplate::new(batch_topic, prefix),
+            alerts: TopicTemplate::new("{prefix}/alerts/{device}/{name}", prefix),
             mode,
             qos,
             retain: false,
@@ -181,6 +203,46 @@ impl Encoder {
             cfg.mqtt.mode,
             cfg.mqtt.qos,
         )
+        .with_alerts_topic(&cfg.mqtt.alerts_topic, &cfg.topic_prefix())
+    }
+
+    /// Publish alerts on `template` (`{prefix}`, `{device}`, `{name}`).
+    pub fn with_alerts_topic(mut self, template: &str, prefix: &str) -> Self {
+        self.alerts = TopicTemplate::new(template, prefix);
+        self
+    }
+
+    /// One alert reading as its own message; `seq` counts per device on `alerts/<device>`.
+    fn encode_alert(&self, r: &Reading, seqs: &mut SeqAllocator<'_>) -> NewMessage {
+        let mut doc = match &r.value {
+            Value::Str(s) => match serde_json::from_str::<serde_json::Value>(s) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => {
+                    let mut m = serde_json::Map::new();
+                    m.insert("message".into(), serde_json::Value::from(&**s));
+                    m
+                }
+            },
+            other => {
+                let mut m = serde_json::Map::new();
+                m.insert(
+                    "value".into(),
+                    serde_json::to_value(JsonValue(other)).unwrap_or_default(),
+                );
+                m
+            }
+        };
+        doc.insert("alert".into(), r.point.as_str().into());
+        doc.insert("device".into(), r.device.as_str().into());
+        doc.insert("ts".into(), rfc3339(r).into());
+        let seq = seqs.next(&format!("alerts/{}", r.device));
+        doc.insert("seq".into(), seq.into());
+        NewMessage {
+            topic: self.alerts.render(r.device.as_str(), r.point.as_str()),
+            payload: serde_json::to_vec(&doc).unwrap_or_default(),
+            qos: self.qos,
+            retain: self.retain,
+        }
     }
 
     /// Encode `readings` in order, taking sequence numbers from `seqs`.
@@ -189,6 +251,9 @@ impl Encoder {
             PublishMode::PerReading => readings
                 .iter()
                 .map(|r| {
+                    if is_alert(r) {
+                        return self.encode_alert(r, seqs);
+                    }
                     let seq = seqs.next(r.device.as_str());
                     NewMessage {
                         topic: self.telemetry.render(r.device.as_str(), r.point.as_str()),
@@ -202,7 +267,12 @@ impl Encoder {
             PublishMode::PerDevice => {
                 // Group by device, keeping the order of first appearance and the order within.
                 let mut groups: Vec<(&str, Vec<&Reading>)> = Vec::new();
+                let mut alerts = Vec::new();
                 for r in readings {
+                    if is_alert(r) {
+                        alerts.push(self.encode_alert(r, seqs));
+                        continue;
+                    }
                     match groups.iter_mut().find(|(d, _)| *d == r.device.as_str()) {
                         Some((_, v)) => v.push(r),
                         None => groups.push((r.device.as_str(), vec![r])),
@@ -222,6 +292,7 @@ impl Encoder {
                             retain: self.retain,
                         }
                     })
+                    .chain(alerts)
                     .collect()
             }
         }
