@@ -45,6 +45,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BufferCmd,
     },
+    /// Commission Modbus devices: read or write one value without a configuration, e.g.
+    /// `weir modbus read --tcp 192.0.2.10 --unit 1 --table input --address 0 --type f32`.
+    #[cfg(feature = "modbus")]
+    Modbus {
+        #[command(subcommand)]
+        cmd: weir_modbus::commission::ModbusCmd,
+    },
     /// Work with the rules of a configuration.
     #[cfg(feature = "rules")]
     Rules {
@@ -177,6 +184,14 @@ fn main() -> ExitCode {
             };
             report(rules_test(loaded, &input))
         }
+        #[cfg(feature = "modbus")]
+        Cmd::Modbus { cmd } => report(runtime().and_then(|rt| {
+            let out = rt
+                .block_on(weir_modbus::commission::run_cli(cmd))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            print!("{out}");
+            Ok(())
+        })),
         Cmd::Buffer {
             cmd: BufferCmd::Drain { config },
         } => {

@@ -162,3 +162,69 @@ sources:
     assert_eq!(r["ok"], false);
     assert_eq!(peer.cmd("get 2 c 0 1"), "0");
 }
+
+#[test]
+fn weir_modbus_read_and_write_commission_a_device() {
+    let port = free_port();
+    let mut peer = Peer::tcp(port, "3");
+    peer.cmd("setv 3 i 10 f32 CDAB 49.875");
+    let tcp = format!("127.0.0.1:{port}");
+    let weir = |args: &[&str]| {
+        let out = Command::new(weir_bin()).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = weir(&[
+        "modbus",
+        "read",
+        "--tcp",
+        &tcp,
+        "--unit",
+        "3",
+        "--table",
+        "input",
+        "--address",
+        "10",
+        "--type",
+        "f32",
+        "--order",
+        "CDAB",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("49.875"), "{out}");
+    let (code, out, err) = weir(&[
+        "modbus",
+        "write",
+        "--tcp",
+        &tcp,
+        "--unit",
+        "3",
+        "--address",
+        "4",
+        "--type",
+        "i16",
+        "--scale",
+        "0.5",
+        "--value",
+        "-21",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("ok"), "{out}");
+    assert_eq!(peer.cmd("getv 3 h 4 i16 ABCD 1"), "-42");
+    // An exception is reported by name, with a failing exit code.
+    let (code, _, err) = weir(&[
+        "modbus",
+        "read",
+        "--tcp",
+        &tcp,
+        "--unit",
+        "3",
+        "--address",
+        "1000",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("illegal_data_address"), "{err}");
+}

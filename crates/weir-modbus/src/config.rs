@@ -598,7 +598,11 @@ impl ModbusConfig {
                     points.push(pt);
                 }
             }
-            if points.is_empty() {
+            let profile_missing = d
+                .profile
+                .as_ref()
+                .is_some_and(|n| !profiles.contains_key(n.as_str()));
+            if points.is_empty() && !profile_missing && merged.is_empty() {
                 err(
                     format!("{dat}.points"),
                     "the device has no points (give `points:` or a `profile:`)".into(),

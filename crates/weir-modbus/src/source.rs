@@ -726,7 +726,7 @@ impl LineTask {
 /// Why a write could not be sent.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("{0}")]
+    #[error(transparent)]
     Codec(#[from] crate::codec::CodecError),
     #[error("{}", .0.reason())]
     Transact(TransactError),
