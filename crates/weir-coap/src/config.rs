@@ -351,7 +351,11 @@ mod reference_tests {
                 break;
             }
             if inside {
-                block.push_str(line.trim_start_matches("  #").strip_prefix(' ').unwrap_or(""));
+                block.push_str(
+                    line.trim_start_matches("  #")
+                        .strip_prefix(' ')
+                        .unwrap_or(""),
+                );
                 block.push('\n');
             }
         }
