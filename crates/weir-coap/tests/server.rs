@@ -1,0 +1,227 @@
+//! Protocol behaviour of the server task over real UDP sockets on loopback: deduplication of
+//! retransmitted CONs (RFC 7252 §4.5), NON answers, Block1 sequencing (RFC 7959 §2.9.2), 4.02 for
+//! unknown critical options, and 5.03 + counted drops when the bus is full.
+
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_coap::{server::Server, CoapConfig, Stats};
+use weir_core::{bus, BusReceiver, CancellationToken, Metrics};
+
+struct Running {
+    addr: std::net::SocketAddr,
+    rx: BusReceiver,
+    stats: Arc<Stats>,
+    token: CancellationToken,
+    /// Keeps the server task alive for the test.
+    _rt: tokio::runtime::Runtime,
+}
+
+fn start(yaml: &str, bus_capacity: usize) -> Running {
+    let cfg: CoapConfig = serde_yaml::from_str(yaml).unwrap();
+    let metrics = Metrics::new();
+    let (tx, rx) = bus(bus_capacity, &metrics);
+    let stats = Arc::new(Stats::register(&metrics, "t"));
+    let token = CancellationToken::new();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let addr = sock.local_addr().unwrap();
+    let (s2, t2) = (stats.clone(), token.clone());
+    rt.spawn(async move {
+        let sock = tokio::net::UdpSocket::from_std(sock).unwrap();
+        Server::new(sock, &cfg, Arc::from("t"), tx.for_source("t"), s2)
+            .run(t2)
+            .await
+    });
+    Running {
+        addr,
+        rx,
+        stats,
+        token,
+        _rt: rt,
+    }
+}
+
+impl Running {
+    fn client(&self) -> UdpSocket {
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.connect(self.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        c
+    }
+    fn readings(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(b) = self.rx.try_recv() {
+            n += b.len();
+        }
+        n
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// POST `path` (segments < 13 bytes) with `payload`; `con`; Content-Format absent; extra options
+/// (number, value) appended in order after Uri-Path.
+fn post(con: bool, mid: u16, path: &[&str], extra: &[(u16, Vec<u8>)], payload: &[u8]) -> Vec<u8> {
+    let mut b = vec![if con { 0x41 } else { 0x51 }, 0x02];
+    b.extend_from_slice(&mid.to_be_bytes());
+    b.push(0xAB); // token, 1 byte
+    let mut last = 0u16;
+    let mut opts: Vec<(u16, Vec<u8>)> = path.iter().map(|s| (11, s.as_bytes().to_vec())).collect();
+    opts.extend_from_slice(extra);
+    for (n, v) in opts {
+        let delta = n - last;
+        last = n;
+        let (d, dext) = if delta < 13 {
+            (delta as u8, vec![])
+        } else {
+            (13, vec![(delta - 13) as u8])
+        };
+        assert!(v.len() < 13);
+        b.push((d << 4) | v.len() as u8);
+        b.extend_from_slice(&dext);
+        b.extend_from_slice(&v);
+    }
+    if !payload.is_empty() {
+        b.push(0xff);
+        b.extend_from_slice(payload);
+    }
+    b
+}
+
+fn answer(c: &UdpSocket) -> Vec<u8> {
+    let mut buf = [0u8; 2048];
+    let n = c.recv(&mut buf).expect("an answer");
+    buf[..n].to_vec()
+}
+
+#[test]
+fn retransmitted_con_is_answered_again_but_counted_once() {
+    let mut s = start("{listen: '127.0.0.1:0'}", 16);
+    let c = s.client();
+    let req = post(true, 0x1234, &["d1", "t"], &[], b"1.5");
+    c.send(&req).unwrap();
+    let a1 = answer(&c);
+    c.send(&req).unwrap(); // our ACK "was lost": the device retransmits
+    let a2 = answer(&c);
+    assert_eq!(a1, a2, "the same ACK for the retransmission");
+    assert_eq!(
+        &a1[..5],
+        &[0x61, 0x44, 0x12, 0x34, 0xAB],
+        "ACK 2.04, same mid and token"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(s.readings(), 1);
+    assert_eq!(s.stats.duplicates.get(), 1);
+    // A NON is answered with a NON (RFC 7252 §5.2.3); its duplicate is ignored.
+    let non = post(false, 0x2000, &["d1", "t"], &[], b"2");
+    c.send(&non).unwrap();
+    let a = answer(&c);
+    assert_eq!(a[0] & 0x30, 0x10, "NON");
+    assert_eq!(a[1], 0x44);
+    c.send(&non).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(c.recv(&mut buf).is_err(), "a duplicate NON gets no answer");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(s.readings(), 1);
+}
+
+#[test]
+fn unknown_critical_option_is_4_02_and_blocks_out_of_sequence_are_4_08() {
+    let mut s = start("{listen: '127.0.0.1:0', max_body_bytes: 64}", 16);
+    let c = s.client();
+    // Option 13 (unassigned) is odd, hence critical (RFC 7252 §5.4.6), and not understood here.
+    c.send(&post(true, 1, &["d1"], &[(13, vec![1])], b"{}"))
+        .unwrap();
+    assert_eq!(answer(&c)[1], 0x82, "4.02 Bad Option");
+    // Block1 #1 without #0.
+    let block = |num: u32, more: bool| vec![((num << 4) | (u32::from(more) << 3)) as u8]; // SZX 0: 16 bytes
+    let body = br#"[{"n":"a","v":1},{"n":"b","v":2}]"#; // 34 bytes
+    c.send(&post(
+        true,
+        2,
+        &["d1"],
+        &[(27, block(1, true))],
+        &body[16..32],
+    ))
+    .unwrap();
+    let a = answer(&c);
+    assert_eq!(a[1], 0x88, "4.08 Request Entity Incomplete");
+    // In sequence: 2.31, 2.31, 2.04.
+    c.send(&post(
+        true,
+        3,
+        &["d1"],
+        &[(27, block(0, true))],
+        &body[..16],
+    ))
+    .unwrap();
+    assert_eq!(answer(&c)[1], 0x5F, "2.31 Continue");
+    c.send(&post(
+        true,
+        4,
+        &["d1"],
+        &[(27, block(1, true))],
+        &body[16..32],
+    ))
+    .unwrap();
+    assert_eq!(answer(&c)[1], 0x5F);
+    c.send(&post(
+        true,
+        5,
+        &["d1"],
+        &[(27, block(2, false))],
+        &body[32..],
+    ))
+    .unwrap();
+    assert_eq!(answer(&c)[1], 0x44, "2.04 after the last block");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(s.readings(), 2);
+    // Past max_body_bytes (64) while reassembling: 4.13.
+    let big = [b' '; 16];
+    for n in 0..4 {
+        c.send(&post(
+            true,
+            10 + n as u16,
+            &["d1"],
+            &[(27, block(n, true))],
+            &big,
+        ))
+        .unwrap();
+        assert_eq!(answer(&c)[1], 0x5F);
+    }
+    c.send(&post(true, 20, &["d1"], &[(27, block(4, true))], &big))
+        .unwrap();
+    assert_eq!(answer(&c)[1], 0x8D, "4.13");
+}
+
+#[test]
+fn full_bus_answers_5_03_and_counts_the_dropped_readings() {
+    let mut s = start("{listen: '127.0.0.1:0', max_burst: 1}", 1);
+    let c = s.client();
+    c.send(&post(true, 1, &["d1", "t"], &[], b"1")).unwrap();
+    assert_eq!(answer(&c)[1], 0x44);
+    // Nobody drains the bus (capacity 1 batch): the next request's reading is dropped.
+    c.send(&post(true, 2, &["d1"], &[], br#"{"a":1,"b":2}"#))
+        .unwrap();
+    let a = answer(&c);
+    assert_eq!(a[1], 0xA3, "5.03 Service Unavailable");
+    assert_eq!(s.stats.bus_dropped.get(), 2);
+    assert_eq!(s.readings(), 1);
+    // Drained: accepted again.
+    c.send(&post(true, 3, &["d1", "t"], &[], b"3")).unwrap();
+    assert_eq!(answer(&c)[1], 0x44);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(s.readings(), 1);
+}
