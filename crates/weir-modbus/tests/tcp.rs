@@ -318,3 +318,35 @@ tcp:
     );
     src.stop();
 }
+
+#[test]
+fn rtu_frames_over_tcp_reach_several_units_behind_a_gateway() {
+    let port = free_port();
+    let mut peer = Peer::tcp_rtu(port, "1,2");
+    peer.value("setv 1 i 0 f32 ABCD 12.5");
+    peer.value("setv 2 i 0 f32 ABCD -3.25");
+    let yaml = format!(
+        r#"
+poll_ms: 100
+tcp:
+  - host: 127.0.0.1
+    port: {port}
+    framing: rtu
+    devices:
+      - {{ id: gw/a, unit: 1, points: [ {{ name: v, table: input, address: 0, type: f32 }}, {{ name: sp, table: holding, address: 3, writable: true }} ] }}
+      - {{ id: gw/b, unit: 2, points: [ {{ name: v, table: input, address: 0, type: f32 }} ] }}
+"#
+    );
+    let src = Running::start(&yaml);
+    wait_until(
+        "both units through the gateway",
+        Duration::from_secs(10),
+        || {
+            src.latest("gw/a", "v").map(|r| r.value) == Some(Value::F64(12.5))
+                && src.latest("gw/b", "v").map(|r| r.value) == Some(Value::F64(-3.25))
+        },
+    );
+    assert_eq!(src.write("gw/a", "sp", Value::I64(900)), Ok(()));
+    assert_eq!(peer.get(1, "h", 3, 1), vec![900]);
+    src.stop();
+}

@@ -62,6 +62,11 @@ impl Peer {
         Self::start(&["tcp", &port.to_string(), "--devices", devices])
     }
 
+    /// RTU frames over TCP, as a serial-to-Ethernet gateway in transparent mode.
+    pub fn tcp_rtu(port: u16, devices: &str) -> Peer {
+        Self::start(&["tcp-rtu", &port.to_string(), "--devices", devices])
+    }
+
     pub fn rtu(pty: &Path, devices: &str) -> Peer {
         Self::start(&["rtu", &pty.display().to_string(), "--devices", devices])
     }

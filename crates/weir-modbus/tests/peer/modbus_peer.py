@@ -3,6 +3,7 @@
 
     modbus_peer.py tcp PORT [--devices 1,2,3] [--delay-ms N]
     modbus_peer.py rtu PTY_PATH [--devices 1,2,3]
+    modbus_peer.py tcp-rtu PORT [--devices 1,2,3]     RTU frames over TCP (a serial-to-Ethernet gateway)
 
 Each device has, at addresses 0..299, coils, discrete inputs, holding and input registers (all zero).
 Prints `ready` once serving. Commands on stdin, one per line, each answered by one line on stdout:
@@ -158,6 +159,8 @@ async def main():
     devices = [device(i) for i in ids]
     if kind == "tcp":
         server = ModbusTcpServer(devices, framer=FramerType.SOCKET, address=("127.0.0.1", int(where)))
+    elif kind == "tcp-rtu":
+        server = ModbusTcpServer(devices, framer=FramerType.RTU, address=("127.0.0.1", int(where)))
     else:
         server = ModbusSerialServer(
             devices, framer=FramerType.RTU, port=where, baudrate=115200, ignore_missing_devices=True
