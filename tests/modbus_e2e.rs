@@ -170,7 +170,7 @@ fn weir_modbus_read_and_write_commission_a_device() {
     peer.cmd("setv 3 i 10 f32 CDAB 49.875");
     let tcp = format!("127.0.0.1:{port}");
     let weir = |args: &[&str]| {
-        let out = Command::new(weir_bin()).args(args).output().unwrap();
+        let out = weir_cmd().args(args).output().unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
