@@ -294,3 +294,108 @@ impl Transport for TcpTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pdu::rtu_frame;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    const READ2: Request = Request::Read {
+        table: Table::Holding,
+        address: 0x10,
+        count: 2,
+    };
+
+    /// Read one request frame (8 bytes for a read) from the slave's end.
+    async fn request(slave: &mut DuplexStream) -> Vec<u8> {
+        let mut f = vec![0u8; 8];
+        slave.read_exact(&mut f).await.unwrap();
+        f
+    }
+
+    #[tokio::test]
+    async fn rtu_frames_crc_errors_exceptions_noise_and_timeouts() {
+        let (master, mut slave) = duplex(1024);
+        let mut t = RtuTransport::new(master, Duration::from_micros(100));
+        let timeout = Duration::from_millis(200);
+        let ok = rtu_frame(5, &[3, 4, 0x12, 0x34, 0xAB, 0xCD]);
+
+        // A good answer, written in two pieces.
+        let s = tokio::spawn(async move {
+            let f = request(&mut slave).await;
+            assert_eq!(f, rtu_frame(5, &[3, 0, 0x10, 0, 2]));
+            slave.write_all(&ok[..3]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            slave.write_all(&ok[3..]).await.unwrap();
+            slave
+        });
+        let r = t.transact(5, &READ2, timeout).await.unwrap();
+        assert_eq!(r, Response::Registers(vec![0x1234, 0xABCD]));
+        let mut slave = s.await.unwrap();
+
+        // A corrupted CRC: counted, the frame's bytes discarded.
+        let mut bad = rtu_frame(5, &[3, 4, 0, 1, 0, 2]);
+        *bad.last_mut().unwrap() ^= 0xFF;
+        let s = tokio::spawn(async move {
+            request(&mut slave).await;
+            slave.write_all(&bad).await.unwrap();
+            slave
+        });
+        assert!(matches!(
+            t.transact(5, &READ2, timeout).await,
+            Err(TransactError::Crc)
+        ));
+        assert_eq!(t.take_garbage_bytes(), 9);
+        let mut slave = s.await.unwrap();
+
+        // Noise left on the line is drained before the next request; an exception is an answer.
+        slave.write_all(&[0xDE, 0xAD, 0xBE]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let s = tokio::spawn(async move {
+            let f = request(&mut slave).await;
+            assert_eq!(f[0], 5, "the request starts cleanly after the noise");
+            slave.write_all(&rtu_frame(5, &[0x83, 0x02])).await.unwrap();
+            slave
+        });
+        match t.transact(5, &READ2, timeout).await {
+            Err(TransactError::Exception(e)) => assert_eq!(e.name(), "illegal_data_address"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.take_garbage_bytes(), 3);
+        let mut slave = s.await.unwrap();
+
+        // Another slave's address in the answer: garbled.
+        let s = tokio::spawn(async move {
+            request(&mut slave).await;
+            slave
+                .write_all(&rtu_frame(6, &[3, 4, 0, 1, 0, 2]))
+                .await
+                .unwrap();
+            slave
+        });
+        assert!(matches!(
+            t.transact(5, &READ2, timeout).await,
+            Err(TransactError::Garbage(_))
+        ));
+        let mut slave = s.await.unwrap();
+
+        // Silence: a timeout after the response timeout, not before.
+        let s = tokio::spawn(async move {
+            request(&mut slave).await;
+            slave
+        });
+        let t0 = Instant::now();
+        assert!(matches!(
+            t.transact(5, &READ2, timeout).await,
+            Err(TransactError::Timeout)
+        ));
+        assert!(t0.elapsed() >= timeout);
+        let slave = s.await.unwrap();
+
+        // The other end goes away: the connection is lost.
+        drop(slave);
+        let e = t.transact(5, &READ2, timeout).await.unwrap_err();
+        assert!(e.is_fatal(), "{e:?}");
+    }
+}
