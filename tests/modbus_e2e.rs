@@ -228,3 +228,64 @@ fn weir_modbus_read_and_write_commission_a_device() {
     assert_eq!(code, Some(2));
     assert!(err.contains("illegal_data_address"), "{err}");
 }
+
+#[test]
+fn weir_check_reports_modbus_errors_with_path_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    std::fs::write(
+        dir.path().join("meter.yaml"),
+        "points:\n  - { name: v, table: input, address: 0, type: f32 }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &cfg,
+        r#"gateway:
+  id: t
+mqtt:
+  host: 127.0.0.1
+sources:
+  - modbus:
+      name: plant
+      profiles:
+        meter: { file: meter.yaml }
+      rtu:
+        - port: /dev/ttyUSB9
+          parity: mark
+          devices:
+            - { id: m1, unit: 1, profile: meter }
+"#,
+    )
+    .unwrap();
+    let out = weir_cmd().args(["check", "-c"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("gateway.yaml:12: sources[0].modbus.rtu[0].parity: unknown variant `mark`"),
+        "{err}"
+    );
+    // Fixed, the profile (relative to gateway.yaml) is loaded and checked too.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("parity: mark", "parity: even")).unwrap();
+    let out = weir_cmd().args(["check", "-c"]).arg(&cfg).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("plant (modbus)"));
+    std::fs::write(
+        dir.path().join("meter.yaml"),
+        "points:\n  - { name: v, table: input, address: 0, type: f32, bit: 3 }\n",
+    )
+    .unwrap();
+    let out = weir_cmd().args(["check", "-c"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("sources[0].modbus.rtu[0].devices[0].profile(")
+            && err.contains("bit: `bit` needs type bool"),
+        "{err}"
+    );
+}
