@@ -82,9 +82,9 @@ fn run(scenario: &str, secs: f64) -> Outcome {
             .unwrap();
         rt.block_on(async move {
             let sock = tokio::net::UdpSocket::from_std(sock).unwrap();
-            let srv = Server::new(sock, &cfg, Arc::from("bench"), tx2, s2);
+            let srv = Server::new(Some(sock), &cfg, Arc::from("bench"), tx2, s2);
             let cpu0 = thread_cpu_ns();
-            srv.run(t2).await.unwrap();
+            srv.run(t2, None).await.unwrap();
             thread_cpu_ns() - cpu0
         })
     });

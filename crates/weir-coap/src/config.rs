@@ -48,6 +48,76 @@ pub struct CoapConfig {
     pub reregister_grace_ms: u64,
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
+    /// Server mode over DTLS 1.2 with pre-shared keys (`coaps://`, RFC 7252 §9.1.3.1). Needs a
+    /// build with the `coap-dtls` feature.
+    pub dtls: Option<DtlsConfig>,
+}
+
+/// `dtls:` — a second listener whose datagrams are DTLS records, authenticated by PSK identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DtlsConfig {
+    /// UDP address of the DTLS listener (CoAP's default is port 5684).
+    pub listen: SocketAddr,
+    /// A handshake not finished within this is abandoned.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// The PSK identities accepted; each may write only the devices it lists.
+    pub identities: Vec<PskIdentity>,
+}
+
+/// `dtls.identities[i]`: one pre-shared key. The key is never logged.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PskIdentity {
+    /// The PSK identity the device presents (`-u` of libcoap's coap-client).
+    pub identity: String,
+    /// The key as text (`-k` of coap-client), usually `${ENV}`; or `key_hex`.
+    pub key: Option<String>,
+    /// The key as hex digits.
+    pub key_hex: Option<String>,
+    /// Globs of the device ids this identity may write; others are answered 4.03 Forbidden.
+    #[serde(default = "star")]
+    pub devices: Vec<String>,
+}
+
+impl std::fmt::Debug for PskIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PskIdentity")
+            .field("identity", &self.identity)
+            .field("key", &"<redacted>")
+            .field("devices", &self.devices)
+            .finish()
+    }
+}
+
+impl PskIdentity {
+    /// The key bytes, or why the configuration is wrong.
+    pub fn key_bytes(&self) -> Result<Vec<u8>, String> {
+        match (&self.key, &self.key_hex) {
+            (Some(k), None) if !k.is_empty() => Ok(k.as_bytes().to_vec()),
+            (None, Some(h)) => {
+                let h = h.trim();
+                if h.is_empty() || h.len() % 2 != 0 {
+                    return Err("key_hex needs an even, non-zero number of hex digits".into());
+                }
+                (0..h.len())
+                    .step_by(2)
+                    .map(|i| {
+                        u8::from_str_radix(&h[i..i + 2], 16).map_err(|_| {
+                            "key_hex has a character that is not a hex digit".to_string()
+                        })
+                    })
+                    .collect()
+            }
+            (Some(_), Some(_)) => Err("set `key` or `key_hex`, not both".into()),
+            _ => Err("needs a non-empty `key` or `key_hex`".into()),
+        }
+    }
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
 }
 
 /// `devices[i]` — a device declared by id.
@@ -176,10 +246,48 @@ impl CoapConfig {
             .devices
             .iter()
             .any(|d| d.address.is_some() && !d.resources.is_empty());
-        if self.listen.is_none() && !clients {
+        if let Some(d) = &self.dtls {
+            if !cfg!(feature = "dtls") {
+                e.push((
+                    "dtls".into(),
+                    "this build of weir has no DTLS support (cargo feature `coap-dtls`)".into(),
+                ));
+            }
+            if d.identities.is_empty() {
+                e.push((
+                    "dtls.identities".into(),
+                    "needs at least one PSK identity".into(),
+                ));
+            }
+            if d.handshake_timeout_ms == 0 {
+                e.push((
+                    "dtls.handshake_timeout_ms".into(),
+                    "must be at least 1".into(),
+                ));
+            }
+            let mut seen = HashSet::new();
+            for (i, id) in d.identities.iter().enumerate() {
+                if id.identity.is_empty() || !seen.insert(id.identity.as_str()) {
+                    e.push((
+                        format!("dtls.identities[{i}].identity"),
+                        format!("`{}`: must be non-empty and unique", id.identity),
+                    ));
+                }
+                if let Err(m) = id.key_bytes() {
+                    e.push((format!("dtls.identities[{i}].key"), m));
+                }
+                if id.devices.is_empty() {
+                    e.push((
+                        format!("dtls.identities[{i}].devices"),
+                        "needs at least one pattern".into(),
+                    ));
+                }
+            }
+        }
+        if self.listen.is_none() && self.dtls.is_none() && !clients {
             e.push((
                 "listen".into(),
-                "nothing to do: set `listen` (server mode) or a device with `address` and `resources` (client mode)"
+                "nothing to do: set `listen` or `dtls` (server mode) or a device with `address` and `resources` (client mode)"
                     .into(),
             ));
         }
@@ -364,7 +472,23 @@ mod reference_tests {
         let mut body = v[0]["coap"].clone();
         body.as_mapping_mut().unwrap().remove("name");
         let c: CoapConfig = serde_yaml::from_value(body).unwrap();
-        assert_eq!(c.validate(), Vec::<(String, String)>::new());
+        let problems = c.validate();
+        if cfg!(feature = "dtls") {
+            assert_eq!(problems, Vec::<(String, String)>::new());
+        } else {
+            // Without the feature the only complaint is the DTLS section itself.
+            let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(keys, ["dtls"], "{problems:?}");
+        }
+        let d = c.dtls.as_ref().unwrap();
+        assert_eq!(
+            d.identities[1].key_bytes().unwrap(),
+            [0x8f, 0x1c, 0x2a, 0x0b, 0x9d, 0x7e, 0x6f, 0x5a]
+        );
+        assert!(
+            !format!("{:?}", d.identities[0]).contains("WEIR_PSK"),
+            "keys are redacted"
+        );
         assert_eq!(c.devices.len(), 2);
         assert_eq!(c.devices[1].resources[2].method, WriteMethod::Put);
         assert_eq!(c.devices[1].resources[1].read, ReadMode::Observe);

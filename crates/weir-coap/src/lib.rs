@@ -15,11 +15,17 @@
 //! Counters (`weir_coap_*_total`, labelled with the source) are kept in a [`Stats`]; the running
 //! source logs a summary every `stats_interval_s` when they changed.
 //!
-//! Not supported: DTLS (`coaps://`), OSCORE, multicast, Block2 for requests we serve (the only
+//! * **DTLS-PSK** (`dtls:`, cargo feature `dtls`) — a second listener for `coaps://` whose
+//!   datagrams, once decrypted, are served by the same server task; each PSK identity may write
+//!   only its devices. See [`dtls`] (present with the feature).
+//!
+//! Not supported: OSCORE, multicast, DTLS in client mode, Block2 for requests we serve (the only
 //! resource served, `/.well-known/core`, fits one datagram), Block2 for responses we read.
 
 pub mod client;
 pub mod config;
+#[cfg(feature = "dtls")]
+pub mod dtls;
 pub mod msg;
 pub mod payload;
 pub mod server;
@@ -65,6 +71,10 @@ pub struct Stats {
     pub bad_payloads: Counter,
     /// Commands sent to devices.
     pub commands: Counter,
+    /// DTLS sessions established.
+    pub dtls_sessions: Counter,
+    /// DTLS handshakes that failed or timed out (unknown identity, wrong key, garbage).
+    pub dtls_handshake_failures: Counter,
 }
 
 impl Stats {
@@ -84,13 +94,15 @@ impl Stats {
             client_failures: c("client_failures"),
             bad_payloads: c("bad_payloads"),
             commands: c("commands"),
+            dtls_sessions: c("dtls_sessions"),
+            dtls_handshake_failures: c("dtls_handshake_failures"),
         }
     }
 
     /// `requests=… readings=… …` for the log.
     pub fn summary(&self) -> String {
         format!(
-            "requests={} readings={} malformed={} rejected={} duplicates={} bus_dropped={} block_transfers={} notifications={} reregistrations={} client_failures={} bad_payloads={} commands={}",
+            "requests={} readings={} malformed={} rejected={} duplicates={} bus_dropped={} block_transfers={} notifications={} reregistrations={} client_failures={} bad_payloads={} commands={} dtls_sessions={} dtls_handshake_failures={}",
             self.requests.get(),
             self.readings.get(),
             self.malformed.get(),
@@ -103,6 +115,8 @@ impl Stats {
             self.client_failures.get(),
             self.bad_payloads.get(),
             self.commands.get(),
+            self.dtls_sessions.get(),
+            self.dtls_handshake_failures.get(),
         )
     }
 }
@@ -170,14 +184,37 @@ impl Source for CoapSource {
     async fn run(&mut self, ctx: SourceContext) -> Result<(), SourceError> {
         let stop = ctx.shutdown.child_token();
         let mut tasks: JoinSet<Result<(), SourceError>> = JoinSet::new();
-        if let Some(addr) = self.cfg.listen {
-            let sock = tokio::net::UdpSocket::bind(addr).await.map_err(|e| {
-                SourceError::Io(std::io::Error::new(
-                    e.kind(),
-                    format!("coap: cannot listen on udp {addr}: {e}"),
-                ))
-            })?;
-            tracing::info!(source = %self.name, addr = %sock.local_addr()?, "CoAP server listening");
+        let sock = match self.cfg.listen {
+            None => None,
+            Some(addr) => {
+                let sock = tokio::net::UdpSocket::bind(addr).await.map_err(|e| {
+                    SourceError::Io(std::io::Error::new(
+                        e.kind(),
+                        format!("coap: cannot listen on udp {addr}: {e}"),
+                    ))
+                })?;
+                tracing::info!(source = %self.name, addr = %sock.local_addr()?, "CoAP server listening");
+                Some(sock)
+            }
+        };
+        #[cfg(feature = "dtls")]
+        let secure = match &self.cfg.dtls {
+            None => None,
+            Some(d) => {
+                let (tx, rx) = mpsc::channel(1024);
+                tasks.spawn(dtls::serve(
+                    d.clone(),
+                    self.name.clone(),
+                    self.stats.clone(),
+                    tx,
+                    stop.clone(),
+                ));
+                Some(rx)
+            }
+        };
+        #[cfg(not(feature = "dtls"))]
+        let secure = None;
+        if sock.is_some() || secure.is_some() {
             let server = server::Server::new(
                 sock,
                 &self.cfg,
@@ -185,7 +222,7 @@ impl Source for CoapSource {
                 ctx.bus.clone(),
                 self.stats.clone(),
             );
-            tasks.spawn(server.run(stop.clone()));
+            tasks.spawn(server.run(stop.clone(), secure));
         }
         let mut routes: HashMap<DeviceId, mpsc::Sender<Command>> = HashMap::new();
         for d in &self.cfg.devices {

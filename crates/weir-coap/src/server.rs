@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use weir_core::{
     BusSender, CancellationToken, DeviceId, PointId, Quality, Reading, SourceError, Timestamp,
 };
@@ -48,7 +49,28 @@ pub const DEDUP_CAPACITY: usize = 8192;
 const MAX_DATAGRAM: usize = 65_535;
 
 /// A request's identity for deduplication: endpoint and message id (RFC 7252 §4.5).
-type DedupKey = (SocketAddr, u16);
+type DedupKey = (Peer, u16);
+
+/// Who sent a datagram: the address, and for DTLS the PSK identity the session authenticated.
+/// A DTLS peer never shares dedup or block state with a plain-UDP one at the same address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub identity: Option<Arc<str>>,
+}
+
+/// A datagram decrypted by a DTLS session, handed to the server with the way back.
+#[derive(Debug)]
+pub struct Inbound {
+    pub data: Vec<u8>,
+    pub peer: Peer,
+    pub reply: mpsc::Sender<Vec<u8>>,
+}
+
+enum Dest {
+    Udp(SocketAddr),
+    Secure(mpsc::Sender<Vec<u8>>),
+}
 
 /// What the server knows about the devices it accepts.
 #[derive(Debug)]
@@ -56,6 +78,8 @@ pub struct Acceptance {
     declared: HashMap<String, std::collections::BTreeMap<String, String>>,
     accept_unknown: bool,
     patterns: Vec<String>,
+    /// PSK identity → device globs it may write (DTLS).
+    identities: HashMap<String, Vec<String>>,
 }
 
 impl Acceptance {
@@ -68,12 +92,30 @@ impl Acceptance {
                 .collect(),
             accept_unknown: cfg.accept_unknown,
             patterns: cfg.accept_patterns.clone(),
+            identities: cfg
+                .dtls
+                .iter()
+                .flat_map(|d| &d.identities)
+                .map(|i| (i.identity.clone(), i.devices.clone()))
+                .collect(),
         }
     }
 
     fn accepts(&self, device: &str) -> bool {
         self.declared.contains_key(device)
             || (self.accept_unknown && self.patterns.iter().any(|p| glob_match(p, device)))
+    }
+
+    /// May the DTLS session authenticated as `identity` write `device`? Plain UDP may write any
+    /// accepted device.
+    fn authorized(&self, identity: Option<&str>, device: &str) -> bool {
+        match identity {
+            None => true,
+            Some(id) => self
+                .identities
+                .get(id)
+                .is_some_and(|globs| globs.iter().any(|g| glob_match(g, device))),
+        }
     }
 
     fn unit(&self, device: &str, point: &str) -> Option<&str> {
@@ -104,7 +146,7 @@ enum Answer {
 
 /// The UDP server task.
 pub struct Server {
-    sock: UdpSocket,
+    sock: Option<UdpSocket>,
     source: Arc<str>,
     bus: BusSender,
     stats: Arc<Stats>,
@@ -113,9 +155,9 @@ pub struct Server {
     max_blocks: usize,
     block_timeout: Duration,
     max_burst: usize,
-    dedup: HashMap<(SocketAddr, u16), Option<Vec<u8>>>,
-    dedup_order: VecDeque<((SocketAddr, u16), Instant)>,
-    blocks: HashMap<(SocketAddr, String), Assembly>,
+    dedup: HashMap<DedupKey, Option<Vec<u8>>>,
+    dedup_order: VecDeque<(DedupKey, Instant)>,
+    blocks: HashMap<(Peer, String), Assembly>,
     next_mid: u16,
     ids: HashMap<String, DeviceId>,
     points: HashMap<String, PointId>,
@@ -127,14 +169,18 @@ impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("source", &self.source)
-            .field("addr", &self.sock.local_addr().ok())
+            .field(
+                "addr",
+                &self.sock.as_ref().and_then(|s| s.local_addr().ok()),
+            )
             .finish()
     }
 }
 
 impl Server {
+    /// A server on `sock` (plain UDP; `None` when only DTLS datagrams come in through `run`).
     pub fn new(
-        sock: UdpSocket,
+        sock: Option<UdpSocket>,
         cfg: &CoapConfig,
         source: Arc<str>,
         bus: BusSender,
@@ -161,35 +207,64 @@ impl Server {
         }
     }
 
-    /// Serve until `shutdown`; an error only when the socket itself fails.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), SourceError> {
+    /// Serve until `shutdown`: datagrams from the UDP socket and, decrypted, from DTLS sessions
+    /// (`secure`). An error only when the socket itself fails.
+    pub async fn run(
+        mut self,
+        shutdown: CancellationToken,
+        mut secure: Option<mpsc::Receiver<Inbound>>,
+    ) -> Result<(), SourceError> {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut readings: Vec<Reading> = Vec::new();
-        let mut answers: Vec<(SocketAddr, Option<DedupKey>, Answer)> = Vec::new();
+        let mut answers: Vec<(Dest, Option<DedupKey>, Answer)> = Vec::new();
+        let sock = self.sock.take();
         loop {
             let first = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
-                r = self.sock.recv_from(&mut buf) => r,
+                r = recv_udp(sock.as_ref(), &mut buf) => Ok(r),
+                m = recv_secure(secure.as_mut()) => Err(m),
             };
             let now = Timestamp::now();
-            let mut next = Some(first);
-            let mut handled = 0;
-            while let Some(r) = next.take() {
-                match r {
-                    Ok((n, peer)) => {
-                        let (key, answer) = self.handle(&buf[..n], peer, now, &mut readings);
-                        answers.push((peer, key, answer));
+            match first {
+                Ok(first) => {
+                    let mut next = Some(first);
+                    let mut handled = 0;
+                    while let Some(r) = next.take() {
+                        match r {
+                            Ok((n, addr)) => {
+                                let peer = Peer {
+                                    addr,
+                                    identity: None,
+                                };
+                                let (key, answer) =
+                                    self.handle(&buf[..n], &peer, now, &mut readings);
+                                answers.push((Dest::Udp(addr), key, answer));
+                            }
+                            // ICMP errors from earlier sends surface here on some systems: not fatal.
+                            Err(e) if is_transient(&e) => {}
+                            Err(e) => return Err(SourceError::Io(e)),
+                        }
+                        handled += 1;
+                        if let (true, Some(s)) = (handled < self.max_burst, sock.as_ref()) {
+                            match s.try_recv_from(&mut buf) {
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                                r => next = Some(r),
+                            }
+                        }
                     }
-                    // ICMP errors from earlier sends surface here on some systems: not fatal.
-                    Err(e) if is_transient(&e) => {}
-                    Err(e) => return Err(SourceError::Io(e)),
                 }
-                handled += 1;
-                if handled < self.max_burst {
-                    match self.sock.try_recv_from(&mut buf) {
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        r => next = Some(r),
+                Err(None) => secure = None, // every DTLS session and the listener are gone
+                Err(Some(first)) => {
+                    let mut next = Some(first);
+                    let mut handled = 0;
+                    while let Some(m) = next.take() {
+                        let (key, answer) = self.handle(&m.data, &m.peer, now, &mut readings);
+                        answers.push((Dest::Secure(m.reply), key, answer));
+                        handled += 1;
+                        if let (true, Some(rx)) = (handled < self.max_burst, secure.as_mut()) {
+                            next = rx.try_recv().ok();
+                        }
                     }
                 }
             }
@@ -210,7 +285,7 @@ impl Server {
                     Err(e) => return Err(SourceError::BusClosed(e)),
                 }
             };
-            for (peer, key, answer) in answers.drain(..) {
+            for (dest, key, answer) in answers.drain(..) {
                 let bytes = match answer {
                     Answer::None => None,
                     Answer::Bytes(b) => Some(b),
@@ -231,10 +306,17 @@ impl Server {
                         slot.clone_from(&bytes);
                     }
                 }
-                if let Some(b) = bytes {
-                    if let Err(e) = self.sock.send_to(&b, peer).await {
-                        tracing::debug!(source = %self.source, %peer, "send failed: {e}");
+                match (bytes, &dest, sock.as_ref()) {
+                    (Some(b), Dest::Udp(peer), Some(s)) => {
+                        if let Err(e) = s.send_to(&b, peer).await {
+                            tracing::debug!(source = %self.source, %peer, "send failed: {e}");
+                        }
                     }
+                    // The session task encrypts and sends; a full or closed session drops it.
+                    (Some(b), Dest::Secure(tx), _) => {
+                        let _ = tx.try_send(b);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -244,10 +326,10 @@ impl Server {
     fn handle(
         &mut self,
         buf: &[u8],
-        peer: SocketAddr,
+        peer: &Peer,
         now: Timestamp,
         readings: &mut Vec<Reading>,
-    ) -> (Option<(SocketAddr, u16)>, Answer) {
+    ) -> (Option<DedupKey>, Answer) {
         let req = match Packet::from_bytes(buf) {
             Ok(p) if p.header.get_version() == 1 => p,
             Ok(_) => {
@@ -257,7 +339,7 @@ impl Server {
             }
             Err(e) => {
                 self.stats.malformed.inc();
-                tracing::debug!(source = %self.source, %peer, "malformed datagram ({} bytes): {e}", buf.len());
+                tracing::debug!(source = %self.source, peer = %peer.addr, "malformed datagram ({} bytes): {e}", buf.len());
                 return (None, reset_or_none(buf));
             }
         };
@@ -281,7 +363,7 @@ impl Server {
             }
         }
         self.stats.requests.inc();
-        let key = (peer, req.header.message_id);
+        let key = (peer.clone(), req.header.message_id);
         let instant = Instant::now();
         if let Some(prev) = self.dedup.get(&key) {
             self.stats.duplicates.inc();
@@ -290,7 +372,7 @@ impl Server {
                 _ => (None, Answer::None),
             };
         }
-        self.remember(key, instant);
+        self.remember(key.clone(), instant);
         let answer = self.request(&req, peer, now, instant, readings);
         if let Answer::Final(p) = &answer {
             if p.header.code.is_error_response() {
@@ -300,7 +382,7 @@ impl Server {
         (Some(key), answer)
     }
 
-    fn remember(&mut self, key: (SocketAddr, u16), at: Instant) {
+    fn remember(&mut self, key: DedupKey, at: Instant) {
         while let Some((k, t)) = self.dedup_order.front() {
             if self.dedup_order.len() >= DEDUP_CAPACITY
                 || at.duration_since(*t) > msg::EXCHANGE_LIFETIME
@@ -311,7 +393,7 @@ impl Server {
                 break;
             }
         }
-        self.dedup.insert(key, None);
+        self.dedup.insert(key.clone(), None);
         self.dedup_order.push_back((key, at));
     }
 
@@ -330,7 +412,7 @@ impl Server {
     fn request(
         &mut self,
         req: &Packet,
-        peer: SocketAddr,
+        peer: &Peer,
         now: Timestamp,
         instant: Instant,
         readings: &mut Vec<Reading>,
@@ -385,7 +467,7 @@ impl Server {
     fn write(
         &mut self,
         req: &Packet,
-        peer: SocketAddr,
+        peer: &Peer,
         path: Vec<String>,
         now: Timestamp,
         instant: Instant,
@@ -442,6 +524,14 @@ impl Server {
                     format!("invalid device or point id `{device}` / `{point}`"),
                 );
             }
+            if !self.accept.authorized(peer.identity.as_deref(), &device) {
+                readings.truncate(start);
+                return self.error(
+                    req,
+                    ResponseType::Forbidden,
+                    format!("PSK identity may not write device `{device}`"),
+                );
+            }
             if !self.accept.accepts(&device) {
                 readings.truncate(start);
                 return self.error(
@@ -478,13 +568,13 @@ impl Server {
     fn block(
         &mut self,
         req: &Packet,
-        peer: SocketAddr,
+        peer: &Peer,
         path: &[String],
         b: Block,
         format: Option<u16>,
         now: Instant,
     ) -> Result<(Vec<u8>, Option<u16>), Answer> {
-        let key = (peer, path.join("/"));
+        let key = (peer.clone(), path.join("/"));
         let timeout = self.block_timeout;
         self.blocks
             .retain(|_, a| now.duration_since(a.touched) < timeout);
@@ -589,6 +679,24 @@ fn locate(path: &[String], name: Option<&str>) -> Result<(String, String), Strin
                 "posted to /: SenML name `{name}` must be <device>/<point> or <device>:<point>"
             )),
         },
+    }
+}
+
+async fn recv_udp(
+    sock: Option<&UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match sock {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next DTLS datagram; `None` once every sender is gone; pending forever without DTLS.
+async fn recv_secure(rx: Option<&mut mpsc::Receiver<Inbound>>) -> Option<Inbound> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -35,8 +35,8 @@ fn start(yaml: &str, bus_capacity: usize) -> Running {
     let (s2, t2) = (stats.clone(), token.clone());
     rt.spawn(async move {
         let sock = tokio::net::UdpSocket::from_std(sock).unwrap();
-        Server::new(sock, &cfg, Arc::from("t"), tx.for_source("t"), s2)
-            .run(t2)
+        Server::new(Some(sock), &cfg, Arc::from("t"), tx.for_source("t"), s2)
+            .run(t2, None)
             .await
     });
     Running {

@@ -1,0 +1,190 @@
+//! CoAP over DTLS-PSK against libcoap's DTLS clients (`coap-client-gnutls`, `coap-client-openssl`,
+//! Debian `libcoap3-bin`): the adapter runs in-process, the clients are real processes talking
+//! `coaps://` to it over loopback. Needs the `dtls` feature:
+//! `cargo test -p weir-coap --features dtls --test dtls`.
+#![cfg(feature = "dtls")]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use weir_coap::{CoapConfig, CoapSource};
+use weir_core::{
+    bus, BusReceiver, CancellationToken, CommandRouter, Metrics, Source, SourceBuilder,
+    SourceContext,
+};
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Run `prog args` for at most `secs`; (exit success, stdout+stderr).
+fn run(prog: &str, args: &[&str], secs: u64) -> (bool, String) {
+    let out = Command::new("timeout")
+        .arg(secs.to_string())
+        .arg(prog)
+        .args(args)
+        .output()
+        .expect("coreutils timeout and libcoap3-bin");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn drain(rx: &mut BusReceiver) -> Vec<weir_core::Reading> {
+    let mut v = Vec::new();
+    while let Some(b) = rx.try_recv() {
+        v.extend(b);
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libcoap_gnutls_and_openssl_clients_post_over_dtls_psk() {
+    let port = free_udp_port();
+    let cfg: CoapConfig = serde_yaml::from_str(&format!(
+        "{{dtls: {{listen: '127.0.0.1:{port}', handshake_timeout_ms: 3000, identities: [\
+           {{identity: th1, key: secretkey, devices: ['lab/th1']}},\
+           {{identity: th2, key_hex: '00112233445566778899', devices: ['lab/th2*']}}]}}, stats_interval_s: 1}}"
+    ))
+    .unwrap();
+    assert_eq!(cfg.validate(), Vec::<(String, String)>::new());
+    let metrics = Metrics::new();
+    let (tx, mut rx) = bus(64, &metrics);
+    let router = CommandRouter::new();
+    let inbox = router.register("c", &cfg.devices(), 4);
+    let token = CancellationToken::new();
+    let mut src = CoapSource::new(cfg, "c", &metrics);
+    let stats = src.stats();
+    let ctx = SourceContext {
+        bus: tx.for_source("c"),
+        shutdown: token.clone(),
+        commands: inbox,
+    };
+    let task = tokio::spawn(async move { src.run(ctx).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let uri = move |p: &str| format!("coaps://127.0.0.1:{port}/{p}");
+
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        run(
+            "coap-client-gnutls",
+            &[
+                "-m",
+                "post",
+                "-u",
+                "th1",
+                "-k",
+                "secretkey",
+                "-e",
+                "21.5",
+                &uri("lab/th1/temp"),
+            ],
+            10,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "gnutls client: {out}");
+    let uri = move |p: &str| format!("coaps://127.0.0.1:{port}/{p}");
+    // The OpenSSL build of libcoap, JSON object with PUT.
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        run(
+            "coap-client-openssl",
+            &[
+                "-m",
+                "put",
+                "-u",
+                "th1",
+                "-k",
+                "secretkey",
+                "-t",
+                "json",
+                "-e",
+                r#"{"hum":40}"#,
+                &uri("lab/th1"),
+            ],
+            10,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "openssl client: {out}");
+
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut got = Vec::new();
+    while got.len() < 2 && Instant::now() < end {
+        got.extend(drain(&mut rx));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].device.as_str(), "lab/th1");
+    assert_eq!(got[0].point.as_str(), "temp");
+    assert_eq!(got[0].value, weir_core::Value::F64(21.5));
+    assert_eq!(got[1].point.as_str(), "hum");
+    assert_eq!(stats.dtls_sessions.get(), 2);
+
+    // th1 may not write lab/th2: 4.03 Forbidden, nothing on the bus.
+    let uri = move |p: &str| format!("coaps://127.0.0.1:{port}/{p}");
+    let (_, out) = tokio::task::spawn_blocking(move || {
+        run(
+            "coap-client-gnutls",
+            &[
+                "-m",
+                "post",
+                "-u",
+                "th1",
+                "-k",
+                "secretkey",
+                "-e",
+                "1",
+                &uri("lab/th2/x"),
+            ],
+            10,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("4.03"), "{out}");
+    // A wrong key: the handshake fails, counted; nothing on the bus.
+    let uri = move |p: &str| format!("coaps://127.0.0.1:{port}/{p}");
+    let _ = tokio::task::spawn_blocking(move || {
+        run(
+            "coap-client-gnutls",
+            &[
+                "-m",
+                "post",
+                "-u",
+                "th1",
+                "-k",
+                "wrongkey",
+                "-e",
+                "2",
+                &uri("lab/th1/temp"),
+            ],
+            5,
+        )
+    })
+    .await
+    .unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    while stats.dtls_handshake_failures.get() == 0 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stats.dtls_handshake_failures.get() >= 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        drain(&mut rx).is_empty(),
+        "nothing from a forbidden or failed session"
+    );
+
+    token.cancel();
+    task.await.unwrap().unwrap();
+}
