@@ -289,3 +289,45 @@ sources:
         "{err}"
     );
 }
+
+/// The commented-out `modbus` example in the reference gateway.yaml, uncommented, passes
+/// `weir check` (with the serial port named there replaced by one that exists everywhere).
+#[test]
+fn the_reference_modbus_example_is_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/gateway.yaml")).unwrap();
+    let start = text
+        .find("  # - modbus:")
+        .expect("a modbus example in gateway.yaml");
+    let mut out = text[..start].to_string();
+    let mut in_block = true;
+    for line in text[start..].lines() {
+        // The example is the run of commented lines from `# - modbus:` on.
+        in_block &= line.starts_with("  #");
+        match line.strip_prefix("  #") {
+            Some(rest) if in_block => {
+                out.push_str("  ");
+                out.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("examples/profiles")).unwrap();
+    std::fs::copy(
+        format!("{root}/examples/profiles/energy-meter.yaml"),
+        dir.path().join("examples/profiles/energy-meter.yaml"),
+    )
+    .unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    std::fs::write(&cfg, out.replace("/dev/ttyUSB0", "/dev/null")).unwrap();
+    let out = weir_cmd().args(["check", "-c"]).arg(&cfg).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("plant (modbus)"));
+}
