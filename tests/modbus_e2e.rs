@@ -301,9 +301,9 @@ fn the_reference_modbus_example_is_valid() {
         .expect("a modbus example in gateway.yaml");
     let mut out = text[..start].to_string();
     let mut in_block = true;
-    for line in text[start..].lines() {
-        // The example is the run of commented lines from `# - modbus:` on.
-        in_block &= line.starts_with("  #");
+    for (i, line) in text[start..].lines().enumerate() {
+        // The example is `# - modbus:` and the indented commented lines under it.
+        in_block &= i == 0 || line.starts_with("  #     ");
         match line.strip_prefix("  #") {
             Some(rest) if in_block => {
                 out.push_str("  ");
