@@ -530,7 +530,11 @@ fn observes_an_aiocoap_resource_re_registers_after_restart_polls_and_writes() {
     );
 
     // Commands: PUT to /valve; the device's answer is the result.
+    // One at a time: two commands in flight may be answered in either order.
     sub.publish("t/plant/pump1/valve/set", b"true");
+    wait_until("the first command result", Duration::from_secs(10), || {
+        sub.count(|m| m.topic == "t/plant/pump1/valve/set/result") >= 1
+    });
     sub.publish("t/plant/pump1/valve/set", br#""maybe""#);
     wait_until("2 command results", Duration::from_secs(10), || {
         sub.count(|m| m.topic == "t/plant/pump1/valve/set/result") >= 2
