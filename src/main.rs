@@ -138,7 +138,12 @@ fn main() -> ExitCode {
             Ok(l) => {
                 #[cfg(feature = "rules")]
                 let rules = match &l.rules {
-                    Some(set) => format!("; {} rules: {}", set.len(), set.names().join(", ")),
+                    Some(set) => format!(
+                        "; {} rule{}: {}",
+                        set.len(),
+                        if set.len() == 1 { "" } else { "s" },
+                        set.names().join(", ")
+                    ),
                     None => String::new(),
                 };
                 #[cfg(not(feature = "rules"))]

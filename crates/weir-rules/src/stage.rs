@@ -84,6 +84,8 @@ pub enum Event {
 struct RuleRt {
     rule: CompiledRule,
     scope: Scope<'static>,
+    /// rhai's function-resolution cache, kept across runs of this rule's (unchanging) AST.
+    caches: rhai::Caches,
     source: Arc<str>,
     alert_source: Arc<str>,
     errors: Counter,
@@ -158,6 +160,7 @@ impl RulesStage {
                 };
                 RuleRt {
                     scope: engine::new_scope(),
+                    caches: rhai::Caches::new(),
                     source: Arc::from(format!("{DERIVED_SOURCE_PREFIX}{name}")),
                     alert_source: Arc::from(format!("{ALERT_SOURCE_PREFIX}{name}")),
                     errors: c("weir_rule_errors_total"),
@@ -216,7 +219,7 @@ impl RulesStage {
                 rt.scope.set_value("r", Dynamic::UNIT);
             }
         }
-        let result = self.engine.run_ast_with_scope(&mut rt.scope, &rt.rule.ast);
+        let result = eval(&self.engine, &mut rt.caches, &mut rt.scope, &rt.rule.ast);
         rt.scope.rewind(SCOPE_BASE);
         let after = match reading.is_some() {
             true => rt
@@ -467,6 +470,23 @@ impl RulesStage {
         rt.last_log = Some(now);
         rt.suppressed = 0;
     }
+}
+
+/// `Engine::run_ast_with_scope`, except that rhai's function-resolution cache survives between
+/// runs: a fresh cache per run cost about a fifth of a short rule's time in name look-ups. The
+/// cache belongs to one rule, whose AST never changes, so what it holds stays valid.
+#[allow(deprecated)]
+fn eval(
+    engine: &Engine,
+    caches: &mut rhai::Caches,
+    scope: &mut Scope<'static>,
+    ast: &rhai::AST,
+) -> Result<(), Box<rhai::EvalAltResult>> {
+    let mut global = engine.new_global_runtime_state();
+    global.lib.push(ast.shared_lib().clone());
+    engine
+        .eval_statements_raw(&mut global, caches, scope, ast.statements())
+        .map(|_| ())
 }
 
 impl Transform for RulesStage {
