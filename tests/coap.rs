@@ -556,6 +556,21 @@ fn observes_an_aiocoap_resource_re_registers_after_restart_polls_and_writes() {
     // Restart the server: the new instance knows nothing of the observation; Weir notices the
     // silence past Max-Age (1 s) and registers again.
     drop(peer);
+    // A command to the device while it is down fails with the reason (ICMP port unreachable or
+    // no answer after the retransmissions), it does not hang.
+    sub.publish("t/plant/pump1/valve/set", b"false");
+    wait_until(
+        "the failed command's result",
+        Duration::from_secs(10),
+        || sub.count(|m| m.topic == "t/plant/pump1/valve/set/result") >= 3,
+    );
+    let r = last_value(&sub, "t/plant/pump1/valve/set/result").unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    let err = r["error"].as_str().unwrap();
+    assert!(
+        err.contains("unreachable") || err.contains("no answer"),
+        "{err}"
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let _peer = Peer::start(port, 2);
     wait_until(
@@ -580,4 +595,26 @@ fn observes_an_aiocoap_resource_re_registers_after_restart_polls_and_writes() {
         gw.log()
     );
     assert!(gw.is_running());
+}
+
+#[test]
+fn weir_check_reports_coap_errors_with_path_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        "gateway:\n  id: t\n  state_dir: /tmp/weir-coap-check\nsources:\n  - coap:\n      name: c\n      listen: 127.0.0.1:5683\n      max_body_bytes: 1\n      devices:\n        - id: a+b\n        - id: pump\n          address: nowhere\n          resources:\n            - { path: valve, writable: true }\n",
+    )
+    .unwrap();
+    let out = weir_cmd().args(["check", "-c"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for want in [
+        ":8: sources[0].coap.max_body_bytes: must be 16",
+        ":10: sources[0].coap.devices[0].id: `a+b`",
+        ":12: sources[0].coap.devices[1].address: `nowhere`: expected host:port",
+        ":14: sources[0].coap.devices[1].resources[0].point: a writable resource needs `point`",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
 }
