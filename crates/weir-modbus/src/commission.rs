@@ -4,14 +4,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio_serial::SerialPortBuilderExt;
 use weir_core::Value;
 
 use crate::codec::Codec;
 use crate::config::Parity;
 use crate::pdu::{Request, Response, Table};
 use crate::source::{encode_write, WriteError};
-use crate::transport::{inter_frame_delay, RtuTransport, TcpTransport, TransactError, Transport};
+use crate::transport::{
+    inter_frame_delay, open_serial, SerialSettings, TcpTransport, TransactError, Transport,
+};
 
 /// Where the device is.
 #[derive(Debug, Clone)]
@@ -76,28 +77,19 @@ pub async fn open(
             parity,
             stop_bits,
         } => {
-            let what = port.display().to_string();
-            let s = tokio_serial::new(what.clone(), *baud)
-                .parity(match parity {
-                    Parity::None => tokio_serial::Parity::None,
-                    Parity::Even => tokio_serial::Parity::Even,
-                    Parity::Odd => tokio_serial::Parity::Odd,
-                })
-                .stop_bits(if *stop_bits == 2 {
-                    tokio_serial::StopBits::Two
-                } else {
-                    tokio_serial::StopBits::One
-                })
-                .open_native_async()
-                .map_err(|e| CommissionError::Open {
-                    what,
-                    source: e.into(),
-                })?;
             let bits = 1 + 8 + (*parity != Parity::None) as u32 + *stop_bits as u32;
-            Ok(Box::new(RtuTransport::new(
-                s,
-                inter_frame_delay(*baud, bits),
-            )))
+            let settings = SerialSettings {
+                baud: *baud,
+                parity: *parity,
+                data_bits: 8,
+                stop_bits: *stop_bits,
+            };
+            open_serial(port, settings, inter_frame_delay(*baud, bits)).map_err(|e| {
+                CommissionError::Open {
+                    what: port.display().to_string(),
+                    source: e,
+                }
+            })
         }
     }
 }

@@ -48,7 +48,7 @@ use weir_core::{
     Timestamp, Value,
 };
 
-use crate::config::{Device, Framing, Line, LineKind, Parity, Point, Resolved};
+use crate::config::{Device, Framing, Line, LineKind, Point, Resolved};
 use crate::pdu::{Request, Response, Table};
 use crate::transport::{RtuTransport, TcpTransport, TransactError, Transport};
 
@@ -277,29 +277,16 @@ impl LineTask {
                 data_bits,
                 stop_bits,
                 inter_frame,
-            } => {
-                use tokio_serial::SerialPortBuilderExt;
-                let path = port.to_string_lossy().into_owned();
-                let b = tokio_serial::new(path, *baud)
-                    .parity(match parity {
-                        Parity::None => tokio_serial::Parity::None,
-                        Parity::Even => tokio_serial::Parity::Even,
-                        Parity::Odd => tokio_serial::Parity::Odd,
-                    })
-                    .data_bits(match data_bits {
-                        5 => tokio_serial::DataBits::Five,
-                        6 => tokio_serial::DataBits::Six,
-                        7 => tokio_serial::DataBits::Seven,
-                        _ => tokio_serial::DataBits::Eight,
-                    })
-                    .stop_bits(if *stop_bits == 2 {
-                        tokio_serial::StopBits::Two
-                    } else {
-                        tokio_serial::StopBits::One
-                    });
-                let s = b.open_native_async().map_err(std::io::Error::from)?;
-                Ok(Box::new(RtuTransport::new(s, *inter_frame)))
-            }
+            } => crate::transport::open_serial(
+                port,
+                crate::transport::SerialSettings {
+                    baud: *baud,
+                    parity: *parity,
+                    data_bits: *data_bits,
+                    stop_bits: *stop_bits,
+                },
+                *inter_frame,
+            ),
             LineKind::Tcp {
                 host,
                 port,
