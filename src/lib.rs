@@ -342,6 +342,38 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
+    run_with_reload(loaded, shutdown, Arc::new(Notify::new()), ready).await
+}
+
+/// Re-read the configuration file's `rules:` section for a live reload (SIGHUP), every rule
+/// compiled on its own; `Err` when the file cannot be read or parsed at all.
+#[cfg(feature = "rules")]
+pub fn reload_rules(file: &Path) -> Result<weir_rules::Reload, String> {
+    let (cfg, d) = weir_config::load_file(file);
+    let Some(cfg) = cfg else {
+        return Err(d.finish().err().map(|e| e.to_string()).unwrap_or_default());
+    };
+    let value = cfg
+        .stages
+        .iter()
+        .find(|(k, _)| k == "rules")
+        .map(|(_, v)| v.clone());
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok(weir_rules::reload_section(value, dir))
+}
+
+/// [`run`], and each time `reload` is notified (SIGHUP) the rules are re-read from the
+/// configuration file and swapped in: a rule whose new version does not compile keeps running its
+/// previous version. Other sections are not reloaded (that needs a restart).
+pub async fn run_with_reload(
+    loaded: Loaded,
+    shutdown: CancellationToken,
+    reload: Arc<Notify>,
+    ready: impl FnOnce(),
+) -> anyhow::Result<()> {
     #[cfg(feature = "rules")]
     let Loaded {
         cfg,
@@ -367,17 +399,48 @@ pub async fn run(
 
     // Pipeline: the rule engine (when `rules:` is configured), then the inference slot, which is
     // pass-through until that stage exists.
+    // The rules stage exists (empty) even without a `rules:` section, so that a reload can add rules.
     let rules_stage: Box<dyn Transform> = {
         #[cfg(feature = "rules")]
-        match rules {
-            Some(set) => {
+        {
+            let set = rules.unwrap_or_default();
+            if !set.is_empty() {
                 tracing::info!(rules = ?set.names(), "rules loaded");
-                Box::new(weir_rules::RulesStage::new(set, router.clone(), &metrics))
             }
-            None => Box::new(Passthrough("rules")),
+            let mut stage = weir_rules::RulesStage::new(set, router.clone(), &metrics);
+            let handle = stage.reload_handle();
+            let file = cfg.file.clone();
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = reload.notified() => {}
+                    }
+                    let f = file.clone();
+                    match tokio::task::spawn_blocking(move || reload_rules(&f)).await {
+                        Ok(Ok(r)) => {
+                            let n = r.rules.len();
+                            if handle.send(r) {
+                                tracing::info!(rules = n, "reload: rules re-read; they apply from the next batch (other sections need a restart)");
+                            } else {
+                                tracing::warn!("reload: a reload is already pending; try again");
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!("reload failed, keeping the running rules: {e}")
+                        }
+                        Err(e) => tracing::error!("reload failed, keeping the running rules: {e}"),
+                    }
+                }
+            });
+            Box::new(stage)
         }
         #[cfg(not(feature = "rules"))]
-        Box::new(Passthrough("rules"))
+        {
+            let _ = &reload;
+            Box::new(Passthrough("rules"))
+        }
     };
     let stages: Vec<Box<dyn Transform>> = vec![rules_stage, Box::new(Passthrough("inference"))];
     let writer = OutboxWriter::new(outbox.clone(), Encoder::from_config(&cfg), wake.clone());

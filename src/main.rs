@@ -149,7 +149,7 @@ fn main() -> ExitCode {
                 #[cfg(not(feature = "rules"))]
                 let rules = String::new();
                 println!(
-                    "{}: OK ({} source{}: {}{rules})",
+                    "{}: OK ({} source{}: {}){rules}",
                     config.display(),
                     l.sources.len(),
                     if l.sources.len() == 1 { "" } else { "s" },
@@ -301,6 +301,8 @@ async fn drain(cfg: weir_config::GatewayConfig) -> anyhow::Result<()> {
 async fn run(loaded: weir::Loaded) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
+    let reload = std::sync::Arc::new(tokio::sync::Notify::new());
+    let reload_tx = reload.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
@@ -316,7 +318,8 @@ async fn run(loaded: weir::Loaded) -> anyhow::Result<()> {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    tracing::warn!("SIGHUP: live reload is not implemented yet; restart the service to apply changes");
+                    tracing::info!("SIGHUP: reloading the rules");
+                    reload_tx.notify_one();
                 }
             }
         }
@@ -336,7 +339,7 @@ async fn run(loaded: weir::Loaded) -> anyhow::Result<()> {
             }
         });
     }
-    weir::run(loaded, shutdown, || {
+    weir::run_with_reload(loaded, shutdown, reload, || {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     })
     .await

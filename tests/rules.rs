@@ -259,3 +259,94 @@ fn greenhouse_example_checks_and_its_rules_test_shows_the_automation() {
     }
     assert!(text.contains(" 0 errors"), "{text}");
 }
+
+/// The pid of the `weir run` started for `config` (its path is unique to the test's temp dir).
+fn weir_pid(config: &std::path::Path) -> u32 {
+    let want = config.to_str().unwrap();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args.contains(&&b"run"[..]) && args.contains(&want.as_bytes()) {
+            return pid;
+        }
+    }
+    panic!("no weir run process for {want}");
+}
+
+#[test]
+fn sighup_reloads_rules_and_keeps_the_old_version_of_a_broken_one() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = |tag: &str, extra: &str| {
+        format!(
+            "      interval_ms: 200\n      beds: 1\nrules:\n  - name: tag\n    match: {{ point: temperature }}\n    script: '{tag}'\n{extra}"
+        )
+    };
+    let mut gw = Gateway::start(
+        dir.path(),
+        &config(broker.port, &rules("emit(\"v\", 1);", ""), "", ""),
+    );
+    let value_of = |m: &Msg| m.json()["value"].as_i64();
+    wait_until("v = 1", Duration::from_secs(30), || {
+        sub.count(|m| m.topic == "t/gh1/climate/v" && value_of(m) == Some(1)) > 0
+    });
+    let pid = weir_pid(&gw.config);
+    let rewrite = |text: String| {
+        let state = dir.path().join("state");
+        std::fs::write(
+            &gw.config,
+            text.replace("{state}", &state.display().to_string()),
+        )
+        .unwrap();
+    };
+
+    // A broken new version of `tag` and a new rule: `tag` keeps running as it was, `added` starts.
+    rewrite(config(
+        broker.port,
+        &rules(
+            "emit(\"v\", 2",
+            "  - name: added\n    match: { point: temperature }\n    script: 'emit(\"added\", true);'\n",
+        ),
+        "",
+        "",
+    ));
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_until("the added rule", Duration::from_secs(30), || {
+        sub.count(|m| m.topic == "t/gh1/climate/added") >= 3
+    });
+    let before = sub.count(|m| m.topic == "t/gh1/climate/v" && value_of(m) == Some(1));
+    wait_until(
+        "tag still at its old version",
+        Duration::from_secs(30),
+        || sub.count(|m| m.topic == "t/gh1/climate/v" && value_of(m) == Some(1)) >= before + 3,
+    );
+    assert_eq!(
+        sub.count(|m| m.topic == "t/gh1/climate/v" && value_of(m) == Some(2)),
+        0
+    );
+    assert!(
+        gw.log().contains("keeping the previous one"),
+        "the log says so"
+    );
+
+    // The fixed version replaces it; the daemon never stopped.
+    rewrite(config(broker.port, &rules("emit(\"v\", 2);", ""), "", ""));
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_until("v = 2", Duration::from_secs(30), || {
+        sub.count(|m| m.topic == "t/gh1/climate/v" && value_of(m) == Some(2)) >= 3
+    });
+    assert!(gw.is_running());
+    assert_eq!(weir_pid(&gw.config), pid);
+}

@@ -88,6 +88,10 @@ pub struct CompiledRule {
     pub uses_timers: bool,
     /// Where the script came from (file path or `inline script`), for messages.
     pub origin: String,
+    /// The script's text: a reload keeps a rule's memory only when this and `match:` are unchanged.
+    pub text: Arc<str>,
+    /// `match:` as written, for the same comparison.
+    pub match_key: String,
 }
 
 impl CompiledRule {
@@ -185,7 +189,10 @@ fn compile_one(
     })?;
     let uses_timers = crate::engine::calls_function(&ast, "every");
     let m = &c.matches;
+    let match_key = format!("{:?}/{:?}/{:?}", m.device, m.point, m.source);
     Ok(CompiledRule {
+        text: Arc::from(text.as_str()),
+        match_key,
         name: Arc::from(c.name.as_str()),
         device: Pattern::new(m.device.as_deref().unwrap_or("*")),
         point: Pattern::new(m.point.as_deref().unwrap_or("*")),
@@ -246,4 +253,47 @@ pub fn parse_section(
             None
         }
     }
+}
+
+/// The `rules:` section re-read for a reload: every entry compiled on its own, so one that fails
+/// can keep its previous version running while the others are replaced.
+#[derive(Debug, Default)]
+pub struct Reload {
+    /// In configuration order: the rule's name and its compiled form or why not.
+    pub rules: Vec<(String, Result<CompiledRule, String>)>,
+}
+
+/// Parse and compile `value` (the `rules:` section, `None` when absent) entry by entry; see
+/// [`Reload`]. An entry without a usable name is reported under `rules[i]`.
+pub fn reload_section(value: Option<serde_yaml::Value>, base_dir: &Path) -> Reload {
+    let items = match value {
+        None | Some(serde_yaml::Value::Null) => Vec::new(),
+        Some(serde_yaml::Value::Sequence(s)) => s,
+        Some(_) => {
+            return Reload {
+                rules: vec![(
+                    "rules".into(),
+                    Err("must be a list of rules (`- name: …`)".into()),
+                )],
+            }
+        }
+    };
+    let engine = crate::engine::compile_engine();
+    let mut out: Vec<(String, Result<CompiledRule, String>)> = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let name = item
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("rules[{i}]"));
+        let result = match serde_yaml::from_value::<RuleConfig>(item) {
+            Err(e) => Err(format!("rules[{i}]: {e}")),
+            Ok(_) if out.iter().any(|(n, _)| *n == name) => {
+                Err(RuleError::Duplicate(name.clone()).to_string())
+            }
+            Ok(c) => compile_one(&engine, &c, base_dir).map_err(|e| e.to_string()),
+        };
+        out.push((name, result));
+    }
+    Reload { rules: out }
 }

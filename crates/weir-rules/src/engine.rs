@@ -78,7 +78,7 @@ pub(crate) enum AlertOp {
 
 /// A rule's memory outside its `state` map.
 #[derive(Debug, Default)]
-pub(crate) struct RuleMem {
+pub struct RuleMem {
     windows: HashMap<String, WindowHandle>,
     hysteresis: HashMap<String, bool>,
     changed: HashMap<String, Value>,

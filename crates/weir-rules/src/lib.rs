@@ -20,9 +20,11 @@ pub mod replay;
 pub mod stage;
 pub mod window;
 
-pub use config::{parse_section, CompiledRule, RuleConfig, RuleError, RuleSet};
+pub use config::{
+    parse_section, reload_section, CompiledRule, Reload, RuleConfig, RuleError, RuleSet,
+};
 pub use engine::{ALERT_SOURCE_PREFIX, DERIVED_SOURCE_PREFIX, MAX_CALL_LEVELS, MAX_OPERATIONS};
-pub use stage::{Event, RulesStage};
+pub use stage::{Event, ReloadHandle, RulesStage};
 
 #[cfg(test)]
 mod tests;

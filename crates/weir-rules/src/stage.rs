@@ -16,6 +16,11 @@
 //! active or its severity changes, `clear` only when it was active. Active alerts live in memory,
 //! so a restart forgets them (a still-true condition raises again).
 //!
+//! Reload (SIGHUP): a [`Reload`] sent through the stage's [`ReloadHandle`] is applied before the
+//! next batch or tick. Each rule is replaced by its new version; a rule whose new version does
+//! not compile keeps running its previous version (and the log says so); a rule whose script and
+//! `match:` are unchanged keeps its `state`, windows and helpers' memory; removed rules stop.
+//!
 //! Commands go through the [`CommandRouter`] (which enforces `writable`); a refusal is counted in
 //! `weir_rule_commands_total{rule,result="refused"}` and logged, the adapter's answer arrives
 //! later and is counted as `ok` / `failed` by a small task (when a tokio runtime is present).
@@ -30,7 +35,7 @@ use weir_core::{
     Timestamp, Transform, Value,
 };
 
-use crate::config::{CompiledRule, RuleSet};
+use crate::config::{CompiledRule, Reload, RuleSet};
 use crate::engine::{
     self, lock, AlertOp, Ctx, CtxRef, ScriptReading, ALERT_SOURCE_PREFIX, DERIVED_SOURCE_PREFIX,
     SCOPE_BASE,
@@ -81,6 +86,36 @@ pub enum Event {
     },
 }
 
+impl RuleRt {
+    fn new(rule: CompiledRule, metrics: &Metrics) -> RuleRt {
+        let name: &str = &rule.name;
+        let c = |n: &str| metrics.counter(n, &[("rule", name)]);
+        let cmd = |res: &str| {
+            metrics.counter(
+                "weir_rule_commands_total",
+                &[("rule", name), ("result", res)],
+            )
+        };
+        RuleRt {
+            scope: engine::new_scope(),
+            caches: rhai::Caches::new(),
+            source: Arc::from(format!("{DERIVED_SOURCE_PREFIX}{name}")),
+            alert_source: Arc::from(format!("{ALERT_SOURCE_PREFIX}{name}")),
+            errors: c("weir_rule_errors_total"),
+            emitted: c("weir_rule_emitted_total"),
+            dropped: c("weir_rule_dropped_total"),
+            alerts: c("weir_rule_alerts_total"),
+            cmd_sent: cmd("sent"),
+            cmd_refused: cmd("refused"),
+            cmd_ok: cmd("ok"),
+            cmd_failed: cmd("failed"),
+            last_log: None,
+            suppressed: 0,
+            rule,
+        }
+    }
+}
+
 struct RuleRt {
     rule: CompiledRule,
     scope: Scope<'static>,
@@ -100,9 +135,22 @@ struct RuleRt {
     suppressed: u64,
 }
 
+/// Sends re-read rules to a running stage (see the module docs). Cloneable; `send` never blocks.
+#[derive(Debug, Clone)]
+pub struct ReloadHandle(std::sync::mpsc::SyncSender<Reload>);
+
+impl ReloadHandle {
+    /// Queue `reload` for the stage; `false` when the stage is gone or a reload is already queued.
+    pub fn send(&self, reload: Reload) -> bool {
+        self.0.try_send(reload).is_ok()
+    }
+}
+
 /// The rule engine as a [`Transform`].
 pub struct RulesStage {
     engine: Engine,
+    metrics: Metrics,
+    reloads: Option<std::sync::mpsc::Receiver<Reload>>,
     ctx: CtxRef,
     rules: Vec<RuleRt>,
     timer_rules: Vec<usize>,
@@ -149,36 +197,12 @@ impl RulesStage {
         let rules = set
             .rules
             .into_iter()
-            .map(|rule| {
-                let name: &str = &rule.name;
-                let c = |n: &str| metrics.counter(n, &[("rule", name)]);
-                let cmd = |res: &str| {
-                    metrics.counter(
-                        "weir_rule_commands_total",
-                        &[("rule", name), ("result", res)],
-                    )
-                };
-                RuleRt {
-                    scope: engine::new_scope(),
-                    caches: rhai::Caches::new(),
-                    source: Arc::from(format!("{DERIVED_SOURCE_PREFIX}{name}")),
-                    alert_source: Arc::from(format!("{ALERT_SOURCE_PREFIX}{name}")),
-                    errors: c("weir_rule_errors_total"),
-                    emitted: c("weir_rule_emitted_total"),
-                    dropped: c("weir_rule_dropped_total"),
-                    alerts: c("weir_rule_alerts_total"),
-                    cmd_sent: cmd("sent"),
-                    cmd_refused: cmd("refused"),
-                    cmd_ok: cmd("ok"),
-                    cmd_failed: cmd("failed"),
-                    last_log: None,
-                    suppressed: 0,
-                    rule,
-                }
-            })
+            .map(|rule| RuleRt::new(rule, metrics))
             .collect();
         RulesStage {
             engine,
+            metrics: metrics.clone(),
+            reloads: None,
             ctx,
             rules,
             timer_rules,
@@ -186,6 +210,80 @@ impl RulesStage {
             active: HashMap::new(),
             trace: trace.then(Vec::new),
         }
+    }
+
+    /// A handle to send reloads to this stage (one queued at a time).
+    pub fn reload_handle(&mut self) -> ReloadHandle {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.reloads = Some(rx);
+        ReloadHandle(tx)
+    }
+
+    fn take_reloads(&mut self) {
+        let pending: Vec<Reload> = match &self.reloads {
+            Some(rx) => rx.try_iter().collect(),
+            None => return,
+        };
+        for r in pending {
+            self.apply_reload(r);
+        }
+    }
+
+    /// Replace the rules with `reload`'s (see the module docs); returns the names of the rules
+    /// that kept their previous version because the new one failed.
+    pub fn apply_reload(&mut self, reload: Reload) -> Vec<String> {
+        let mut old_mem = std::mem::take(&mut lock(&self.ctx).mem);
+        old_mem.resize_with(self.rules.len(), Default::default);
+        let mut old: HashMap<Arc<str>, (RuleRt, engine::RuleMem)> = self
+            .rules
+            .drain(..)
+            .zip(old_mem)
+            .map(|(rt, mem)| (rt.rule.name.clone(), (rt, mem)))
+            .collect();
+        let mut rules = Vec::new();
+        let mut mem = Vec::new();
+        let mut kept_old = Vec::new();
+        for (name, result) in reload.rules {
+            let previous = old.remove(name.as_str());
+            match (result, previous) {
+                (Ok(rule), Some((rt, m)))
+                    if rt.rule.text == rule.text && rt.rule.match_key == rule.match_key =>
+                {
+                    rules.push(RuleRt { rule, ..rt });
+                    mem.push(m);
+                }
+                (Ok(rule), previous) => {
+                    tracing::info!(
+                        rule = %name,
+                        "rule {}",
+                        if previous.is_some() { "replaced" } else { "added" }
+                    );
+                    rules.push(RuleRt::new(rule, &self.metrics));
+                    mem.push(engine::RuleMem::default());
+                }
+                (Err(e), Some((rt, m))) => {
+                    tracing::error!(
+                        rule = %name,
+                        "reload: the new version does not compile, keeping the previous one: {e}"
+                    );
+                    kept_old.push(name);
+                    rules.push(rt);
+                    mem.push(m);
+                }
+                (Err(e), None) => {
+                    tracing::error!(rule = %name, "reload: not loaded: {e}");
+                }
+            }
+        }
+        for name in old.keys() {
+            tracing::info!(rule = %name, "rule removed");
+        }
+        self.timer_rules = (0..rules.len())
+            .filter(|i| rules[*i].rule.uses_timers)
+            .collect();
+        self.rules = rules;
+        lock(&self.ctx).mem = mem;
+        kept_old
     }
 
     /// Events recorded since the last call (offline stages only).
@@ -495,6 +593,7 @@ impl Transform for RulesStage {
     }
 
     fn process(&mut self, batch: &mut Batch) {
+        self.take_reloads();
         if self.rules.is_empty() {
             return;
         }
@@ -526,6 +625,7 @@ impl Transform for RulesStage {
     }
 
     fn tick(&mut self, now: Timestamp, out: &mut Batch) {
+        self.take_reloads();
         for k in 0..self.timer_rules.len() {
             let i = self.timer_rules[k];
             self.run(i, None, now.as_nanos(), out);

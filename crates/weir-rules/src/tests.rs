@@ -705,3 +705,72 @@ fn replay_prints_what_rules_would_do() {
         Err(crate::replay::ReplayError::Input { line: 1, .. })
     ));
 }
+
+#[test]
+fn reload_replaces_rules_keeps_state_of_unchanged_ones_and_old_version_of_broken_ones() {
+    let (mut s, m) = stage(
+        r#"
+  - name: counter
+    script: |
+      state.n = if state.n == () { 1 } else { state.n + 1 };
+      emit("n", state.n);
+  - name: tag
+    script: 'emit("v", 1);'
+  - name: gone
+    script: 'emit("gone", true);'
+"#,
+    );
+    let handle = s.reload_handle();
+    run(&mut s, vec![temp(1.0, T0), temp(1.0, T0 + S)]);
+    let reload = crate::reload_section(
+        Some(
+            serde_yaml::from_str(
+                r#"
+- name: counter
+  script: |
+    state.n = if state.n == () { 1 } else { state.n + 1 };
+    emit("n", state.n);
+- name: tag
+  script: 'emit("v", 2'
+- name: added
+  script: 'emit("added", true);'
+"#,
+            )
+            .unwrap(),
+        ),
+        Path::new("."),
+    );
+    assert!(reload.rules[1].1.is_err(), "the new `tag` does not compile");
+    assert!(handle.send(reload));
+    let out = run(&mut s, vec![temp(1.0, T0 + 2 * S)]);
+    let points: Vec<(&str, Value)> = out
+        .iter()
+        .skip(1)
+        .map(|r| (r.point.as_str(), r.value.clone()))
+        .collect();
+    assert_eq!(
+        points,
+        vec![
+            ("n", Value::I64(3)),
+            ("v", Value::I64(1)),
+            ("added", Value::Bool(true))
+        ],
+        "counter kept its state, tag kept its old version, gone is gone, added runs"
+    );
+    assert_eq!(s.rule_names(), vec!["counter", "tag", "added"]);
+    // A fixed `tag` replaces the old one; a changed script starts with fresh memory.
+    let fixed = crate::reload_section(
+        Some(
+            serde_yaml::from_str(
+                "- name: tag\n  script: 'emit(\"v\", 2);'\n- name: counter\n  script: 'state.n = if state.n == () { 1 } else { state.n + 10 }; emit(\"n\", state.n);'\n",
+            )
+            .unwrap(),
+        ),
+        Path::new("."),
+    );
+    assert!(s.apply_reload(fixed).is_empty());
+    let out = run(&mut s, vec![temp(1.0, T0 + 3 * S)]);
+    assert_eq!(out[1].value, Value::I64(2));
+    assert_eq!(out[2].value, Value::I64(1));
+    assert_eq!(m.counter_sum("weir_rule_errors_total"), 0);
+}
