@@ -597,3 +597,37 @@ mod tests {
         assert_eq!(decode(None, b"", NOW).unwrap_err(), PayloadError::Empty);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    /// Arbitrary bytes under every content format: an error or entries, never a panic.
+    #[test]
+    fn random_bodies_never_panic() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let formats = [
+            None,
+            Some(cf::TEXT_PLAIN),
+            Some(cf::JSON),
+            Some(cf::CBOR),
+            Some(cf::SENML_JSON),
+            Some(cf::SENML_CBOR),
+        ];
+        for i in 0..20_000usize {
+            let len = i % 64;
+            let mut body = Vec::with_capacity(len);
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                body.push(x as u8);
+            }
+            // Make CBOR/JSON structure starts common so the decoders go deep.
+            if let Some(b) = body.first_mut() {
+                *b = [0x82, 0xa1, b'[', b'{', *b][i % 5];
+            }
+            let _ = decode(formats[i % formats.len()], &body, Timestamp(0));
+        }
+    }
+}

@@ -225,3 +225,47 @@ fn full_bus_answers_5_03_and_counts_the_dropped_readings() {
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(s.readings(), 1);
 }
+
+#[test]
+fn thousands_of_random_version_1_datagrams_do_not_stop_the_server() {
+    let mut s = start("{listen: '127.0.0.1:0', max_body_bytes: 256}", 4096);
+    let c = s.client();
+    c.set_nonblocking(true).unwrap();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut buf = [0u8; 2048];
+    for i in 0..3000u32 {
+        let len = 4 + (rnd() % 120) as usize;
+        let mut d: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+        // Version 1, any type and token length; every tenth a POST with plausible options so the
+        // request path (Uri-Path, Content-Format, Block1, payload decoding) sees garbage too.
+        d[0] = 0x40 | (d[0] & 0x3F);
+        if i % 10 == 0 {
+            d[0] = 0x40 | (d[0] & 0x30);
+            d[1] = 0x02;
+        }
+        c.send(&d).unwrap();
+        while c.recv(&mut buf).is_ok() {}
+        if i % 100 == 0 {
+            std::thread::sleep(Duration::from_millis(2)); // let the server keep up
+        }
+    }
+    // A fresh endpoint, so no random datagram shares its message id (deduplication).
+    let c = s.client();
+    c.send(&post(true, 0x4242, &["after", "fuzz"], &[], b"1"))
+        .unwrap();
+    let a = answer(&c);
+    assert_eq!(
+        &a[..4],
+        &[0x61, 0x44, 0x42, 0x42],
+        "still serving after the garbage"
+    );
+    assert!(s.stats.malformed.get() > 0);
+    assert!(s.stats.requests.get() > 0);
+    let _ = s.readings();
+}
