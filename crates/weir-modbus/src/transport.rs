@@ -241,7 +241,7 @@ pub fn open_serial(
         });
     match b.open_native_async().map_err(io::Error::from) {
         Ok(port) => Ok(Box::new(RtuTransport::new(port, inter_frame))),
-        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+        Err(e) if is_enosys(&e) => {
             tracing::warn!(
                 port = %path.display(),
                 "serial line settings are not supported here ({e}); using the port as it is"
@@ -253,6 +253,13 @@ pub fn open_serial(
         }
         Err(e) => Err(e),
     }
+}
+
+/// serialport reports `ENOSYS` as an error of unknown kind carrying nix's description of it.
+fn is_enosys(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Unsupported
+        || e.raw_os_error() == Some(libc::ENOSYS)
+        || e.to_string() == "Function not implemented"
 }
 
 /// A terminal device used without changing its settings: non-blocking reads and writes through
