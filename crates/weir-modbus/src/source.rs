@@ -56,7 +56,9 @@ use crate::transport::{RtuTransport, TcpTransport, TransactError, Transport};
 #[derive(Debug, Clone)]
 pub struct ModbusBuilder {
     pub resolved: Arc<Resolved>,
-    /// Where the per-line and per-device counters go.
+    /// Where the per-line and per-device counters go. The daemon builds sources before its
+    /// registry exists and `SourceContext` carries none, so `weir run` passes a registry of the
+    /// source's own for now: these counters reach `/metrics` once the context carries the daemon's.
     pub metrics: Metrics,
 }
 
