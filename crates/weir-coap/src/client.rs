@@ -14,6 +14,7 @@
 //! older than the last one by sequence number (§3.4) are dropped. When no notification arrived for
 //! Max-Age (§3.2; default 60 s, RFC 7252 §5.10.5) plus `reregister_grace_ms`, the observation is
 //! re-registered with a new token (§3.3.1) — that is how a restarted server is picked up again.
+//! On shutdown every observation is cancelled with a GET carrying Observe 1 (§3.6).
 //!
 //! Failure: a request with no answer after its retransmissions, a RST, or ICMP unreachable counts
 //! against the device; its reads are retried after `ack_timeout × 2^failures` (jittered, at most
@@ -202,7 +203,10 @@ impl DeviceClient {
             let wake = self.next_wake();
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => {
+                    self.deregister(&sock).await;
+                    return Ok(());
+                }
                 r = sock.recv(&mut buf) => match r {
                     Ok(n) => self.datagram(&sock, &buf[..n]).await?,
                     Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -215,6 +219,28 @@ impl DeviceClient {
                     None => return Ok(()),
                 },
                 _ = tokio::time::sleep_until(wake) => self.timers(&sock).await,
+            }
+        }
+    }
+
+    /// Cancel every observation explicitly (RFC 7641 §3.6: a GET with the observation's token and
+    /// Observe 1), best effort and without waiting, so devices stop notifying a gateway that left.
+    async fn deregister(&mut self, sock: &UdpSocket) {
+        for i in 0..self.resources.len() {
+            let ResState::Observing { token, .. } = &self.resources[i].state else {
+                continue;
+            };
+            let mut p = Packet::new();
+            p.header.set_type(MessageType::NonConfirmable);
+            p.header.code = MessageClass::Request(RequestType::Get);
+            p.set_token(token.clone());
+            p.add_option(CoapOption::Observe, msg::uint(1));
+            for s in &self.resources[i].segments {
+                p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
+            }
+            p.header.message_id = self.fresh_mid();
+            if let Ok(b) = p.to_bytes() {
+                let _ = sock.send(&b).await;
             }
         }
     }
