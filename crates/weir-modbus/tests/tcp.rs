@@ -350,3 +350,72 @@ tcp:
     assert_eq!(peer.get(1, "h", 3, 1), vec![900]);
     src.stop();
 }
+
+/// Several units behind one TCP gateway: a dead unit is reported by the gateway (exception 0x0B)
+/// or not at all (timeout); either way only its own points go bad and the other unit keeps its
+/// period on the shared connection.
+#[test]
+fn a_dead_unit_behind_a_tcp_gateway_does_not_disturb_the_others() {
+    for quiet in [false, true] {
+        let port = free_port();
+        let mut peer = if quiet {
+            Peer::tcp_quiet(port, "1,2")
+        } else {
+            Peer::tcp(port, "1,2")
+        };
+        peer.ok("set 1 h 0 1");
+        peer.ok("set 2 h 0 2");
+        peer.ok("silent 2");
+        let yaml = format!(
+            r#"
+poll_ms: 100
+backoff_min_ms: 300
+backoff_max_ms: 600
+tcp:
+  - host: 127.0.0.1
+    port: {port}
+    response_timeout_ms: 200
+    devices:
+      - {{ id: u1, unit: 1, points: [ {{ name: v, table: holding, address: 0 }} ] }}
+      - {{ id: u2, unit: 2, points: [ {{ name: v, table: holding, address: 0 }} ] }}
+"#
+        );
+        let src = Running::start(&yaml);
+        std::thread::sleep(Duration::from_secs(3));
+        let want = if quiet {
+            "timeout"
+        } else {
+            "gateway_target_failed_to_respond"
+        };
+        assert_eq!(
+            src.latest("u2", "v").map(|r| r.quality),
+            Some(Quality::Bad(want.into())),
+            "quiet={quiet}"
+        );
+        let u1: Vec<_> = src
+            .of("u1")
+            .into_iter()
+            .filter(|s| s.r.quality == Quality::Good)
+            .collect();
+        assert!(
+            u1.len() >= 20,
+            "quiet={quiet}: unit 1 polled {} times in 3 s at 100 ms",
+            u1.len()
+        );
+        let label = format!("tcp:127.0.0.1:{port}");
+        assert_eq!(
+            src.counter(
+                "weir_modbus_line_reconnects_total",
+                &[("source", "mb"), ("line", &label)]
+            ),
+            0,
+            "quiet={quiet}: the shared connection was never dropped"
+        );
+        peer.ok("answer 2");
+        wait_until("unit 2 back", Duration::from_secs(5), || {
+            src.latest("u2", "v").map(|r| (r.value, r.quality))
+                == Some((Value::I64(2), Quality::Good))
+        });
+        src.stop();
+    }
+}

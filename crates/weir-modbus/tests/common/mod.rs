@@ -62,6 +62,17 @@ impl Peer {
         Self::start(&["tcp", &port.to_string(), "--devices", devices])
     }
 
+    /// Modbus TCP where a silent device gets no answer (not exception 0x0B).
+    pub fn tcp_quiet(port: u16, devices: &str) -> Peer {
+        Self::start(&[
+            "tcp",
+            &port.to_string(),
+            "--devices",
+            devices,
+            "--quiet-gateway",
+        ])
+    }
+
     /// RTU frames over TCP, as a serial-to-Ethernet gateway in transparent mode.
     pub fn tcp_rtu(port: u16, devices: &str) -> Peer {
         Self::start(&["tcp-rtu", &port.to_string(), "--devices", devices])

@@ -157,8 +157,13 @@ async def main():
     if "--devices" in args:
         ids = [int(x) for x in args[args.index("--devices") + 1].split(",")]
     devices = [device(i) for i in ids]
+    # With --quiet-gateway a silent device gets no answer at all; otherwise (a TCP gateway's usual
+    # behaviour) it is answered with exception 0x0B, gateway target device failed to respond.
+    quiet = "--quiet-gateway" in args
     if kind == "tcp":
-        server = ModbusTcpServer(devices, framer=FramerType.SOCKET, address=("127.0.0.1", int(where)))
+        server = ModbusTcpServer(
+            devices, framer=FramerType.SOCKET, address=("127.0.0.1", int(where)), ignore_missing_devices=quiet
+        )
     elif kind == "tcp-rtu":
         server = ModbusTcpServer(devices, framer=FramerType.RTU, address=("127.0.0.1", int(where)))
     else:
