@@ -258,13 +258,6 @@ impl Codec {
                 got: regs.len(),
             });
         }
-        if self.ty == DataType::Bool {
-            let w = regs[0];
-            return Ok(Value::Bool(match self.bit {
-                Some(b) => (w >> b) & 1 == 1,
-                None => w != 0,
-            }));
-        }
         let is_string = self.ty == DataType::String;
         let b = to_be_bytes(regs, self.order, is_string);
         let raw = match self.ty {
@@ -284,7 +277,14 @@ impl Codec {
                 let s = String::from_utf8_lossy(&b[..end]);
                 return Ok(Value::Str(Arc::from(s.as_ref())));
             }
-            DataType::Bool => unreachable!("handled above"),
+            DataType::Bool => {
+                // A bit is numbered in the register as read, independent of the byte order.
+                let w = regs[0];
+                return Ok(Value::Bool(match self.bit {
+                    Some(b) => (w >> b) & 1 == 1,
+                    None => w != 0,
+                }));
+            }
         };
         Ok(self.scale_raw(raw))
     }
