@@ -502,7 +502,7 @@ fn observes_an_aiocoap_resource_re_registers_after_restart_polls_and_writes() {
     let port = free_udp_port();
     let peer = Peer::start(port, 1);
     let source = format!(
-        "  - coap:\n      name: field\n      ack_timeout_ms: 200\n      max_retransmit: 2\n      backoff_max_ms: 1000\n      reregister_grace_ms: 500\n      stats_interval_s: 1\n      devices:\n        - id: plant/pump1\n          address: 127.0.0.1:{port}\n          resources:\n            - {{ path: counter, read: observe }}\n            - {{ path: temp, point: temperature, unit: \"°C\", interval_ms: 300 }}\n            - {{ path: valve, point: valve, read: none, writable: true }}\n"
+        "  - coap:\n      name: field\n      ack_timeout_ms: 200\n      max_retransmit: 2\n      backoff_max_ms: 1000\n      reregister_grace_ms: 500\n      stats_interval_s: 1\n      devices:\n        - id: plant/pump1\n          address: 127.0.0.1:{port}\n          resources:\n            - {{ path: counter, read: observe }}\n            - {{ path: temp, point: temperature, unit: \"°C\", interval_ms: 300 }}\n            - {{ path: valve, point: valve, read: none, writable: true }}\n            - {{ path: big, interval_ms: 2000 }}\n"
     );
     let mut gw = Gateway::start(dir.path(), &gateway_config(broker.port, &source));
 
@@ -527,6 +527,18 @@ fn observes_an_aiocoap_resource_re_registers_after_restart_polls_and_writes() {
     assert_eq!(
         (t["value"].clone(), t["unit"].clone()),
         (21.5.into(), "°C".into())
+    );
+
+    // A 4 KB SenML pack that aiocoap sends block-wise (Block2): every record arrives.
+    wait_until(
+        "150 points of the block-wise read",
+        Duration::from_secs(20),
+        || sub.count(|m| m.topic.starts_with("t/plant/pump1/p")) >= 150,
+    );
+    let p149 = last_value(&sub, "t/plant/pump1/p149").unwrap();
+    assert_eq!(
+        (p149["value"].clone(), p149["unit"].clone()),
+        (149.5.into(), "W".into())
     );
 
     // Commands: PUT to /valve; the device's answer is the result.

@@ -16,6 +16,10 @@
 //! re-registered with a new token (§3.3.1) — that is how a restarted server is picked up again.
 //! On shutdown every observation is cancelled with a GET carrying Observe 1 (§3.6).
 //!
+//! Block-wise reads (RFC 7959 §2.4, §2.6): a response or notification that is block 0 of several
+//! is completed with GETs carrying Block2 (num + 1, same size) and read once whole, at most
+//! `max_body_bytes`; a failed or out-of-sequence block abandons that representation (counted).
+//!
 //! Failure: a request with no answer after its retransmissions, a RST, or ICMP unreachable counts
 //! against the device; its reads are retried after `ack_timeout × 2^failures` (jittered, at most
 //! `backoff_max_ms`). Commands to an unreachable device fail at once with the reason.
@@ -63,10 +67,14 @@ struct Res {
     state: ResState,
     point: Option<PointId>,
     unit: Option<Arc<str>>,
+    /// A Block2 response being reassembled (RFC 7959 §2.4): Content-Format and the bytes so far.
+    partial: Option<(Option<u16>, Vec<u8>)>,
 }
 
 enum Purpose {
     Read(usize),
+    /// The next block of resource `i`'s representation.
+    Block2(usize),
     Command(oneshot::Sender<CommandOutcome>),
 }
 
@@ -92,6 +100,7 @@ pub struct DeviceClient {
     max_retransmit: u32,
     backoff_max: Duration,
     grace: Duration,
+    max_body: usize,
     bus: BusSender,
     stats: Arc<Stats>,
     pending: Vec<Pending>,
@@ -135,6 +144,7 @@ impl DeviceClient {
                     state: ResState::Idle(now),
                     point: r.point.as_deref().map(PointId::new),
                     unit: r.unit.as_deref().map(Arc::from),
+                    partial: None,
                     cfg: r.clone(),
                 })
                 .collect(),
@@ -147,6 +157,7 @@ impl DeviceClient {
             max_retransmit: cfg.max_retransmit,
             backoff_max: Duration::from_millis(cfg.backoff_max_ms),
             grace: Duration::from_millis(cfg.reregister_grace_ms),
+            max_body: cfg.max_body_bytes,
             bus,
             stats,
             pending: Vec::new(),
@@ -296,14 +307,33 @@ impl DeviceClient {
         body: Option<(u16, Vec<u8>)>,
         purpose: Purpose,
     ) {
+        let extra = if observe {
+            vec![(CoapOption::Observe, msg::uint(0))]
+        } else {
+            Vec::new()
+        };
+        self.send_request_with(sock, method, segments, &extra, body, purpose)
+            .await;
+    }
+
+    /// A CON request with Uri-Path `segments`, `options` and an optional body.
+    async fn send_request_with(
+        &mut self,
+        sock: &UdpSocket,
+        method: RequestType,
+        segments: &[String],
+        options: &[(CoapOption, Vec<u8>)],
+        body: Option<(u16, Vec<u8>)>,
+        purpose: Purpose,
+    ) {
         let mut p = Packet::new();
         p.header.set_type(MessageType::Confirmable);
         p.header.code = MessageClass::Request(method);
         p.header.message_id = self.fresh_mid();
         let token = self.fresh_token();
         p.set_token(token.clone());
-        if observe {
-            p.add_option(CoapOption::Observe, msg::uint(0));
+        for (o, v) in options {
+            p.add_option(*o, v.clone());
         }
         for s in segments {
             p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
@@ -407,6 +437,10 @@ impl DeviceClient {
                 };
                 self.resources[i].state = ResState::Idle(Instant::now() + wait);
             }
+            Purpose::Block2(i) => {
+                self.stats.client_failures.inc();
+                self.resources[i].partial = None;
+            }
             Purpose::Command(reply) => {
                 let _ = reply.send(Err(format!("{why} ({})", self.address)));
             }
@@ -450,7 +484,7 @@ impl DeviceClient {
                     return Ok(());
                 }
                 let x = self.pending.swap_remove(i);
-                self.response(x, &p).await;
+                self.response(sock, x, &p).await?;
                 return Ok(());
             }
             MessageType::Confirmable | MessageType::NonConfirmable => {}
@@ -469,7 +503,7 @@ impl DeviceClient {
                 let _ = send_empty(sock, MessageType::Acknowledgement, mid).await;
             }
             let x = self.pending.swap_remove(i);
-            self.response(x, &p).await;
+            self.response(sock, x, &p).await?;
             return Ok(());
         }
         let observed = self
@@ -484,11 +518,16 @@ impl DeviceClient {
         if confirmable {
             let _ = send_empty(sock, MessageType::Acknowledgement, mid).await;
         }
-        self.notification(i, &p).await
+        self.notification(sock, i, &p).await
     }
 
     /// A notification for resource `i` (RFC 7641 §4.2).
-    async fn notification(&mut self, i: usize, p: &Packet) -> Result<(), SourceError> {
+    async fn notification(
+        &mut self,
+        sock: &UdpSocket,
+        i: usize,
+        p: &Packet,
+    ) -> Result<(), SourceError> {
         let now = Instant::now();
         let seq = msg::uint_option(p, opt::OBSERVE);
         let ResState::Observing {
@@ -515,21 +554,115 @@ impl DeviceClient {
         *last_seq = seq;
         *max_age = max_age_of(p);
         self.stats.notifications.inc();
-        let batch = self.readings(i, p);
-        if !batch.is_empty() {
-            let n = batch.len() as u64;
+        match self.body_or_fetch(sock, i, p).await {
+            Some((format, body)) => self.emit(i, format, &body).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The whole representation in `p`, or `None` when it is the first of several Block2 blocks
+    /// (RFC 7959 §2.4): the rest is then fetched with GETs carrying Block2 and emitted when
+    /// complete (for a notification, without Observe, §2.6).
+    async fn body_or_fetch(
+        &mut self,
+        sock: &UdpSocket,
+        i: usize,
+        p: &Packet,
+    ) -> Option<(Option<u16>, Vec<u8>)> {
+        let format = msg::uint_option(p, opt::CONTENT_FORMAT).map(|f| f as u16);
+        let block = p
+            .get_first_option(CoapOption::Block2)
+            .and_then(|v| msg::Block::decode(v));
+        match block {
+            Some(b) if b.more && b.num == 0 => {
+                self.resources[i].partial = Some((format, p.payload.clone()));
+                self.fetch_block(sock, i, b.num + 1, b.szx).await;
+                None
+            }
+            _ => Some((format, p.payload.clone())),
+        }
+    }
+
+    async fn fetch_block(&mut self, sock: &UdpSocket, i: usize, num: u32, szx: u8) {
+        let segments = self.resources[i].segments.clone();
+        let block = msg::Block {
+            num,
+            more: false,
+            szx,
+        };
+        self.send_request_with(
+            sock,
+            RequestType::Get,
+            &segments,
+            &[(CoapOption::Block2, block.encode())],
+            None,
+            Purpose::Block2(i),
+        )
+        .await;
+    }
+
+    /// Readings of resource `i` from a complete body. Notifications are pushed (`try_send`, drop
+    /// and count when the bus is full); replies to our reads may wait for the bus.
+    async fn emit(
+        &mut self,
+        i: usize,
+        format: Option<u16>,
+        body: &[u8],
+    ) -> Result<(), SourceError> {
+        let batch = self.readings(i, format, body);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let n = batch.len() as u64;
+        if self.resources[i].cfg.read == ReadMode::Observe {
             match self.bus.try_send(batch) {
                 Ok(true) => self.stats.readings.add(n),
                 Ok(false) => self.stats.bus_dropped.add(n),
                 Err(e) => return Err(SourceError::BusClosed(e)),
             }
+        } else {
+            self.bus.send(batch).await?;
+            self.stats.readings.add(n);
         }
         Ok(())
     }
 
-    async fn response(&mut self, x: Pending, p: &Packet) {
+    async fn response(
+        &mut self,
+        sock: &UdpSocket,
+        x: Pending,
+        p: &Packet,
+    ) -> Result<(), SourceError> {
         let code = p.header.code;
         match x.purpose {
+            Purpose::Block2(i) => {
+                let block = p
+                    .get_first_option(CoapOption::Block2)
+                    .and_then(|v| msg::Block::decode(v));
+                let (Some(b), true, Some((format, mut body))) =
+                    (block, is_success(code), self.resources[i].partial.take())
+                else {
+                    self.stats.bad_payloads.inc();
+                    tracing::warn!(source = %self.source, device = %self.device, path = %self.resources[i].cfg.path,
+                        "block-wise read abandoned: device answered {code} or without Block2");
+                    return Ok(());
+                };
+                if b.num as usize * b.size() != body.len()
+                    || body.len() + p.payload.len() > self.max_body
+                {
+                    self.stats.bad_payloads.inc();
+                    tracing::warn!(source = %self.source, device = %self.device, path = %self.resources[i].cfg.path,
+                        "block-wise read abandoned: block {} out of sequence or body over max_body_bytes", b.num);
+                    return Ok(());
+                }
+                body.extend_from_slice(&p.payload);
+                if b.more {
+                    self.resources[i].partial = Some((format, body));
+                    self.fetch_block(sock, i, b.num + 1, b.szx).await;
+                    return Ok(());
+                }
+                self.emit(i, format, &body).await?;
+            }
             Purpose::Command(reply) => {
                 let outcome = if is_success(code) {
                     Ok(())
@@ -552,7 +685,7 @@ impl DeviceClient {
                     let wait = Duration::from_millis(self.resources[i].cfg.interval_ms)
                         .max(self.backoff());
                     self.resources[i].state = ResState::Idle(now + wait);
-                    return;
+                    return Ok(());
                 }
                 let r = &self.resources[i];
                 let observing = r.cfg.read == ReadMode::Observe;
@@ -570,23 +703,18 @@ impl DeviceClient {
                 } else {
                     ResState::Idle(now + Duration::from_millis(r.cfg.interval_ms))
                 };
-                let batch = self.readings(i, p);
-                let n = batch.len() as u64;
-                if n > 0 {
-                    // A read we asked for: the bus may make us wait (polling-source policy).
-                    if self.bus.send(batch).await.is_ok() {
-                        self.stats.readings.add(n);
-                    }
+                if let Some((format, body)) = self.body_or_fetch(sock, i, p).await {
+                    self.emit(i, format, &body).await?;
                 }
             }
         }
+        Ok(())
     }
 
-    fn readings(&self, i: usize, p: &Packet) -> Vec<Reading> {
+    fn readings(&self, i: usize, format: Option<u16>, body: &[u8]) -> Vec<Reading> {
         let r = &self.resources[i];
         let now = Timestamp::now();
-        let format = msg::uint_option(p, opt::CONTENT_FORMAT).map(|f| f as u16);
-        let entries = match payload::decode(format, &p.payload, now) {
+        let entries = match payload::decode(format, body, now) {
             Ok(e) => e,
             Err(e) => {
                 self.stats.bad_payloads.inc();

@@ -19,8 +19,9 @@
 //!   datagrams, once decrypted, are served by the same server task; each PSK identity may write
 //!   only its devices. See [`dtls`] (present with the feature).
 //!
-//! Not supported: OSCORE, multicast, DTLS in client mode, Block2 for requests we serve (the only
-//! resource served, `/.well-known/core`, fits one datagram), Block2 for responses we read.
+//! Not supported: OSCORE, multicast, DTLS in client mode, Block2 for responses we serve (the only
+//! resource served, `/.well-known/core`, fits one datagram). Block2 responses we read are
+//! reassembled (RFC 7959 §2.4).
 
 pub mod client;
 pub mod config;

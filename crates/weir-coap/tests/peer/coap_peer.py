@@ -8,6 +8,7 @@
         /counter  observable JSON {"count": n, "run": RUN}, changes every 100 ms, Max-Age 1
         /temp     plain-text number, not observable
         /valve    PUT/POST true|false -> 2.04 (stored, readable by GET), anything else -> 4.00
+        /big      a SenML JSON pack of 150 records (about 4 KB): aiocoap sends it block-wise (Block2)
       prints "ready" once bound.
 """
 
@@ -96,12 +97,21 @@ class Valve(resource.Resource):
     render_post = render_put
 
 
+class Big(resource.Resource):
+    async def render_get(self, request):
+        pack = [{"n": "p%d" % i, "v": i + 0.5, "u": "W"} for i in range(150)]
+        m = aiocoap.Message(payload=json.dumps(pack).encode())
+        m.opt.content_format = 110
+        return m
+
+
 async def server(args):
     root = resource.Site()
     counter = Counter(args.run)
     root.add_resource(["counter"], counter)
     root.add_resource(["temp"], Temp())
     root.add_resource(["valve"], Valve())
+    root.add_resource(["big"], Big())
     await aiocoap.Context.create_server_context(root, bind=("127.0.0.1", args.port))
     task = asyncio.ensure_future(counter.tick())
     print("ready", flush=True)
