@@ -119,6 +119,28 @@ pub struct ProfileRef {
     pub poll_ms: Option<u64>,
     #[serde(default)]
     pub points: Vec<PointConfig>,
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
+}
+
+/// Points polled together at their own interval (`poll_ms` of a point inside still wins).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub poll_ms: u64,
+    pub points: Vec<PointConfig>,
+}
+
+/// Points and groups flattened: each group's interval becomes its points' default.
+fn flatten(points: &[PointConfig], groups: &[GroupConfig]) -> Vec<PointConfig> {
+    let mut out = points.to_vec();
+    for g in groups {
+        out.extend(g.points.iter().map(|p| PointConfig {
+            poll_ms: p.poll_ms.or(Some(g.poll_ms)),
+            ..p.clone()
+        }));
+    }
+    out
 }
 
 /// The contents of a profile file.
@@ -128,7 +150,10 @@ pub struct ProfileFile {
     /// A human description of the device model.
     pub description: Option<String>,
     pub poll_ms: Option<u64>,
+    #[serde(default)]
     pub points: Vec<PointConfig>,
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
 }
 
 /// Serial parity.
@@ -217,6 +242,9 @@ pub struct DeviceConfig {
     pub poll_ms: Option<u64>,
     #[serde(default)]
     pub points: Vec<PointConfig>,
+    /// Points polled together at their own interval.
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
 }
 
 fn one() -> u8 {
@@ -373,7 +401,7 @@ impl ModbusConfig {
         let mut profiles: BTreeMap<&str, (Option<u64>, Vec<PointConfig>, String)> = BTreeMap::new();
         for (name, r) in &self.profiles {
             let at = format!("profiles.{name}");
-            match (&r.file, r.points.is_empty()) {
+            match (&r.file, r.points.is_empty() && r.groups.is_empty()) {
                 (Some(f), true) => {
                     let path = if f.is_absolute() {
                         f.clone()
@@ -386,7 +414,7 @@ impl ModbusConfig {
                                 name,
                                 (
                                     r.poll_ms.or(pf.poll_ms),
-                                    pf.points,
+                                    flatten(&pf.points, &pf.groups),
                                     path.display().to_string(),
                                 ),
                             );
@@ -395,9 +423,9 @@ impl ModbusConfig {
                     }
                 }
                 (None, false) => {
-                    profiles.insert(name, (r.poll_ms, r.points.clone(), at.clone()));
+                    profiles.insert(name, (r.poll_ms, flatten(&r.points, &r.groups), at.clone()));
                 }
-                _ => err(at, "give either `file:` or `points:`".into()),
+                _ => err(at, "give either `file:` or `points:`/`groups:`".into()),
             }
         }
         let mut ids: HashSet<String> = HashSet::new();
@@ -569,9 +597,24 @@ impl ModbusConfig {
                     ),
                 }
             }
+            let mut device_points: Vec<(PointConfig, String)> = d
+                .points
+                .iter()
+                .enumerate()
+                .map(|(k, pc)| (pc.clone(), format!("{dat}.points[{k}]")))
+                .collect();
+            for (g, gc) in d.groups.iter().enumerate() {
+                for (k, pc) in gc.points.iter().enumerate() {
+                    let pc = PointConfig {
+                        poll_ms: pc.poll_ms.or(Some(gc.poll_ms)),
+                        ..pc.clone()
+                    };
+                    device_points.push((pc, format!("{dat}.groups[{g}].points[{k}]")));
+                }
+            }
             let mut from_device: HashSet<&str> = HashSet::new();
-            for (k, pc) in d.points.iter().enumerate() {
-                let path = format!("{dat}.points[{k}]");
+            for (pc, path) in &device_points {
+                let path = path.clone();
                 if !from_device.insert(pc.name.as_str()) {
                     err(
                         format!("{path}.name"),
@@ -802,6 +845,74 @@ tcp:
         assert_eq!(d[1].points.len(), 4);
         assert_eq!(d[1].points[1].codec.ty, DataType::I32);
         assert_eq!(d[1].blocks.len(), 3, "input 0-5, input 100-103, coil 3");
+    }
+
+    #[test]
+    fn groups_give_their_points_an_interval() {
+        let c = parse(
+            r#"
+poll_ms: 1000
+profiles:
+  m:
+    points: [ { name: a, table: input, address: 0 } ]
+    groups:
+      - poll_ms: 100
+        points:
+          - { name: b, table: input, address: 1 }
+          - { name: c, table: input, address: 2, poll_ms: 50 }
+tcp:
+  - host: h
+    devices:
+      - id: d
+        profile: m
+        groups:
+          - poll_ms: 5000
+            points: [ { name: e, table: holding, address: 9 }, { name: e, table: holding, address: 10 } ]
+"#,
+        );
+        let p = c.resolve(Path::new(".")).unwrap_err();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "tcp[0].devices[0].groups[0].points[1].name");
+        let c = parse(&c_yaml_without_duplicate());
+        let r = c.resolve(Path::new(".")).unwrap();
+        let d = &r.lines[0].devices[0];
+        let ms = |n: &str| {
+            d.points
+                .iter()
+                .find(|p| &*p.name == n)
+                .unwrap()
+                .interval
+                .as_millis()
+        };
+        assert_eq!((ms("a"), ms("b"), ms("c"), ms("e")), (1000, 100, 50, 5000));
+        assert_eq!(
+            d.blocks.len(),
+            4,
+            "one request per interval: 1000, 100, 50, 5000"
+        );
+    }
+
+    fn c_yaml_without_duplicate() -> String {
+        r#"
+poll_ms: 1000
+profiles:
+  m:
+    points: [ { name: a, table: input, address: 0 } ]
+    groups:
+      - poll_ms: 100
+        points:
+          - { name: b, table: input, address: 1 }
+          - { name: c, table: input, address: 2, poll_ms: 50 }
+tcp:
+  - host: h
+    devices:
+      - id: d
+        profile: m
+        groups:
+          - poll_ms: 5000
+            points: [ { name: e, table: holding, address: 9 } ]
+"#
+        .to_string()
     }
 
     #[test]
