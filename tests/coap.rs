@@ -388,7 +388,7 @@ fn garbage_datagrams_and_truncated_options_are_counted_and_the_daemon_keeps_runn
     wait_coap(udp, &mut gw);
 
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(300)))
+    s.set_read_timeout(Some(Duration::from_millis(1000)))
         .unwrap();
     let to = ("127.0.0.1", udp);
     // (datagram, the RST's message id if one is due)
