@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::process::Command;
-
 fn weir(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut c = common::weir_cmd();
     c.args(args);

@@ -188,11 +188,7 @@ fn garbage_tls_files_fail_check_with_the_file_named() {
         ),
     )
     .unwrap();
-    let out = weir_cmd()
-        .args(["check", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = weir_cmd().args(["check", "-c"]).arg(&cfg).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(
