@@ -134,6 +134,30 @@ pub(crate) struct Ctx {
     pub commands: Vec<(DeviceId, PointId, Value)>,
     pub mem: Vec<RuleMem>,
     pub cache: LastValues,
+    /// Active alerts (device → name → severity), kept by the stage as it applies alert edges;
+    /// `alert` / `clear` read it to skip calls that would change nothing.
+    pub active: HashMap<DeviceId, HashMap<String, String>>,
+}
+
+impl Ctx {
+    /// The alert's severity as of the ops recorded so far in this run, else as applied.
+    fn active_severity(&self, device: &str, name: &str) -> Option<&str> {
+        for op in self.alerts.iter().rev() {
+            match op {
+                AlertOp::Raise {
+                    device: d,
+                    name: n,
+                    severity,
+                    ..
+                } if d.as_str() == device && n == name => return Some(severity),
+                AlertOp::Clear { device: d, name: n } if d.as_str() == device && n == name => {
+                    return None
+                }
+                _ => {}
+            }
+        }
+        self.active.get(device)?.get(name).map(String::as_str)
+    }
 }
 
 impl Ctx {
@@ -442,6 +466,9 @@ fn alert_into(
         Some(d) => DeviceId::from(d),
         None => c.current_device("alert(name, …)")?,
     };
+    if c.active_severity(device.as_str(), name) == Some(severity) {
+        return Ok(()); // already active at this severity: nothing to publish
+    }
     c.alerts.push(AlertOp::Raise {
         device,
         name: name.to_string(),
@@ -492,6 +519,9 @@ fn register_effects(e: &mut Engine, ctx: &CtxRef) {
     e.register_fn("clear", move |n: &str| -> RhaiResult<()> {
         let mut c = lock(&c);
         let device = c.current_device("clear(name)")?;
+        if c.active_severity(device.as_str(), n).is_none() {
+            return Ok(()); // not active: nothing to clear
+        }
         c.alerts.push(AlertOp::Clear {
             device,
             name: n.to_string(),
@@ -500,7 +530,11 @@ fn register_effects(e: &mut Engine, ctx: &CtxRef) {
     });
     let c = ctx.clone();
     e.register_fn("clear", move |d: &str, n: &str| {
-        lock(&c).alerts.push(AlertOp::Clear {
+        let mut c = lock(&c);
+        if c.active_severity(d, n).is_none() {
+            return;
+        }
+        c.alerts.push(AlertOp::Clear {
             device: DeviceId::from(d),
             name: n.to_string(),
         });

@@ -438,6 +438,11 @@ impl RulesStage {
                     return;
                 }
                 self.active.insert(key, severity.clone());
+                lock(&self.ctx)
+                    .active
+                    .entry(device.clone())
+                    .or_default()
+                    .insert(name.clone(), severity.clone());
                 if let Some(t) = &mut self.trace {
                     t.push(Event::Alert {
                         rule: rt.rule.name.clone(),
@@ -458,6 +463,15 @@ impl RulesStage {
                 let Some(severity) = self.active.remove(&(device.clone(), name.clone())) else {
                     return;
                 };
+                {
+                    let mut c = lock(&self.ctx);
+                    if let Some(m) = c.active.get_mut(device.as_str()) {
+                        m.remove(&name);
+                        if m.is_empty() {
+                            c.active.remove(device.as_str());
+                        }
+                    }
+                }
                 if let Some(t) = &mut self.trace {
                     t.push(Event::Alert {
                         rule: rt.rule.name.clone(),

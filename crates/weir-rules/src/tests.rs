@@ -774,3 +774,47 @@ fn reload_replaces_rules_keeps_state_of_unchanged_ones_and_old_version_of_broken
     assert_eq!(out[2].value, Value::I64(1));
     assert_eq!(m.counter_sum("weir_rule_errors_total"), 0);
 }
+
+#[test]
+fn alert_and_clear_in_one_run_follow_the_last_call() {
+    let (mut s, _) = stage(
+        r#"
+  - name: flip
+    script: |
+      if r.value > 0.0 { alert("a", "info", "up"); clear("a"); alert("a", "info", "up again"); }
+      else { alert("a", "warning", "x"); clear("a"); }
+"#,
+    );
+    let alerts = |out: &Batch| -> Vec<String> {
+        out.iter()
+            .filter(|r| r.source.starts_with(crate::ALERT_SOURCE_PREFIX))
+            .map(|r| match &r.value {
+                Value::Str(s) => serde_json::from_str::<serde_json::Value>(s).unwrap()["state"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                _ => panic!("alert value"),
+            })
+            .collect()
+    };
+    // raise, clear, raise again: three edges, active at the end
+    assert_eq!(
+        alerts(&run(&mut s, vec![temp(1.0, T0)])),
+        ["active", "cleared", "active"]
+    );
+    // already active at this severity: the same sequence only clears and re-raises
+    assert_eq!(
+        alerts(&run(&mut s, vec![temp(1.0, T0 + S)])),
+        ["cleared", "active"]
+    );
+    // warning then clear: severity change, then cleared
+    assert_eq!(
+        alerts(&run(&mut s, vec![temp(-1.0, T0 + 2 * S)])),
+        ["active", "cleared"]
+    );
+    // nothing active: clear alone publishes nothing, the raise-then-clear does
+    assert_eq!(
+        alerts(&run(&mut s, vec![temp(-1.0, T0 + 3 * S)])),
+        ["active", "cleared"]
+    );
+}
