@@ -45,3 +45,19 @@ need_pymodbus() {
   fi
   export WEIR_MODBUS_PYTHON="$venv/bin/python"
 }
+
+# CoAP test peers: libcoap's coap-client-notls (Debian) and aiocoap (PyPI) in a virtualenv under
+# target/ (ignored by git; Debian's system python is externally managed). tests/coap.rs starts the
+# aiocoap peer with $WEIR_TEST_PYTHON.
+need_coap_peers() {
+  apt_need libcoap3-bin
+  local venv="${WEIR_COAP_VENV:-$PWD/target/coap-venv}"
+  if ! "$venv/bin/python" -c 'import aiocoap' >/dev/null 2>&1; then
+    apt_need python3 python3-venv
+    echo "==> installing aiocoap into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'aiocoap==0.4.17'
+  fi
+  export WEIR_TEST_PYTHON="$venv/bin/python"
+}
