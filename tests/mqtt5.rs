@@ -72,20 +72,22 @@ fn mqtt5_refused_publishes_are_counted_and_do_not_block_the_outbox() {
         dir.path(),
         &config(
             broker.port,
-            "      readings_per_s: 700\n      total_readings: 700\n",
+            "      readings_per_s: 700\n      total_readings: 140\n",
             "  protocol: \"5\"\n",
             "",
         ),
     );
-    // 7 points round robin: 100 readings of gh1/bed1/moisture are refused, 600 arrive.
-    wait_until("600 readings", Duration::from_secs(30), || {
+    // 7 points round robin: 20 readings of gh1/bed1/moisture are refused, 120 arrive.
+    // mosquitto 2.0.11 answers a denied QoS 1 publish with PUBACK 135 and then drops the
+    // connection, so the gateway reconnects once per refusal; nothing is stuck or lost.
+    wait_until("120 readings", Duration::from_secs(60), || {
         seqs_by_device(&sub.snapshot(), "t")
             .values()
             .map(Vec::len)
             .sum::<usize>()
-            >= 600
+            >= 120
     });
-    wait_until("an empty outbox", Duration::from_secs(10), || {
+    wait_until("an empty outbox", Duration::from_secs(30), || {
         let (_, out, _) = gw.cli(&["buffer", "stats"]);
         out.contains("\"rows\": 0")
     });
@@ -100,7 +102,7 @@ fn mqtt5_refused_publishes_are_counted_and_do_not_block_the_outbox() {
                 .iter()
                 .rev()
                 .find(|m| m.topic == "t/status/metrics")
-                .is_some_and(|m| m.json()["metrics"]["weir_mqtt_rejected_total"] == 100)
+                .is_some_and(|m| m.json()["metrics"]["weir_mqtt_rejected_total"] == 20)
         },
     );
     assert!(

@@ -152,46 +152,26 @@ impl Session {
         }
     }
 
-    /// The next event; an error means the session is over.
+    /// The next event; an error means the session is over (then see [`Session::leftover`]).
     pub async fn poll(&mut self) -> Result<Ev, String> {
-        use rumqttc::{Event, Incoming, Outgoing};
         match self {
-            Session::V4(_, e) => match e.poll().await.map_err(describe_v4)? {
-                Event::Incoming(Incoming::ConnAck(_)) => Ok(Ev::Connected),
-                Event::Incoming(Incoming::PubAck(a)) => Ok(Ev::Acked(a.pkid, Ok(()))),
-                Event::Incoming(Incoming::Publish(p)) => Ok(Ev::Message {
-                    topic: p.topic,
-                    payload: p.payload.to_vec(),
-                }),
-                Event::Outgoing(Outgoing::Publish(pkid)) => Ok(Ev::Sent(pkid)),
-                _ => Ok(Ev::Other),
-            },
-            Session::V5(_, e) => {
-                use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason};
-                use rumqttc::v5::Event as E5;
-                match e.poll().await.map_err(|e| describe_v5(&e))? {
-                    E5::Incoming(Packet::ConnAck(c)) => {
-                        if c.code == ConnectReturnCode::Success {
-                            Ok(Ev::Connected)
-                        } else {
-                            Err(format!("broker refused the connection: {:?}", c.code))
-                        }
-                    }
-                    E5::Incoming(Packet::PubAck(a)) => {
-                        let r = match a.reason {
-                            PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),
-                            other => Err(format!("{other:?}")),
-                        };
-                        Ok(Ev::Acked(a.pkid, r))
-                    }
-                    E5::Incoming(Packet::Publish(p)) => Ok(Ev::Message {
-                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                        payload: p.payload.to_vec(),
-                    }),
-                    E5::Outgoing(Outgoing::Publish(pkid)) => Ok(Ev::Sent(pkid)),
-                    _ => Ok(Ev::Other),
-                }
-            }
+            Session::V4(_, e) => e.poll().await.map(map_v4).map_err(describe_v4),
+            Session::V5(_, e) => map_v5(e.poll().await.map_err(|e| describe_v5(&e))?),
+        }
+    }
+
+    /// Events rumqttc had already decoded when the connection failed. A broker may answer and
+    /// close at once (mosquitto 2.0 sends PUBACK 135 for a denied publish, then disconnects):
+    /// those acknowledgements are still valid and must not be lost with the session.
+    pub fn leftover(&mut self) -> Vec<Ev> {
+        match self {
+            Session::V4(_, e) => e.state.events.drain(..).map(map_v4).collect(),
+            Session::V5(_, e) => e
+                .state
+                .events
+                .drain(..)
+                .filter_map(|ev| map_v5(ev).ok())
+                .collect(),
         }
     }
 
@@ -230,6 +210,48 @@ impl Session {
             Session::V4(c, _) => c.try_disconnect().map_err(|_| ()),
             Session::V5(c, _) => c.try_disconnect().map_err(|_| ()),
         };
+    }
+}
+
+fn map_v4(ev: rumqttc::Event) -> Ev {
+    use rumqttc::{Event, Incoming, Outgoing};
+    match ev {
+        Event::Incoming(Incoming::ConnAck(_)) => Ev::Connected,
+        Event::Incoming(Incoming::PubAck(a)) => Ev::Acked(a.pkid, Ok(())),
+        Event::Incoming(Incoming::Publish(p)) => Ev::Message {
+            topic: p.topic,
+            payload: p.payload.to_vec(),
+        },
+        Event::Outgoing(Outgoing::Publish(pkid)) => Ev::Sent(pkid),
+        _ => Ev::Other,
+    }
+}
+
+fn map_v5(ev: rumqttc::v5::Event) -> Result<Ev, String> {
+    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason};
+    use rumqttc::v5::Event as E5;
+    use rumqttc::Outgoing;
+    match ev {
+        E5::Incoming(Packet::ConnAck(c)) => {
+            if c.code == ConnectReturnCode::Success {
+                Ok(Ev::Connected)
+            } else {
+                Err(format!("broker refused the connection: {:?}", c.code))
+            }
+        }
+        E5::Incoming(Packet::PubAck(a)) => {
+            let r = match a.reason {
+                PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),
+                other => Err(format!("{other:?}")),
+            };
+            Ok(Ev::Acked(a.pkid, r))
+        }
+        E5::Incoming(Packet::Publish(p)) => Ok(Ev::Message {
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            payload: p.payload.to_vec(),
+        }),
+        E5::Outgoing(Outgoing::Publish(pkid)) => Ok(Ev::Sent(pkid)),
+        _ => Ok(Ev::Other),
     }
 }
 

@@ -383,28 +383,13 @@ impl Forwarder {
                     stopping = Some(Instant::now() + SHUTDOWN_ACK_WAIT);
                 }
                 ev = s.poll() => match ev {
-                    Ok(Ev::Sent(pkid)) => match order.pop_front() {
-                        Some(Some(id)) if pkid == 0 => { acked.push(id); self.m.acked.inc(); }
-                        Some(Some(id)) => { inflight.insert(pkid, id); }
-                        Some(None) => {}
-                        None => tracing::warn!(pkid, "mqtt: publish event without a queued message"),
-                    },
-                    Ok(Ev::Acked(pkid, r)) => {
-                        if let Some(id) = inflight.remove(&pkid) {
-                            if let Err(reason) = r {
-                                self.m.rejected.inc();
-                                tracing::error!(row = id, "mqtt: broker refused the message ({reason}); dropping it");
-                            } else {
-                                self.m.acked.inc();
-                            }
-                            acked.push(id);
+                    Ok(ev) => self.on_event(ev, &mut order, &mut inflight, &mut acked, results_tx),
+                    Err(e) => {
+                        for ev in s.leftover() {
+                            self.on_event(ev, &mut order, &mut inflight, &mut acked, results_tx);
                         }
+                        break End::Lost(format!("connection lost: {e}"));
                     }
-                    Ok(Ev::Message { topic, payload }) => {
-                        self.on_command(&topic, &payload, results_tx);
-                    }
-                    Ok(Ev::Connected) | Ok(Ev::Other) => {}
-                    Err(e) => break End::Lost(format!("connection lost: {e}")),
                 },
                 Some((topic, payload)) = results_rx.recv() => {
                     send_other(&s, &mut order, &topic, false, payload);
@@ -436,6 +421,47 @@ impl Forwarder {
             .await;
         }
         end
+    }
+
+    /// Match an event to outbox rows: `Sent(pkid)` to the next handed-over message, `Acked(pkid)`
+    /// to its row.
+    fn on_event(
+        &self,
+        ev: Ev,
+        order: &mut VecDeque<Option<i64>>,
+        inflight: &mut HashMap<u16, i64>,
+        acked: &mut Vec<i64>,
+        results_tx: &mpsc::Sender<Outgoing>,
+    ) {
+        match ev {
+            Ev::Sent(pkid) => match order.pop_front() {
+                Some(Some(id)) if pkid == 0 => {
+                    acked.push(id);
+                    self.m.acked.inc();
+                }
+                Some(Some(id)) => {
+                    inflight.insert(pkid, id);
+                }
+                Some(None) => {}
+                None => tracing::warn!(pkid, "mqtt: publish event without a queued message"),
+            },
+            Ev::Acked(pkid, r) => {
+                if let Some(id) = inflight.remove(&pkid) {
+                    if let Err(reason) = r {
+                        self.m.rejected.inc();
+                        tracing::error!(
+                            row = id,
+                            "mqtt: broker refused the message ({reason}); dropping it"
+                        );
+                    } else {
+                        self.m.acked.inc();
+                    }
+                    acked.push(id);
+                }
+            }
+            Ev::Message { topic, payload } => self.on_command(&topic, &payload, results_tx),
+            Ev::Connected | Ev::Other => {}
+        }
     }
 
     fn delete(&self, acked: &mut Vec<i64>) {
