@@ -190,7 +190,7 @@ impl Running {
         let sim: weir_sim::SimConfig = serde_yaml::from_str(sim).unwrap();
         let router = CommandRouter::new();
         let inbox = router.register("sim", &sim.devices(), 4);
-        let mut src = sim.build("sim").unwrap();
+        let mut src = sim.build("sim", &metrics).unwrap();
         let ctx = SourceContext {
             bus: tx.for_source("sim"),
             shutdown: token.clone(),

@@ -89,8 +89,9 @@ pub fn source_builder(e: &SourceEntry, d: &mut Diagnostics) -> Option<Box<dyn So
                 .unwrap_or(Path::new("."))
                 .to_path_buf();
             match c.resolve(&dir) {
-                Ok(r) => Some(Box::new(weir_modbus::ModbusBuilder::new(r, Metrics::new()))
-                    as Box<dyn SourceBuilder>),
+                Ok(r) => {
+                    Some(Box::new(weir_modbus::ModbusBuilder::new(r)) as Box<dyn SourceBuilder>)
+                }
                 Err(problems) => {
                     for (key, msg) in problems {
                         let at = if key.is_empty() {
@@ -207,7 +208,7 @@ async fn supervise(
     let base = builder.restart_backoff();
     let mut attempt = 0u32;
     loop {
-        let result: Result<(), String> = match builder.build(&name) {
+        let result: Result<(), String> = match builder.build(&name, &metrics) {
             Ok(mut src) => {
                 let ctx = SourceContext {
                     bus: bus.clone(),
@@ -562,7 +563,11 @@ mod tests {
         fn devices(&self) -> Vec<DeviceInfo> {
             vec![]
         }
-        fn build(&self, _name: &str) -> Result<Box<dyn Source>, weir_core::BuildError> {
+        fn build(
+            &self,
+            _name: &str,
+            _metrics: &Metrics,
+        ) -> Result<Box<dyn Source>, weir_core::BuildError> {
             Ok(Box::new(FlakySource(self.0.fetch_add(1, Ordering::SeqCst))))
         }
         fn restart_backoff(&self) -> Duration {

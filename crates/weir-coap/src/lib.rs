@@ -142,18 +142,14 @@ impl SourceBuilder for CoapConfig {
             .collect()
     }
 
-    fn build(&self, name: &str) -> Result<Box<dyn Source>, BuildError> {
+    fn build(&self, name: &str, metrics: &Metrics) -> Result<Box<dyn Source>, BuildError> {
         if let Some((key, msg)) = self.validate().into_iter().next() {
             return Err(BuildError {
                 source_name: name.to_string(),
                 message: format!("{key}: {msg}"),
             });
         }
-        Ok(Box::new(CoapSource::new(
-            self.clone(),
-            name,
-            &Metrics::new(),
-        )))
+        Ok(Box::new(CoapSource::new(self.clone(), name, metrics)))
     }
 }
 

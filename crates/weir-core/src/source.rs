@@ -62,8 +62,9 @@ pub trait SourceBuilder: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> &'static str;
     /// Devices and writable points this source will own.
     fn devices(&self) -> Vec<DeviceInfo>;
-    /// Build a fresh source. Called at start and after every failure.
-    fn build(&self, name: &str) -> Result<Box<dyn Source>, BuildError>;
+    /// Build a fresh source. Called at start and after every failure. `metrics` is the daemon's
+    /// registry: counters made from it appear on `/metrics` and in the status document.
+    fn build(&self, name: &str, metrics: &crate::Metrics) -> Result<Box<dyn Source>, BuildError>;
     /// The first restart delay after a failure (doubled up to a minute, with jitter).
     fn restart_backoff(&self) -> Duration {
         Duration::from_millis(500)

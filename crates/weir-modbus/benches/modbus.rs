@@ -112,12 +112,12 @@ async fn tcp_source(addr: SocketAddr) {
     let cfg: ModbusConfig = serde_yaml::from_str(&yaml).unwrap();
     let resolved = cfg.resolve(Path::new(".")).unwrap();
     let metrics = Metrics::new();
-    let builder = ModbusBuilder::new(resolved, metrics.clone());
+    let builder = ModbusBuilder::new(resolved);
     let router = CommandRouter::new();
     let inbox = router.register("bench", &builder.devices(), 4);
     let (tx, mut rx) = bus(1024, &metrics);
     let token = CancellationToken::new();
-    let mut src = builder.build("bench").unwrap();
+    let mut src = builder.build("bench", &metrics).unwrap();
     let ctx = SourceContext {
         bus: tx.for_source("bench"),
         shutdown: token.clone(),

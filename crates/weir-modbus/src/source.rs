@@ -56,17 +56,13 @@ use crate::transport::{RtuTransport, TcpTransport, TransactError, Transport};
 #[derive(Debug, Clone)]
 pub struct ModbusBuilder {
     pub resolved: Arc<Resolved>,
-    /// Where the per-line and per-device counters go. The daemon builds sources before its
-    /// registry exists and `SourceContext` carries none, so `weir run` passes a registry of the
-    /// source's own for now: these counters reach `/metrics` once the context carries the daemon's.
-    pub metrics: Metrics,
 }
 
 impl ModbusBuilder {
-    pub fn new(resolved: Resolved, metrics: Metrics) -> Self {
+    /// Per-line and per-device counters go to the registry `build` is given (the daemon's).
+    pub fn new(resolved: Resolved) -> Self {
         ModbusBuilder {
             resolved: Arc::new(resolved),
-            metrics,
         }
     }
 }
@@ -93,11 +89,11 @@ impl SourceBuilder for ModbusBuilder {
             .collect()
     }
 
-    fn build(&self, name: &str) -> Result<Box<dyn Source>, BuildError> {
+    fn build(&self, name: &str, metrics: &Metrics) -> Result<Box<dyn Source>, BuildError> {
         Ok(Box::new(ModbusSource {
             name: Arc::from(name),
             resolved: self.resolved.clone(),
-            metrics: self.metrics.clone(),
+            metrics: metrics.clone(),
         }))
     }
 }

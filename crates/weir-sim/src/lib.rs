@@ -23,8 +23,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use weir_core::{
-    BuildError, Command, DeviceId, DeviceInfo, PointId, Quality, Reading, Source, SourceBuilder,
-    SourceContext, SourceError, Timestamp, Value,
+    BuildError, Command, DeviceId, DeviceInfo, Metrics, PointId, Quality, Reading, Source,
+    SourceBuilder, SourceContext, SourceError, Timestamp, Value,
 };
 
 /// `sources: - sim: {…}`
@@ -136,7 +136,7 @@ impl SourceBuilder for SimConfig {
             .collect()
     }
 
-    fn build(&self, name: &str) -> Result<Box<dyn Source>, BuildError> {
+    fn build(&self, name: &str, _metrics: &Metrics) -> Result<Box<dyn Source>, BuildError> {
         if let Some((key, msg)) = self.validate().into_iter().next() {
             return Err(BuildError {
                 source_name: name.to_string(),
@@ -413,7 +413,7 @@ mod tests {
         let router = CommandRouter::new();
         let inbox = router.register("sim", &c.devices(), 4);
         let token = CancellationToken::new();
-        let mut src = c.build("sim").unwrap();
+        let mut src = c.build("sim", &m).unwrap();
         let ctx = SourceContext {
             bus: tx.for_source("sim"),
             shutdown: token.clone(),
@@ -480,6 +480,6 @@ mod tests {
         let e = c.validate();
         assert_eq!(e[0].0, "greenhouses");
         assert_eq!(e[1].0, "readings_per_s");
-        assert!(c.build("x").is_err());
+        assert!(c.build("x", &Metrics::new()).is_err());
     }
 }

@@ -225,7 +225,7 @@ impl Running {
             .resolve(Path::new(env!("CARGO_MANIFEST_DIR")))
             .unwrap_or_else(|p| panic!("config problems: {p:?}"));
         let metrics = Metrics::new();
-        let builder = ModbusBuilder::new(resolved, metrics.clone());
+        let builder = ModbusBuilder::new(resolved);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -236,7 +236,7 @@ impl Running {
         let (tx, mut rx) = bus(1024, &metrics);
         let token = CancellationToken::new();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let mut src = builder.build("mb").unwrap();
+        let mut src = builder.build("mb", &metrics).unwrap();
         let ctx = SourceContext {
             bus: tx.for_source("mb"),
             shutdown: token.clone(),
