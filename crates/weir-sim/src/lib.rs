@@ -356,12 +356,14 @@ impl Source for Greenhouse {
         let produced_at_start = self.produced;
         let limit = self.cfg.total_readings.unwrap_or(u64::MAX);
         tracing::info!(source = %self.source, points = self.points.len(), rate, "simulator started");
+        let mut commands_open = true;
         loop {
             tokio::select! {
                 biased;
                 _ = ctx.shutdown.cancelled() => return Ok(()),
-                cmd = ctx.commands.recv() => {
-                    let Some(cmd) = cmd else { continue };
+                cmd = ctx.commands.recv(), if commands_open => {
+                    // The router is gone: no more commands, keep producing.
+                    let Some(cmd) = cmd else { commands_open = false; continue };
                     match self.apply(&cmd) {
                         Ok(r) => {
                             let _ = cmd.reply.send(Ok(()));
@@ -470,6 +472,23 @@ mod tests {
             )
             .await;
         assert!(bad.unwrap_err().contains("0–100"));
+        token.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn keeps_producing_after_the_router_is_gone() {
+        let c = cfg("{readings_per_s: 5000, total_readings: 100, seed: 3}");
+        let (router, mut rx, token, task) = start(&c);
+        drop(router); // the command inbox closes
+        let mut got = 0;
+        while got < 100 {
+            let b = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("readings keep coming")
+                .unwrap();
+            got += b.len();
+        }
         token.cancel();
         task.await.unwrap().unwrap();
     }
