@@ -240,6 +240,7 @@ impl Source for CoapSource {
         let mut tick = tokio::time::interval(Duration::from_secs(self.cfg.stats_interval_s));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = String::new();
+        let mut commands_open = true;
         let result = loop {
             tokio::select! {
                 biased;
@@ -251,8 +252,9 @@ impl Source for CoapSource {
                     Some(Err(e)) => break Err(SourceError::Other(format!("a CoAP task failed: {e}"))),
                     None => {}
                 },
-                cmd = ctx.commands.recv() => {
-                    let Some(cmd) = cmd else { continue };
+                // A closed inbox (no router) would be ready forever: stop polling it.
+                cmd = ctx.commands.recv(), if commands_open => {
+                    let Some(cmd) = cmd else { commands_open = false; continue };
                     match routes.get(&cmd.device) {
                         None => {
                             let _ = cmd.reply.send(Err(format!(

@@ -127,6 +127,7 @@ impl Source for ModbusSource {
             tasks.spawn(task.run(stop.clone(), rx));
         }
         tracing::info!(source = %self.name, lines = self.resolved.lines.len(), "modbus source started");
+        let mut commands_open = true;
         let result = loop {
             tokio::select! {
                 biased;
@@ -139,8 +140,9 @@ impl Source for ModbusSource {
                     Some(Ok(Err(e))) => break Err(e),
                     Some(Err(j)) => break Err(SourceError::Other(format!("a line task failed: {j}"))),
                 },
-                cmd = ctx.commands.recv() => {
-                    let Some(cmd) = cmd else { continue };
+                // A closed inbox (no router) would be ready forever: stop polling it.
+                cmd = ctx.commands.recv(), if commands_open => {
+                    let Some(cmd) = cmd else { commands_open = false; continue };
                     match route.get(cmd.device.as_str()) {
                         None => { let _ = cmd.reply.send(Err(format!("no modbus device `{}`", cmd.device))); }
                         Some(tx) => if let Err(e) = tx.try_send(cmd) {
