@@ -18,27 +18,37 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// `-c/--config`, shared by every subcommand that reads gateway.yaml.
+#[derive(clap::Args, Debug)]
+struct ConfigArg {
+    /// The gateway configuration.
+    #[arg(
+        short,
+        long,
+        default_value = "/etc/weir/gateway.yaml",
+        env = "WEIR_CONFIG"
+    )]
+    config: PathBuf,
+}
+
+impl std::ops::Deref for ConfigArg {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.config
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the gateway.
     Run {
-        #[arg(
-            short,
-            long,
-            default_value = "/etc/weir/gateway.yaml",
-            env = "WEIR_CONFIG"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Validate everything `run` would load; exit 1 with every error (file:line: path: message).
     Check {
-        #[arg(
-            short,
-            long,
-            default_value = "/etc/weir/gateway.yaml",
-            env = "WEIR_CONFIG"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Inspect or empty the store-and-forward outbox.
     Buffer {
@@ -66,13 +76,8 @@ enum RulesCmd {
     /// Run the configured rules over recorded readings (JSON Lines) and print what they would
     /// change, drop, emit, alert and command. Nothing is sent anywhere.
     Test {
-        #[arg(
-            short,
-            long,
-            default_value = "/etc/weir/gateway.yaml",
-            env = "WEIR_CONFIG"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// One reading per line: {"device":…,"point":…,"value":…,"unit":…,"ts":…}; `-` for stdin.
         #[arg(short, long)]
         input: PathBuf,
@@ -83,24 +88,14 @@ enum RulesCmd {
 enum BufferCmd {
     /// Print the outbox's rows, bytes, oldest age and drop counts as JSON (safe while running).
     Stats {
-        #[arg(
-            short,
-            long,
-            default_value = "/etc/weir/gateway.yaml",
-            env = "WEIR_CONFIG"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Publish everything in the outbox to the configured broker and exit when it is empty
     /// (with the daemon stopped).
     Drain {
-        #[arg(
-            short,
-            long,
-            default_value = "/etc/weir/gateway.yaml",
-            env = "WEIR_CONFIG"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
