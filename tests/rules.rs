@@ -191,11 +191,7 @@ fn check_reports_rule_compile_errors_with_path_and_line() {
         "gateway:\n  id: gh\n  state_dir: /tmp/weir-rules-check\nsources:\n  - sim: {}\nrules:\n  - name: a\n    file: rules/bad.rhai\n  - name: b\n    script: 'x = 1;'\n  - name: c\n    scirpt: 'r.value = 1;'\n",
     )
     .unwrap();
-    let out = std::process::Command::new(weir_bin())
-        .args(["check", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = weir_cmd().args(["check", "-c"]).arg(&cfg).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let f = cfg.display().to_string();
@@ -217,7 +213,7 @@ fn greenhouse_example_checks_and_its_rules_test_shows_the_automation() {
     let state = tempfile::tempdir().unwrap();
     let cfg = root.join("gateway.yaml");
     let run = |args: &[&str]| {
-        std::process::Command::new(weir_bin())
+        weir_cmd()
             .args(args)
             .env("WEIR_STATE_DIR", state.path())
             .output()

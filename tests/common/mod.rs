@@ -18,7 +18,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// How much longer waits may take: `WEIR_TEST_TIME_SCALE` if set, else 4 when the binary runs
+/// under an emulator (`WEIR_TEST_EXEC_PREFIX`, see [`weir_cmd`]), else 1. A debug build under
+/// qemu-aarch64 forwards a backlog several times slower than natively; the checks stay the same.
+pub fn time_scale() -> u32 {
+    if let Some(n) = std::env::var("WEIR_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|n| *n > 0)
+    {
+        return n;
+    }
+    match std::env::var("WEIR_TEST_EXEC_PREFIX") {
+        Ok(p) if !p.is_empty() => 4,
+        _ => 1,
+    }
+}
+
+/// Poll `f` every 50 ms until it holds; panic naming `what` after `timeout` × [`time_scale`].
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let timeout = timeout * time_scale();
     let end = Instant::now() + timeout;
     while Instant::now() < end {
         if f() {

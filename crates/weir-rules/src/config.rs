@@ -86,6 +86,9 @@ pub struct CompiledRule {
     pub ast: Arc<rhai::AST>,
     /// The script calls `every(…)`: it also runs on the pipeline tick with `r` = `()`.
     pub uses_timers: bool,
+    /// The script calls `latest(…)`: the stage keeps the last value of every point only while
+    /// some rule does.
+    pub uses_latest: bool,
     /// Where the script came from (file path or `inline script`), for messages.
     pub origin: String,
     /// The script's text: a reload keeps a rule's memory only when this and `match:` are unchanged.
@@ -188,6 +191,7 @@ fn compile_one(
         }
     })?;
     let uses_timers = crate::engine::calls_function(&ast, "every");
+    let uses_latest = crate::engine::calls_function(&ast, "latest");
     let m = &c.matches;
     let match_key = format!("{:?}/{:?}/{:?}", m.device, m.point, m.source);
     Ok(CompiledRule {
@@ -199,6 +203,7 @@ fn compile_one(
         source: m.source.as_deref().map(Pattern::new),
         ast: Arc::new(ast),
         uses_timers,
+        uses_latest,
         origin,
     })
 }

@@ -13,6 +13,7 @@
 //! arrays and maps are bounded in size, and every per-rule memory (windows, helpers, timers) holds
 //! at most [`MAX_KEYS`] names.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -39,6 +40,11 @@ pub const ALERT_SOURCE_PREFIX: &str = "alert/";
 pub const DERIVED_SOURCE_PREFIX: &str = "rules/";
 
 type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// The maps scripts hit on every run (helpers' memory, last values, active alerts) are keyed by
+/// short names and ids the configuration controls, so they use foldhash rather than SipHash: a
+/// SipHash of a device id cost more than a third of an empty rule's run.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The reading as a script sees it: `r.device`, `r.point`, `r.value`, `r.unit`, `r.ts`,
 /// `r.quality`, `r.reason`, `r.source`. `value`, `unit` and `quality` can be assigned.
@@ -79,18 +85,18 @@ pub(crate) enum AlertOp {
 /// A rule's memory outside its `state` map.
 #[derive(Debug, Default)]
 pub struct RuleMem {
-    windows: HashMap<String, WindowHandle>,
-    hysteresis: HashMap<String, bool>,
-    changed: HashMap<String, Value>,
-    deadband: HashMap<String, f64>,
+    windows: FastMap<String, WindowHandle>,
+    hysteresis: FastMap<String, bool>,
+    changed: FastMap<String, Value>,
+    deadband: FastMap<String, f64>,
     /// spec → (period ns, last firing ns)
-    timers: HashMap<String, (i64, i64)>,
+    timers: FastMap<String, (i64, i64)>,
 }
 
 /// The last value of every point seen (after rules), for `latest(device, point)`.
 #[derive(Debug, Default)]
 pub(crate) struct LastValues {
-    map: HashMap<DeviceId, HashMap<PointId, Value>>,
+    map: FastMap<DeviceId, FastMap<PointId, Value>>,
     points: usize,
 }
 
@@ -106,7 +112,7 @@ impl LastValues {
                 self.points += 1;
             }
         } else if self.points < MAX_CACHED_POINTS {
-            let mut points = HashMap::new();
+            let mut points = FastMap::default();
             points.insert(r.point.clone(), r.value.clone());
             self.map.insert(r.device.clone(), points);
             self.points += 1;
@@ -136,7 +142,7 @@ pub(crate) struct Ctx {
     pub cache: LastValues,
     /// Active alerts (device → name → severity), kept by the stage as it applies alert edges;
     /// `alert` / `clear` read it to skip calls that would change nothing.
-    pub active: HashMap<DeviceId, HashMap<String, String>>,
+    pub active: FastMap<DeviceId, FastMap<String, String>>,
 }
 
 impl Ctx {
@@ -197,10 +203,33 @@ impl Ctx {
     }
 }
 
-pub(crate) type CtxRef = Arc<Mutex<Ctx>>;
+thread_local! {
+    /// The context of the run in progress on this thread; see [`run_with_ctx`].
+    static CURRENT: RefCell<Option<Box<Ctx>>> = const { RefCell::new(None) };
+}
 
-pub(crate) fn lock(c: &CtxRef) -> MutexGuard<'_, Ctx> {
-    c.lock().unwrap_or_else(|e| e.into_inner())
+/// Lend `ctx` to the gateway functions for the duration of `run` (one script run), then take it
+/// back. Functions find it in a thread-local slot instead of behind a mutex: a run never leaves
+/// its thread, and a lock round trip per function call was a measurable share of a short rule.
+/// If `run` panics the context stays in the slot and `ctx` is left empty (a fresh one next time).
+pub(crate) fn run_with_ctx<R>(ctx: &mut Option<Box<Ctx>>, run: impl FnOnce() -> R) -> R {
+    let lent = ctx.take().unwrap_or_default();
+    CURRENT.with(|c| *c.borrow_mut() = Some(lent));
+    let result = run();
+    *ctx = CURRENT.with(|c| c.borrow_mut().take());
+    result
+}
+
+/// `f` on the context of the run in progress; an error outside a run (a function called from a
+/// script some other code evaluates) or from inside another gateway function.
+fn with_ctx<R>(f: impl FnOnce(&mut Ctx) -> RhaiResult<R>) -> RhaiResult<R> {
+    CURRENT.with(|c| match c.try_borrow_mut() {
+        Ok(mut slot) => match slot.as_deref_mut() {
+            Some(ctx) => f(ctx),
+            None => Err("gateway functions work only while a rule runs".into()),
+        },
+        Err(_) => Err("gateway function called from inside another".into()),
+    })
 }
 
 /// A reading value as a script value.
@@ -262,7 +291,7 @@ pub fn parse_duration_ns(s: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("duration `{s}` must be above zero and below 292 years"))
 }
 
-fn keyed<'a, V>(m: &'a mut HashMap<String, V>, name: &str, init: V) -> RhaiResult<&'a mut V> {
+fn keyed<'a, V>(m: &'a mut FastMap<String, V>, name: &str, init: V) -> RhaiResult<&'a mut V> {
     if !m.contains_key(name) {
         if m.len() >= MAX_KEYS {
             return Err(format!("too many names (more than {MAX_KEYS}) for this helper").into());
@@ -290,6 +319,10 @@ pub(crate) fn base_engine() -> Engine {
     e
 }
 
+/// The engine scripts are compiled with: the limits without the gateway functions, at rhai's
+/// default (simple) optimization level. Not `Full`: it calls functions with constant arguments at
+/// compile time, so `print("…")` would print once while compiling, and a call like `clear("hot")`
+/// would be folded through the standard library's string `clear` of the same signature.
 pub(crate) fn compile_engine() -> Engine {
     base_engine()
 }
@@ -330,13 +363,14 @@ pub(crate) fn calls_function(ast: &AST, name: &str) -> bool {
     found
 }
 
-/// The engine a stage runs scripts with: limits plus every gateway function, recording into `ctx`.
-pub(crate) fn runtime_engine(ctx: &CtxRef) -> Engine {
+/// The engine a stage runs scripts with: limits plus every gateway function, recording into the
+/// [`Ctx`] that [`run_with_ctx`] lends to the thread for the run.
+pub(crate) fn runtime_engine() -> Engine {
     let mut e = base_engine();
     register_reading(&mut e);
-    register_effects(&mut e, ctx);
-    register_helpers(&mut e, ctx);
-    register_windows(&mut e, ctx);
+    register_effects(&mut e);
+    register_helpers(&mut e);
+    register_windows(&mut e);
     e
 }
 
@@ -478,94 +512,78 @@ fn alert_into(
     Ok(())
 }
 
-fn register_effects(e: &mut Engine, ctx: &CtxRef) {
-    let c = ctx.clone();
-    e.register_fn("drop", move || lock(&c).dropped = true);
-
-    let c = ctx.clone();
-    e.register_fn("emit", move |p: &str, v: Dynamic| -> RhaiResult<()> {
-        emit_into(&mut lock(&c), None, p, &v, &Dynamic::UNIT)
-    });
-    let c = ctx.clone();
-    e.register_fn(
-        "emit",
-        move |p: &str, v: Dynamic, u: Dynamic| -> RhaiResult<()> {
-            emit_into(&mut lock(&c), None, p, &v, &u)
-        },
-    );
-    let c = ctx.clone();
-    e.register_fn(
-        "emit",
-        move |d: &str, p: &str, v: Dynamic, u: Dynamic| -> RhaiResult<()> {
-            emit_into(&mut lock(&c), Some(d), p, &v, &u)
-        },
-    );
-
-    let c = ctx.clone();
-    e.register_fn(
-        "alert",
-        move |n: &str, s: &str, m: &str| -> RhaiResult<()> {
-            alert_into(&mut lock(&c), None, n, s, m)
-        },
-    );
-    let c = ctx.clone();
-    e.register_fn(
-        "alert",
-        move |d: &str, n: &str, s: &str, m: &str| -> RhaiResult<()> {
-            alert_into(&mut lock(&c), Some(d), n, s, m)
-        },
-    );
-    let c = ctx.clone();
-    e.register_fn("clear", move |n: &str| -> RhaiResult<()> {
-        let mut c = lock(&c);
-        let device = c.current_device("clear(name)")?;
-        if c.active_severity(device.as_str(), n).is_none() {
-            return Ok(()); // not active: nothing to clear
-        }
-        c.alerts.push(AlertOp::Clear {
-            device,
-            name: n.to_string(),
-        });
-        Ok(())
-    });
-    let c = ctx.clone();
-    e.register_fn("clear", move |d: &str, n: &str| {
-        let mut c = lock(&c);
-        if c.active_severity(d, n).is_none() {
-            return;
-        }
-        c.alerts.push(AlertOp::Clear {
-            device: DeviceId::from(d),
-            name: n.to_string(),
-        });
+fn register_effects(e: &mut Engine) {
+    e.register_fn("drop", || {
+        with_ctx(|c| {
+            c.dropped = true;
+            Ok(())
+        })
     });
 
-    let c = ctx.clone();
-    e.register_fn(
-        "command",
-        move |d: &str, p: &str, v: Dynamic| -> RhaiResult<()> {
-            let mut c = lock(&c);
+    e.register_fn("emit", |p: &str, v: Dynamic| {
+        with_ctx(|c| emit_into(c, None, p, &v, &Dynamic::UNIT))
+    });
+    e.register_fn("emit", |p: &str, v: Dynamic, u: Dynamic| {
+        with_ctx(|c| emit_into(c, None, p, &v, &u))
+    });
+    e.register_fn("emit", |d: &str, p: &str, v: Dynamic, u: Dynamic| {
+        with_ctx(|c| emit_into(c, Some(d), p, &v, &u))
+    });
+
+    e.register_fn("alert", |n: &str, s: &str, m: &str| {
+        with_ctx(|c| alert_into(c, None, n, s, m))
+    });
+    e.register_fn("alert", |d: &str, n: &str, s: &str, m: &str| {
+        with_ctx(|c| alert_into(c, Some(d), n, s, m))
+    });
+    e.register_fn("clear", |n: &str| {
+        with_ctx(|c| {
+            let device = c.current_device("clear(name)")?;
+            if c.active_severity(device.as_str(), n).is_none() {
+                return Ok(()); // not active: nothing to clear
+            }
+            c.alerts.push(AlertOp::Clear {
+                device,
+                name: n.to_string(),
+            });
+            Ok(())
+        })
+    });
+    e.register_fn("clear", |d: &str, n: &str| {
+        with_ctx(|c| {
+            if c.active_severity(d, n).is_some() {
+                c.alerts.push(AlertOp::Clear {
+                    device: DeviceId::from(d),
+                    name: n.to_string(),
+                });
+            }
+            Ok(())
+        })
+    });
+
+    e.register_fn("command", |d: &str, p: &str, v: Dynamic| {
+        with_ctx(|c| {
             if c.commands.len() >= MAX_COMMANDS_PER_RUN {
                 return Err(format!("more than {MAX_COMMANDS_PER_RUN} commands in one run").into());
             }
             let v = from_dynamic(&v)?;
             c.commands.push((DeviceId::from(d), PointId::from(p), v));
             Ok(())
-        },
-    );
+        })
+    });
 
-    let c = ctx.clone();
-    e.register_fn("latest", move |d: &str, p: &str| -> Dynamic {
-        match lock(&c).cache.get(d, p) {
-            Some(v) => to_dynamic(v),
-            None => Dynamic::UNIT,
-        }
+    e.register_fn("latest", |d: &str, p: &str| {
+        with_ctx(|c| {
+            Ok(match c.cache.get(d, p) {
+                Some(v) => to_dynamic(v),
+                None => Dynamic::UNIT,
+            })
+        })
     });
 }
 
-fn register_helpers(e: &mut Engine, ctx: &CtxRef) {
-    let c = ctx.clone();
-    e.register_fn("now", move || -> INT { lock(&c).now });
+fn register_helpers(e: &mut Engine) {
+    e.register_fn("now", || with_ctx(|c| Ok(c.now as INT)));
     e.register_fn("duration", |s: &str| -> RhaiResult<INT> {
         Ok(parse_duration_ns(s)?)
     });
@@ -573,32 +591,31 @@ fn register_helpers(e: &mut Engine, ctx: &CtxRef) {
     // every("5m"): true on the tick when a new period (aligned to the Unix epoch, so "24h" fires
     // at midnight UTC) has begun since the last time it fired; false when run for a reading and on
     // the first tick.
-    let c = ctx.clone();
-    e.register_fn("every", move |spec: &str| -> RhaiResult<bool> {
-        let mut c = lock(&c);
-        if !c.tick {
-            return Ok(false);
-        }
-        let now = c.now;
-        let timers = &mut c.mem().timers;
-        if let Some((period, last)) = timers.get_mut(spec) {
-            if now.div_euclid(*period) > last.div_euclid(*period) {
-                *last = now;
-                return Ok(true);
+    e.register_fn("every", |spec: &str| {
+        with_ctx(|c| {
+            if !c.tick {
+                return Ok(false);
             }
-            return Ok(false);
-        }
-        let period = parse_duration_ns(spec)?;
-        keyed(timers, spec, (period, now))?;
-        Ok(false)
+            let now = c.now;
+            let timers = &mut c.mem().timers;
+            if let Some((period, last)) = timers.get_mut(spec) {
+                if now.div_euclid(*period) > last.div_euclid(*period) {
+                    *last = now;
+                    return Ok(true);
+                }
+                return Ok(false);
+            }
+            let period = parse_duration_ns(spec)?;
+            keyed(timers, spec, (period, now))?;
+            Ok(false)
+        })
     });
 
     // hysteresis(name, x, low, high): true once x reaches `high`, false once it falls to `low`,
     // unchanged in between (starts false).
-    let c = ctx.clone();
     e.register_fn(
         "hysteresis",
-        move |name: &str, x: Dynamic, low: Dynamic, high: Dynamic| -> RhaiResult<bool> {
+        |name: &str, x: Dynamic, low: Dynamic, high: Dynamic| {
             let (x, low, high) = (
                 number(&x, "hysteresis: x")?,
                 number(&low, "hysteresis: low")?,
@@ -607,25 +624,23 @@ fn register_helpers(e: &mut Engine, ctx: &CtxRef) {
             if low > high {
                 return Err(format!("hysteresis: low {low} is above high {high}").into());
             }
-            let mut c = lock(&c);
-            let on = keyed(&mut c.mem().hysteresis, name, false)?;
-            if x >= high {
-                *on = true;
-            } else if x <= low {
-                *on = false;
-            }
-            Ok(*on)
+            with_ctx(|c| {
+                let on = keyed(&mut c.mem().hysteresis, name, false)?;
+                if x >= high {
+                    *on = true;
+                } else if x <= low {
+                    *on = false;
+                }
+                Ok(*on)
+            })
         },
     );
 
     // changed(name, v): true when v differs from the value seen last time under `name` (and the
     // first time) — report-on-change.
-    let c = ctx.clone();
-    e.register_fn(
-        "changed",
-        move |name: &str, v: Dynamic| -> RhaiResult<bool> {
-            let v = from_dynamic(&v)?;
-            let mut c = lock(&c);
+    e.register_fn("changed", |name: &str, v: Dynamic| {
+        let v = from_dynamic(&v)?;
+        with_ctx(|c| {
             let m = &mut c.mem().changed;
             match m.get_mut(name) {
                 Some(old) if *old == v => Ok(false),
@@ -638,17 +653,14 @@ fn register_helpers(e: &mut Engine, ctx: &CtxRef) {
                     Ok(true)
                 }
             }
-        },
-    );
+        })
+    });
 
     // deadband(name, x, band): true when x is at least `band` away from the value last reported
     // under `name` (and the first time); that value then becomes x.
-    let c = ctx.clone();
-    e.register_fn(
-        "deadband",
-        move |name: &str, x: Dynamic, band: Dynamic| -> RhaiResult<bool> {
-            let (x, band) = (number(&x, "deadband: x")?, number(&band, "deadband: band")?);
-            let mut c = lock(&c);
+    e.register_fn("deadband", |name: &str, x: Dynamic, band: Dynamic| {
+        let (x, band) = (number(&x, "deadband: x")?, number(&band, "deadband: band")?);
+        with_ctx(|c| {
             let m = &mut c.mem().deadband;
             match m.get_mut(name) {
                 Some(last) if (x - *last).abs() < band => Ok(false),
@@ -661,60 +673,55 @@ fn register_helpers(e: &mut Engine, ctx: &CtxRef) {
                     Ok(true)
                 }
             }
-        },
-    );
+        })
+    });
 }
 
-fn window_for(c: &CtxRef, name: &str, span: Span) -> RhaiResult<WindowHandle> {
-    let mut c = lock(c);
-    let windows = &mut c.mem().windows;
-    if let Some(w) = windows.get(name) {
-        if w.lock().span() != span {
-            return Err(format!("window `{name}` already exists with another span").into());
+fn window_for(name: &str, span: Span) -> RhaiResult<WindowHandle> {
+    with_ctx(|c| {
+        let windows = &mut c.mem().windows;
+        if let Some(w) = windows.get(name) {
+            if w.lock().span() != span {
+                return Err(format!("window `{name}` already exists with another span").into());
+            }
+            return Ok(w.clone());
         }
-        return Ok(w.clone());
-    }
-    let w = keyed(
-        windows,
-        name,
-        WindowHandle(Arc::new(Mutex::new(Window::new(span)))),
-    )?;
-    Ok(w.clone())
+        let w = keyed(
+            windows,
+            name,
+            WindowHandle(Arc::new(Mutex::new(Window::new(span)))),
+        )?;
+        Ok(w.clone())
+    })
 }
 
 fn opt_float(v: Option<f64>) -> Dynamic {
     v.map(Dynamic::from_float).unwrap_or(Dynamic::UNIT)
 }
 
-fn register_windows(e: &mut Engine, ctx: &CtxRef) {
+fn register_windows(e: &mut Engine) {
     e.register_type_with_name::<WindowHandle>("Window");
-    let c = ctx.clone();
     e.register_fn(
         "window",
-        move |name: &str, span: &str| -> RhaiResult<WindowHandle> {
-            window_for(&c, name, Span::Time(parse_duration_ns(span)?))
+        |name: &str, span: &str| -> RhaiResult<WindowHandle> {
+            window_for(name, Span::Time(parse_duration_ns(span)?))
         },
     );
-    let c = ctx.clone();
-    e.register_fn(
-        "window",
-        move |name: &str, n: INT| -> RhaiResult<WindowHandle> {
-            if !(1..=crate::window::MAX_SAMPLES as INT).contains(&n) {
-                return Err(format!(
-                    "window `{name}`: {n} values must be 1 to {}",
-                    crate::window::MAX_SAMPLES
-                )
-                .into());
-            }
-            window_for(&c, name, Span::Count(n as usize))
-        },
-    );
-    let c = ctx.clone();
+    e.register_fn("window", |name: &str, n: INT| -> RhaiResult<WindowHandle> {
+        if !(1..=crate::window::MAX_SAMPLES as INT).contains(&n) {
+            return Err(format!(
+                "window `{name}`: {n} values must be 1 to {}",
+                crate::window::MAX_SAMPLES
+            )
+            .into());
+        }
+        window_for(name, Span::Count(n as usize))
+    });
     e.register_fn(
         "push",
-        move |w: &mut WindowHandle, x: Dynamic| -> RhaiResult<()> {
+        |w: &mut WindowHandle, x: Dynamic| -> RhaiResult<()> {
             let x = number(&x, "window push")?;
-            let now = lock(&c).now;
+            let now = with_ctx(|c| Ok(c.now))?;
             w.lock().push(now, x);
             Ok(())
         },

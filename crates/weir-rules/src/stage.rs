@@ -21,12 +21,15 @@
 //! not compile keeps running its previous version (and the log says so); a rule whose script and
 //! `match:` are unchanged keeps its `state`, windows and helpers' memory; removed rules stop.
 //!
+//! `latest(device, point)` reads a last-value cache that the stage keeps only while some rule
+//! calls `latest`; a reload that adds the first such rule starts it empty.
+//!
 //! Commands go through the [`CommandRouter`] (which enforces `writable`); a refusal is counted in
 //! `weir_rule_commands_total{rule,result="refused"}` and logged, the adapter's answer arrives
 //! later and is counted as `ok` / `failed` by a small task (when a tokio runtime is present).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, Engine, Scope};
@@ -37,8 +40,7 @@ use weir_core::{
 
 use crate::config::{CompiledRule, Reload, RuleSet};
 use crate::engine::{
-    self, lock, AlertOp, Ctx, CtxRef, ScriptReading, ALERT_SOURCE_PREFIX, DERIVED_SOURCE_PREFIX,
-    SCOPE_BASE,
+    self, AlertOp, Ctx, ScriptReading, ALERT_SOURCE_PREFIX, DERIVED_SOURCE_PREFIX, SCOPE_BASE,
 };
 
 /// A rule's errors are logged at most this often (the rest are counted).
@@ -151,11 +153,14 @@ pub struct RulesStage {
     engine: Engine,
     metrics: Metrics,
     reloads: Option<std::sync::mpsc::Receiver<Reload>>,
-    ctx: CtxRef,
+    /// What the gateway functions record into; lent to the thread during each run.
+    ctx: Option<Box<Ctx>>,
     rules: Vec<RuleRt>,
     timer_rules: Vec<usize>,
+    /// Some rule calls `latest`: keep the last value of every point.
+    track_latest: bool,
     router: Option<CommandRouter>,
-    active: HashMap<(DeviceId, String), String>,
+    active: engine::FastMap<(DeviceId, String), String>,
     trace: Option<Vec<Event>>,
 }
 
@@ -189,11 +194,12 @@ impl RulesStage {
         metrics: &Metrics,
         trace: bool,
     ) -> RulesStage {
-        let ctx: CtxRef = Arc::new(Mutex::new(Ctx::default()));
-        let engine = engine::runtime_engine(&ctx);
+        let ctx = Some(Box::default());
+        let engine = engine::runtime_engine();
         let timer_rules = (0..set.rules.len())
             .filter(|i| set.rules[*i].uses_timers)
             .collect();
+        let track_latest = set.rules.iter().any(|r| r.uses_latest);
         let rules = set
             .rules
             .into_iter()
@@ -206,8 +212,9 @@ impl RulesStage {
             ctx,
             rules,
             timer_rules,
+            track_latest,
             router,
-            active: HashMap::new(),
+            active: Default::default(),
             trace: trace.then(Vec::new),
         }
     }
@@ -232,7 +239,7 @@ impl RulesStage {
     /// Replace the rules with `reload`'s (see the module docs); returns the names of the rules
     /// that kept their previous version because the new one failed.
     pub fn apply_reload(&mut self, reload: Reload) -> Vec<String> {
-        let mut old_mem = std::mem::take(&mut lock(&self.ctx).mem);
+        let mut old_mem = std::mem::take(&mut ctx(&mut self.ctx).mem);
         old_mem.resize_with(self.rules.len(), Default::default);
         let mut old: HashMap<Arc<str>, (RuleRt, engine::RuleMem)> = self
             .rules
@@ -281,8 +288,13 @@ impl RulesStage {
         self.timer_rules = (0..rules.len())
             .filter(|i| rules[*i].rule.uses_timers)
             .collect();
+        self.track_latest = rules.iter().any(|r| r.rule.uses_latest);
         self.rules = rules;
-        lock(&self.ctx).mem = mem;
+        let c = ctx(&mut self.ctx);
+        c.mem = mem;
+        if !self.track_latest {
+            c.cache = Default::default();
+        }
         kept_old
     }
 
@@ -299,7 +311,7 @@ impl RulesStage {
     /// whether the reading was dropped.
     fn run(&mut self, i: usize, reading: Option<&mut Reading>, now: i64, out: &mut Batch) -> bool {
         let rt = &mut self.rules[i];
-        lock(&self.ctx).begin(
+        ctx(&mut self.ctx).begin(
             i,
             &rt.source,
             reading.is_none(),
@@ -317,7 +329,9 @@ impl RulesStage {
                 rt.scope.set_value("r", Dynamic::UNIT);
             }
         }
-        let result = eval(&self.engine, &mut rt.caches, &mut rt.scope, &rt.rule.ast);
+        let result = engine::run_with_ctx(&mut self.ctx, || {
+            eval(&self.engine, &mut rt.caches, &mut rt.scope, &rt.rule.ast)
+        });
         rt.scope.rewind(SCOPE_BASE);
         let after = match reading.is_some() {
             true => rt
@@ -327,7 +341,7 @@ impl RulesStage {
             false => None,
         };
         let (dropped, emits, alerts, commands) = {
-            let mut c = lock(&self.ctx);
+            let c = ctx(&mut self.ctx);
             (
                 c.dropped,
                 std::mem::take(&mut c.emits),
@@ -375,14 +389,16 @@ impl RulesStage {
                 reading: r.clone(),
             }));
         }
-        {
-            let mut c = lock(&self.ctx);
-            for r in &emits {
-                c.cache.update(r);
+        let ts = {
+            let c = ctx(&mut self.ctx);
+            if self.track_latest {
+                for r in &emits {
+                    c.cache.update(r);
+                }
             }
-        }
+            c.now
+        };
         out.extend(emits);
-        let ts = lock(&self.ctx).now;
         for a in alerts {
             self.apply_alert(i, a, ts, out);
         }
@@ -438,7 +454,7 @@ impl RulesStage {
                     return;
                 }
                 self.active.insert(key, severity.clone());
-                lock(&self.ctx)
+                ctx(&mut self.ctx)
                     .active
                     .entry(device.clone())
                     .or_default()
@@ -464,7 +480,7 @@ impl RulesStage {
                     return;
                 };
                 {
-                    let mut c = lock(&self.ctx);
+                    let c = ctx(&mut self.ctx);
                     if let Some(m) = c.active.get_mut(device.as_str()) {
                         m.remove(&name);
                         if m.is_empty() {
@@ -584,6 +600,11 @@ impl RulesStage {
     }
 }
 
+/// The stage's context, a fresh one if a panicking run left none.
+fn ctx(c: &mut Option<Box<Ctx>>) -> &mut Ctx {
+    c.get_or_insert_with(Box::default)
+}
+
 /// `Engine::run_ast_with_scope`, except that rhai's function-resolution cache survives between
 /// runs: a fresh cache per run cost about a fifth of a short rule's time in name look-ups. The
 /// cache belongs to one rule, whose AST never changes, so what it holds stays valid.
@@ -630,7 +651,9 @@ impl Transform for RulesStage {
                     break;
                 }
             }
-            lock(&self.ctx).cache.update(&reading);
+            if self.track_latest {
+                ctx(&mut self.ctx).cache.update(&reading);
+            }
             if keep {
                 batch.push(reading);
             }
