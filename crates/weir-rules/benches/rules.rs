@@ -4,12 +4,14 @@
 //!
 //! Per-reading figures are wall-clock time over [`SAMPLES`] samples of 10,000 readings each,
 //! printed as the best sample and the median. Anything else running (in this machine or, on a
-//! virtual machine, on its host) only adds time: on the 2-core development VM the same binary's
-//! ten-line figure moved between 3.3 and 5.7 µs from one minute to the next with nothing else
-//! running in the guest. Short samples and the best of many keep that noise out of the best
-//! figure; the median shows how large it was in this run. (Thread CPU time from schedstat does
-//! not help there: the guest counts stolen time as its own, and it ticks in 4 ms steps.) For instruction counts, which do not move with the host, run one
-//! short pass under valgrind: `RULE_ONCE=1 valgrind --tool=callgrind target/release/deps/rules-…`.
+//! virtual machine, on its host) only adds time, and a host may also lower the clock: on the
+//! 2-core development VM every figure moved together by about 1.7× from one minute to the next
+//! (ten-line rule 3.2 ↔ 5.9 µs, one-line rule 0.54 ↔ 0.91 µs) with nothing else running in the
+//! guest, so compare figures from one run. Short samples and the best of many keep preemption out
+//! of the best figure; the median shows how much there was. (Thread CPU time from schedstat does
+//! not help: the guest counts stolen time as its own, and it ticks in 4 ms steps.) Instruction
+//! counts do not move with the host: `RULE_SCRIPT=my.rhai RULE_ONCE=1 valgrind --tool=callgrind
+//! target/release/deps/rules-…` runs one pass of 20,000 readings.
 //!
 //! `RULE_SCRIPT=path/to/rule.rhai cargo bench -p weir-rules --bench rules` measures your own rule
 //! (matching every reading) instead.
