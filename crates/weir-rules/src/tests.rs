@@ -707,6 +707,44 @@ fn replay_prints_what_rules_would_do() {
 }
 
 #[test]
+fn last_values_are_kept_only_while_a_rule_reads_them() {
+    // No rule calls `latest`: the humidity reading is not remembered …
+    let (mut s, _) = stage("  - name: plain\n    script: 'r.value = r.value;'\n");
+    run(
+        &mut s,
+        vec![reading("gh1/climate", "humidity", Value::F64(61.0), T0)],
+    );
+    let with_latest = |yaml: &str| {
+        crate::reload_section(Some(serde_yaml::from_str(yaml).unwrap()), Path::new("."))
+    };
+    let dew = "- name: dew\n  match: { point: temperature }\n  script: 'let h = latest(\"gh1/climate\", \"humidity\"); if h != () { emit(\"h\", h); }'\n";
+    assert!(s.apply_reload(with_latest(dew)).is_empty());
+    // … so right after the reload that adds the first reader it reads `()` …
+    let out = run(&mut s, vec![temp(20.0, T0 + S)]);
+    assert!(out.iter().all(|r| r.point.as_str() != "h"));
+    // … and from the next humidity reading on, the value.
+    let out = run(
+        &mut s,
+        vec![
+            reading("gh1/climate", "humidity", Value::F64(64.0), T0 + 2 * S),
+            temp(20.5, T0 + 3 * S),
+        ],
+    );
+    let h: Vec<_> = out.iter().filter(|r| r.point.as_str() == "h").collect();
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0].value, Value::F64(64.0));
+    // A reload that removes the last reader forgets them again.
+    assert!(s
+        .apply_reload(with_latest(
+            "- name: plain\n  script: 'r.value = r.value;'\n"
+        ))
+        .is_empty());
+    assert!(s.apply_reload(with_latest(dew)).is_empty());
+    let out = run(&mut s, vec![temp(21.0, T0 + 4 * S)]);
+    assert!(out.iter().all(|r| r.point.as_str() != "h"));
+}
+
+#[test]
 fn reload_replaces_rules_keeps_state_of_unchanged_ones_and_old_version_of_broken_ones() {
     let (mut s, m) = stage(
         r#"
