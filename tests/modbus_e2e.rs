@@ -331,3 +331,95 @@ fn the_reference_modbus_example_is_valid() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("plant (modbus)"));
 }
+
+/// The greenhouse promise with a real device: a rule watches a pymodbus temperature register and
+/// switches a pymodbus coil through the command router, with hysteresis; the coil's new state
+/// comes back as telemetry.
+#[cfg(feature = "rules")]
+#[test]
+fn a_rule_switches_a_pymodbus_coil_with_hysteresis() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let mport = free_port();
+    let mut peer = Peer::tcp(mport, "1,2");
+    peer.cmd("setv 1 i 0 f32 ABCD 50.0");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        r#"gateway:
+  id: test
+  state_dir: {{state}}
+mqtt:
+  host: 127.0.0.1
+  port: {bport}
+  topic_prefix: t
+  reconnect_min_ms: 100
+  reconnect_max_ms: 1000
+store:
+  synchronous: normal
+sources:
+  - modbus:
+      name: plant
+      poll_ms: 200
+      tcp:
+        - host: 127.0.0.1
+          port: {mport}
+          devices:
+            - id: plant/boiler
+              unit: 1
+              points:
+                - {{ name: temperature, table: input, address: 0, type: f32, unit: °C }}
+            - id: plant/fan
+              unit: 2
+              points:
+                - {{ name: running, table: coil, address: 0, writable: true }}
+rules:
+  - name: cooling
+    match: {{ device: plant/boiler, point: temperature }}
+    script: |
+      let on = hysteresis("hot", r.value, 60.0, 70.0);
+      if changed("fan", on) {{ command("plant/fan", "running", on); }}
+"#,
+        bport = broker.port,
+    );
+    let gw = Gateway::start(dir.path(), &cfg);
+    let latest = |topic: &str| {
+        sub.snapshot()
+            .iter()
+            .rev()
+            .find(|m| m.topic == topic)
+            .map(|m| m.json())
+    };
+    wait_until("the boiler at 50 °C", Duration::from_secs(20), || {
+        latest("t/plant/boiler/temperature").is_some_and(|j| j["value"] == 50.0)
+            && latest("t/plant/fan/running").is_some()
+    });
+    assert_eq!(peer.cmd("get 2 c 0 1"), "0", "{}", gw.log());
+    // Above the high threshold: the rule switches the fan on in the device.
+    peer.cmd("setv 1 i 0 f32 ABCD 75.0");
+    wait_until("the coil switched on", Duration::from_secs(20), || {
+        peer.cmd("get 2 c 0 1") == "1"
+    });
+    wait_until("the fan on in telemetry", Duration::from_secs(10), || {
+        latest("t/plant/fan/running").is_some_and(|j| j["value"] == true)
+    });
+    // Between the thresholds: no change, however long it stays there.
+    peer.cmd("setv 1 i 0 f32 ABCD 65.0");
+    wait_until("the boiler at 65 °C", Duration::from_secs(10), || {
+        latest("t/plant/boiler/temperature").is_some_and(|j| j["value"] == 65.0)
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(peer.cmd("get 2 c 0 1"), "1", "hysteresis holds the fan on");
+    // At the low threshold: off again.
+    peer.cmd("setv 1 i 0 f32 ABCD 60.0");
+    wait_until("the coil switched off", Duration::from_secs(20), || {
+        peer.cmd("get 2 c 0 1") == "0"
+    });
+    // One command per edge: off at the first reading (`changed` is true the first time), on at
+    // 75 °C, off at 60 °C; none while the temperature sat between the thresholds.
+    let log = gw.log();
+    let sent = |v: &str| {
+        log.matches(&format!("command plant/fan/running <- Bool({v}) sent"))
+            .count()
+    };
+    assert_eq!((sent("true"), sent("false")), (1, 2), "{log}");
+}
