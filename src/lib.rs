@@ -64,6 +64,30 @@ pub fn rules_section(
     weir_rules::parse_section(value.clone(), path, dir, d).map(Some)
 }
 
+/// Report an adapter's own validation problems (`key` relative to the source's YAML path `at`,
+/// empty for the source itself); true when there were none.
+#[cfg(any(feature = "sim", feature = "modbus", feature = "coap"))]
+fn report<K: AsRef<str>>(
+    d: &mut Diagnostics,
+    at: &str,
+    problems: impl IntoIterator<Item = (K, String)>,
+) -> bool {
+    let mut ok = true;
+    for (key, msg) in problems {
+        let key = key.as_ref();
+        d.error(
+            &if key.is_empty() {
+                at.to_string()
+            } else {
+                format!("{at}.{key}")
+            },
+            msg,
+        );
+        ok = false;
+    }
+    ok
+}
+
 /// Parse one `sources[i]` entry with the adapter crate that owns its kind.
 pub fn source_builder(e: &SourceEntry, d: &mut Diagnostics) -> Option<Box<dyn SourceBuilder>> {
     match e.kind.as_str() {
@@ -71,12 +95,7 @@ pub fn source_builder(e: &SourceEntry, d: &mut Diagnostics) -> Option<Box<dyn So
         "sim" => {
             let c: weir_sim::SimConfig = d.parse(e.body.clone(), &e.path)?;
             let problems = c.validate();
-            for (key, msg) in &problems {
-                d.error(&format!("{}.{key}", e.path), msg.clone());
-            }
-            problems
-                .is_empty()
-                .then(|| Box::new(c) as Box<dyn SourceBuilder>)
+            report(d, &e.path, problems).then(|| Box::new(c) as Box<dyn SourceBuilder>)
         }
         #[cfg(feature = "modbus")]
         "modbus" => {
@@ -93,14 +112,7 @@ pub fn source_builder(e: &SourceEntry, d: &mut Diagnostics) -> Option<Box<dyn So
                     Some(Box::new(weir_modbus::ModbusBuilder::new(r)) as Box<dyn SourceBuilder>)
                 }
                 Err(problems) => {
-                    for (key, msg) in problems {
-                        let at = if key.is_empty() {
-                            e.path.clone()
-                        } else {
-                            format!("{}.{key}", e.path)
-                        };
-                        d.error(&at, msg);
-                    }
+                    report(d, &e.path, problems);
                     None
                 }
             }
@@ -109,12 +121,7 @@ pub fn source_builder(e: &SourceEntry, d: &mut Diagnostics) -> Option<Box<dyn So
         "coap" => {
             let c: weir_coap::CoapConfig = d.parse(e.body.clone(), &e.path)?;
             let problems = c.validate();
-            for (key, msg) in &problems {
-                d.error(&format!("{}.{key}", e.path), msg.clone());
-            }
-            problems
-                .is_empty()
-                .then(|| Box::new(c) as Box<dyn SourceBuilder>)
+            report(d, &e.path, problems).then(|| Box::new(c) as Box<dyn SourceBuilder>)
         }
         other => {
             d.error(

@@ -39,12 +39,7 @@ fn free_udp_port() -> u16 {
 }
 
 fn gateway_config(mqtt_port: u16, coap_source: &str) -> String {
-    format!(
-        "gateway:\n  id: test\n  state_dir: {{state}}\n  shutdown_timeout_ms: 5000\n\
-mqtt:\n  host: 127.0.0.1\n  port: {mqtt_port}\n  topic_prefix: t\n  reconnect_min_ms: 100\n  reconnect_max_ms: 1000\n  status_interval_s: 1\n\
-store:\n  synchronous: normal\n\
-sources:\n{coap_source}"
-    )
+    config_with(mqtt_port, "", "", &format!("sources:\n{coap_source}"))
 }
 
 fn server_source(udp: u16) -> String {
@@ -113,19 +108,11 @@ fn coap_client(args: &[&str]) -> String {
     )
 }
 
-fn last_value(sub: &Subscriber, topic: &str) -> Option<serde_json::Value> {
-    sub.snapshot()
-        .iter()
-        .rev()
-        .find(|m| m.topic == topic)
-        .map(Msg::json)
-}
-
 fn wait_topic(sub: &Subscriber, topic: &str) -> serde_json::Value {
     wait_until(topic, Duration::from_secs(20), || {
-        last_value(sub, topic).is_some()
+        sub.last_json(topic).is_some()
     });
-    last_value(sub, topic).unwrap()
+    sub.last_json(topic).unwrap()
 }
 
 #[test]
@@ -367,7 +354,7 @@ fn block_wise_post_of_a_large_senml_pack() {
             "{dev}: every record once"
         );
     }
-    let p7 = last_value(&sub, "t/lab/big2/p7").unwrap();
+    let p7 = sub.last_json("t/lab/big2/p7").unwrap();
     assert_eq!(p7["value"], 7.25);
     assert_eq!(p7["unit"], "W");
     std::thread::sleep(Duration::from_millis(300));
@@ -523,7 +510,7 @@ fn observes_an_aiocoap_resource_re_registers_after_restart_polls_and_writes() {
     wait_until("3 polls", Duration::from_secs(10), || {
         values(&sub, "t/plant/pump1/temperature").len() >= 3
     });
-    let t = last_value(&sub, "t/plant/pump1/temperature").unwrap();
+    let t = sub.last_json("t/plant/pump1/temperature").unwrap();
     assert_eq!(
         (t["value"].clone(), t["unit"].clone()),
         (21.5.into(), "°C".into())
@@ -535,7 +522,7 @@ fn observes_an_aiocoap_resource_re_registers_after_restart_polls_and_writes() {
         Duration::from_secs(20),
         || sub.count(|m| m.topic.starts_with("t/plant/pump1/p")) >= 150,
     );
-    let p149 = last_value(&sub, "t/plant/pump1/p149").unwrap();
+    let p149 = sub.last_json("t/plant/pump1/p149").unwrap();
     assert_eq!(
         (p149["value"].clone(), p149["unit"].clone()),
         (149.5.into(), "W".into())
@@ -576,7 +563,7 @@ fn observes_an_aiocoap_resource_re_registers_after_restart_polls_and_writes() {
         Duration::from_secs(10),
         || sub.count(|m| m.topic == "t/plant/pump1/valve/set/result") >= 3,
     );
-    let r = last_value(&sub, "t/plant/pump1/valve/set/result").unwrap();
+    let r = sub.last_json("t/plant/pump1/valve/set/result").unwrap();
     assert_eq!(r["ok"], false, "{r}");
     let err = r["error"].as_str().unwrap();
     assert!(

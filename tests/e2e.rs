@@ -240,11 +240,7 @@ fn bounded_outbox_drops_oldest_and_reports_it() {
         || {
             let msgs = sub.snapshot();
             let n: usize = seqs_by_device(&msgs, PREFIX).values().map(Vec::len).sum();
-            let status = msgs
-                .iter()
-                .rev()
-                .find(|m| m.topic == "t/status/metrics")
-                .map(|m| m.json());
+            let status = sub.last_json("t/status/metrics");
             n >= kept as usize
                 && status.is_some_and(|s| {
                     s["outbox"]["dropped_for_space_total"].as_u64() == Some(dropped)

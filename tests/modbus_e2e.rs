@@ -82,20 +82,8 @@ fn pymodbus_to_mqtt_and_set_back_to_a_holding_register() {
     peer.cmd("setv 2 h 10 f32 CDAB 12.5");
     let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/profiles/energy-meter.yaml");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = format!(
-        r#"gateway:
-  id: test
-  state_dir: {{state}}
-  shutdown_timeout_ms: 5000
-mqtt:
-  host: 127.0.0.1
-  port: {bport}
-  topic_prefix: t
-  reconnect_min_ms: 100
-  reconnect_max_ms: 1000
-store:
-  synchronous: normal
-sources:
+    let sources = format!(
+        r#"sources:
   - modbus:
       name: plant
       poll_ms: 200
@@ -112,37 +100,36 @@ sources:
                 - {{ name: flow_sp, table: holding, address: 10, type: f32, order: CDAB, unit: m3/h, writable: true }}
                 - {{ name: running, table: coil, address: 0 }}
 "#,
-        bport = broker.port,
         profile = profile.display(),
     );
+    let cfg = config_with(broker.port, "", "", &sources);
     let gw = Gateway::start(dir.path(), &cfg);
-    let latest = |topic: &str| {
-        sub.snapshot()
-            .iter()
-            .rev()
-            .find(|m| m.topic == topic)
-            .map(|m| m.json())
-    };
     wait_until("meter readings over MQTT", Duration::from_secs(20), || {
-        latest("t/plant/meter/voltage_l1").is_some_and(|j| j["value"] == 230.5)
-            && latest("t/plant/meter/current_l1").is_some_and(|j| j["value"] == 4.25)
-            && latest("t/plant/pump/flow_sp").is_some_and(|j| j["value"] == 12.5)
+        sub.last_json("t/plant/meter/voltage_l1")
+            .is_some_and(|j| j["value"] == 230.5)
+            && sub
+                .last_json("t/plant/meter/current_l1")
+                .is_some_and(|j| j["value"] == 4.25)
+            && sub
+                .last_json("t/plant/pump/flow_sp")
+                .is_some_and(|j| j["value"] == 12.5)
     });
-    let v = latest("t/plant/meter/voltage_l1").unwrap();
+    let v = sub.last_json("t/plant/meter/voltage_l1").unwrap();
     assert_eq!(v["unit"], "V");
     assert_eq!(v["quality"], "good");
     // The device changes a value: the new one arrives.
     peer.cmd("setv 1 i 0 f32 ABCD 229.75");
     wait_until("the changed voltage", Duration::from_secs(10), || {
-        latest("t/plant/meter/voltage_l1").is_some_and(|j| j["value"] == 229.75)
+        sub.last_json("t/plant/meter/voltage_l1")
+            .is_some_and(|j| j["value"] == 229.75)
     });
     // MQTT …/set writes the holding register; pymodbus holds the value; weir reads it back.
     sub.publish("t/plant/pump/flow_sp/set", b"42.5");
     wait_until("the command result", Duration::from_secs(10), || {
-        latest("t/plant/pump/flow_sp/set/result").is_some()
+        sub.last_json("t/plant/pump/flow_sp/set/result").is_some()
     });
     assert_eq!(
-        latest("t/plant/pump/flow_sp/set/result").unwrap()["ok"],
+        sub.last_json("t/plant/pump/flow_sp/set/result").unwrap()["ok"],
         true,
         "{}",
         gw.log()
@@ -151,14 +138,17 @@ sources:
     wait_until(
         "the written value read back",
         Duration::from_secs(10),
-        || latest("t/plant/pump/flow_sp").is_some_and(|j| j["value"] == 42.5),
+        || {
+            sub.last_json("t/plant/pump/flow_sp")
+                .is_some_and(|j| j["value"] == 42.5)
+        },
     );
     // Not writable: refused by the router, nothing written.
     sub.publish("t/plant/pump/running/set", b"true");
     wait_until("the refusal", Duration::from_secs(10), || {
-        latest("t/plant/pump/running/set/result").is_some()
+        sub.last_json("t/plant/pump/running/set/result").is_some()
     });
-    let r = latest("t/plant/pump/running/set/result").unwrap();
+    let r = sub.last_json("t/plant/pump/running/set/result").unwrap();
     assert_eq!(r["ok"], false);
     assert_eq!(peer.cmd("get 2 c 0 1"), "0");
 }
@@ -344,19 +334,8 @@ fn a_rule_switches_a_pymodbus_coil_with_hysteresis() {
     let mut peer = Peer::tcp(mport, "1,2");
     peer.cmd("setv 1 i 0 f32 ABCD 50.0");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = format!(
-        r#"gateway:
-  id: test
-  state_dir: {{state}}
-mqtt:
-  host: 127.0.0.1
-  port: {bport}
-  topic_prefix: t
-  reconnect_min_ms: 100
-  reconnect_max_ms: 1000
-store:
-  synchronous: normal
-sources:
+    let sources = format!(
+        r#"sources:
   - modbus:
       name: plant
       poll_ms: 200
@@ -378,20 +357,14 @@ rules:
     script: |
       let on = hysteresis("hot", r.value, 60.0, 70.0);
       if changed("fan", on) {{ command("plant/fan", "running", on); }}
-"#,
-        bport = broker.port,
+"#
     );
+    let cfg = config_with(broker.port, "", "", &sources);
     let gw = Gateway::start(dir.path(), &cfg);
-    let latest = |topic: &str| {
-        sub.snapshot()
-            .iter()
-            .rev()
-            .find(|m| m.topic == topic)
-            .map(|m| m.json())
-    };
     wait_until("the boiler at 50 °C", Duration::from_secs(20), || {
-        latest("t/plant/boiler/temperature").is_some_and(|j| j["value"] == 50.0)
-            && latest("t/plant/fan/running").is_some()
+        sub.last_json("t/plant/boiler/temperature")
+            .is_some_and(|j| j["value"] == 50.0)
+            && sub.last_json("t/plant/fan/running").is_some()
     });
     assert_eq!(peer.cmd("get 2 c 0 1"), "0", "{}", gw.log());
     // Above the high threshold: the rule switches the fan on in the device.
@@ -400,12 +373,14 @@ rules:
         peer.cmd("get 2 c 0 1") == "1"
     });
     wait_until("the fan on in telemetry", Duration::from_secs(10), || {
-        latest("t/plant/fan/running").is_some_and(|j| j["value"] == true)
+        sub.last_json("t/plant/fan/running")
+            .is_some_and(|j| j["value"] == true)
     });
     // Between the thresholds: no change, however long it stays there.
     peer.cmd("setv 1 i 0 f32 ABCD 65.0");
     wait_until("the boiler at 65 °C", Duration::from_secs(10), || {
-        latest("t/plant/boiler/temperature").is_some_and(|j| j["value"] == 65.0)
+        sub.last_json("t/plant/boiler/temperature")
+            .is_some_and(|j| j["value"] == 65.0)
     });
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(peer.cmd("get 2 c 0 1"), "1", "hysteresis holds the fan on");

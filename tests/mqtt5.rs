@@ -98,11 +98,8 @@ fn mqtt5_refused_publishes_are_counted_and_do_not_block_the_outbox() {
         "the rejection count in the status document",
         Duration::from_secs(10),
         || {
-            sub.snapshot()
-                .iter()
-                .rev()
-                .find(|m| m.topic == "t/status/metrics")
-                .is_some_and(|m| m.json()["metrics"]["weir_mqtt_rejected_total"] == 20)
+            sub.last_json("t/status/metrics")
+                .is_some_and(|j| j["metrics"]["weir_mqtt_rejected_total"] == 20)
         },
     );
     assert!(

@@ -214,6 +214,17 @@ impl Subscriber {
         self.msgs.lock().unwrap().clone()
     }
 
+    /// The JSON payload of the newest message on `topic` so far.
+    pub fn last_json(&self, topic: &str) -> Option<serde_json::Value> {
+        self.msgs
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|m| m.topic == topic)
+            .map(Msg::json)
+    }
+
     pub fn count(&self, f: impl Fn(&Msg) -> bool) -> usize {
         self.msgs.lock().unwrap().iter().filter(|m| f(m)).count()
     }
@@ -379,13 +390,24 @@ impl Drop for Gateway {
     }
 }
 
-/// A gateway config for tests: sim source + broker on `port`.
-pub fn config(port: u16, sim: &str, extra_mqtt: &str, store: &str) -> String {
+/// A gateway config for tests: broker on `port` (topic prefix `t`), state under `{state}`
+/// (see [`Gateway::start`]), `extra_mqtt` / `store` lines appended to those sections, then
+/// `rest`: the `sources:` section and anything after it.
+pub fn config_with(port: u16, extra_mqtt: &str, store: &str, rest: &str) -> String {
     format!(
         "gateway:\n  id: test\n  state_dir: {{state}}\n  shutdown_timeout_ms: 5000\n\
 mqtt:\n  host: 127.0.0.1\n  port: {port}\n  topic_prefix: t\n  reconnect_min_ms: 100\n  reconnect_max_ms: 1000\n  status_interval_s: 1\n{extra_mqtt}\
-store:\n  synchronous: normal\n{store}\
-sources:\n  - sim:\n      name: sim\n      seed: 7\n{sim}"
+store:\n  synchronous: normal\n{store}{rest}"
+    )
+}
+
+/// A gateway config for tests: sim source + broker on `port`.
+pub fn config(port: u16, sim: &str, extra_mqtt: &str, store: &str) -> String {
+    config_with(
+        port,
+        extra_mqtt,
+        store,
+        &format!("sources:\n  - sim:\n      name: sim\n      seed: 7\n{sim}"),
     )
 }
 
