@@ -264,8 +264,13 @@ pub async fn pipeline(
     max_batch: usize,
     metrics: Metrics,
 ) {
-    let committed = metrics.counter("weir_readings_committed_total", &[]);
-    let commit_errors = metrics.counter("weir_outbox_commit_errors_total", &[]);
+    let mut committer = Committer {
+        writer,
+        committed: metrics.counter("weir_readings_committed_total", &[]),
+        commit_errors: metrics.counter("weir_outbox_commit_errors_total", &[]),
+        unreported_drops: 0,
+        last_drop_log: None,
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -288,10 +293,11 @@ pub async fn pipeline(
                         batch.extend(out);
                     }
                 }
+                committer.note_drops(0); // a quiet spell still reports the last drops
                 if batch.is_empty() {
                     continue;
                 }
-                commit(&writer, &batch, &committed, &commit_errors).await;
+                committer.commit(&batch).await;
                 continue;
             }
         };
@@ -307,40 +313,74 @@ pub async fn pipeline(
         if batch.is_empty() {
             continue;
         }
-        commit(&writer, &batch, &committed, &commit_errors).await;
+        committer.commit(&batch).await;
     }
+    committer.last_drop_log = None;
+    committer.note_drops(0);
 }
 
-/// Commit one batch, retrying with backoff until it is durable.
-async fn commit(
-    writer: &OutboxWriter,
-    batch: &[weir_core::Reading],
-    committed: &weir_core::Counter,
-    commit_errors: &weir_core::Counter,
-) {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match writer.commit(batch) {
-            Ok(r) => {
-                committed.add(batch.len() as u64);
-                if r.dropped_for_space > 0 {
-                    tracing::warn!(
-                        dropped = r.dropped_for_space,
-                        "outbox full (store.max_bytes): dropped the oldest rows"
-                    );
+/// How often, at most, the pipeline logs that a full outbox dropped rows. A full outbox drops on
+/// every commit (up to 100 a second); the count goes to the log once per interval instead, and
+/// exactly to `weir buffer stats` and the status document.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Writes batches to the outbox for the pipeline: the counters and the rate-limited drop warning.
+struct Committer {
+    writer: OutboxWriter,
+    committed: weir_core::Counter,
+    commit_errors: weir_core::Counter,
+    /// Rows dropped for space since the last warning, and when that warning was logged.
+    unreported_drops: u64,
+    last_drop_log: Option<tokio::time::Instant>,
+}
+
+impl Committer {
+    /// Commit one batch, retrying with backoff until it is durable.
+    async fn commit(&mut self, batch: &[weir_core::Reading]) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.writer.commit(batch) {
+                Ok(r) => {
+                    self.committed.add(batch.len() as u64);
+                    self.note_drops(r.dropped_for_space);
+                    return;
                 }
-                return;
-            }
-            Err(e) => {
-                commit_errors.inc();
-                tracing::error!(
-                    "outbox commit failed: {e}; holding {} readings and retrying in {delay:?}",
-                    batch.len()
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                Err(e) => {
+                    self.commit_errors.inc();
+                    tracing::error!(
+                        "outbox commit failed: {e}; holding {} readings and retrying in {delay:?}",
+                        batch.len()
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
             }
         }
+    }
+
+    fn note_drops(&mut self, dropped: u64) {
+        self.unreported_drops += dropped;
+        if self.unreported_drops == 0 {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if self
+            .last_drop_log
+            .is_some_and(|t| now.duration_since(t) < DROP_LOG_INTERVAL)
+        {
+            return;
+        }
+        let since = match self.last_drop_log {
+            Some(t) => format!("in the last {:.0?}", now.duration_since(t)),
+            None => "so far".to_string(),
+        };
+        tracing::warn!(
+            dropped = self.unreported_drops,
+            "outbox full (store.max_bytes): dropped the oldest rows {since} \
+             (logged at most every {DROP_LOG_INTERVAL:?}; total in `weir buffer stats`)"
+        );
+        self.unreported_drops = 0;
+        self.last_drop_log = Some(now);
     }
 }
 

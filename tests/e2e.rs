@@ -186,8 +186,15 @@ fn kill_9_then_restart_delivers_every_committed_reading() {
 
 #[test]
 fn bounded_outbox_drops_oldest_and_reports_it() {
+    // The subscriber's persistent session is registered, then the broker goes away before the
+    // gateway starts: nothing can be delivered before the outbox fills, and whatever the gateway
+    // replays once the broker is back is queued for the session even if the subscriber has not
+    // reconnected yet (subscribing after the restart raced the replay under load).
     let mut broker = Mosquitto::start_with("", true);
+    let sub = Subscriber::connect(broker.port, "t/#");
+    broker.stop();
     let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
     let mut gw = Gateway::start(
         dir.path(),
         &config(
@@ -197,7 +204,6 @@ fn bounded_outbox_drops_oldest_and_reports_it() {
             "  max_bytes: 65536\n",
         ),
     );
-    broker.stop();
     wait_until("the outbox to overflow", Duration::from_secs(30), || {
         let (code, out, _) = gw.cli(&["buffer", "stats"]);
         code == 0
@@ -220,8 +226,9 @@ fn bounded_outbox_drops_oldest_and_reports_it() {
         gw.is_running(),
         "the daemon keeps running when the outbox is full"
     );
-    let (_, out, _) = gw.cli(&["buffer", "stats"]);
-    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (code, out, err) = gw.cli(&["buffer", "stats"]);
+    let stats: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("weir buffer stats (exit {code}): {e}: {out} {err}"));
     assert!(stats["bytes"].as_u64().unwrap() <= 65536, "{stats}");
     let dropped = stats["dropped_for_space_total"].as_u64().unwrap();
     let kept = stats["rows"].as_u64().unwrap();
@@ -230,10 +237,16 @@ fn bounded_outbox_drops_oldest_and_reports_it() {
         20000,
         "every reading is either kept or counted as dropped: {stats}"
     );
-    assert!(gw.log().contains("dropped the oldest rows"));
+    // Dropping happens on every commit; the log says so at most once per 10 s, with the count.
+    let warnings = gw.log().matches("dropped the oldest rows").count();
+    let allowed = 1 + started.elapsed().as_secs() as usize / 10;
+    assert!(
+        (1..=allowed).contains(&warnings),
+        "{warnings} drop warnings in {:?} (at most one per 10 s)",
+        started.elapsed()
+    );
 
     broker.start_again();
-    let sub = Subscriber::connect(broker.port, "t/#");
     wait_until(
         "kept rows and the status document",
         Duration::from_secs(30),
