@@ -142,6 +142,7 @@ fn open(dir: &std::path::Path) -> Arc<Mutex<Outbox>> {
         max_bytes: 4 << 30,
         max_age: Duration::from_secs(86400),
         synchronous_full: true,
+        min_free_bytes: 0,
     };
     Arc::new(Mutex::new(
         Outbox::open(&dir.join("outbox.db"), limits).unwrap(),

@@ -197,6 +197,7 @@ pub fn open_outbox(cfg: &GatewayConfig) -> anyhow::Result<Outbox> {
         max_bytes: cfg.store.max_bytes,
         max_age: cfg.store_max_age(),
         synchronous_full: cfg.store.synchronous == weir_config::Synchronous::Full,
+        min_free_bytes: cfg.store.min_free_bytes,
     };
     Ok(Outbox::open(&path, limits)?)
 }
@@ -268,6 +269,7 @@ pub async fn pipeline(
         writer,
         committed: metrics.counter("weir_readings_committed_total", &[]),
         commit_errors: metrics.counter("weir_outbox_commit_errors_total", &[]),
+        held: metrics.gauge("weir_pipeline_held_readings", &[]),
         unreported_drops: 0,
         last_drop_log: None,
     };
@@ -323,34 +325,60 @@ pub async fn pipeline(
 /// every commit (up to 100 a second); the count goes to the log once per interval instead, and
 /// exactly to `weir buffer stats` and the status document.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How often, at most, a commit that keeps failing is logged again.
+const COMMIT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Writes batches to the outbox for the pipeline: the counters and the rate-limited drop warning.
 struct Committer {
     writer: OutboxWriter,
     committed: weir_core::Counter,
     commit_errors: weir_core::Counter,
+    /// Readings taken off the bus and held while their commit fails (`weir_pipeline_held_readings`).
+    held: weir_core::Gauge,
     /// Rows dropped for space since the last warning, and when that warning was logged.
     unreported_drops: u64,
     last_drop_log: Option<tokio::time::Instant>,
 }
 
 impl Committer {
-    /// Commit one batch, retrying with backoff until it is durable.
+    /// Commit one batch, retrying with backoff until it is durable. While it fails (a full disk, an
+    /// I/O error) the batch is held here and the bus fills behind it; the error is logged at the
+    /// first failure and then once per [`COMMIT_ERROR_LOG_INTERVAL`], and recovery is logged too.
     async fn commit(&mut self, batch: &[weir_core::Reading]) {
         let mut delay = Duration::from_millis(100);
+        let mut failures = 0u64;
+        let mut first_failure = None;
+        let mut last_log: Option<tokio::time::Instant> = None;
         loop {
             match self.writer.commit(batch) {
                 Ok(r) => {
                     self.committed.add(batch.len() as u64);
+                    self.held.set(0);
+                    if let Some(t) = first_failure {
+                        tracing::info!(
+                            "outbox writable again: the {} held readings are stored after {failures} failed attempts over {:.0?}",
+                            batch.len(),
+                            tokio::time::Instant::now().duration_since(t)
+                        );
+                    }
                     self.note_drops(r.dropped_for_space);
                     return;
                 }
                 Err(e) => {
                     self.commit_errors.inc();
-                    tracing::error!(
-                        "outbox commit failed: {e}; holding {} readings and retrying in {delay:?}",
-                        batch.len()
-                    );
+                    self.held.set(batch.len() as i64);
+                    failures += 1;
+                    let now = tokio::time::Instant::now();
+                    first_failure.get_or_insert(now);
+                    if last_log.is_none_or(|t| now.duration_since(t) >= COMMIT_ERROR_LOG_INTERVAL) {
+                        tracing::error!(
+                            "outbox commit failed: {e}; holding {} readings and retrying \
+                             (attempt {failures}, next in {delay:?}; logged at most every {:?} while it lasts)",
+                            batch.len(),
+                            COMMIT_ERROR_LOG_INTERVAL
+                        );
+                        last_log = Some(now);
+                    }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -554,7 +582,12 @@ pub async fn run_with_reload(
         .await
         .is_err()
     {
-        tracing::error!("the pipeline did not drain before gateway.shutdown_timeout_ms");
+        let held = metrics.gauge("weir_pipeline_held_readings", &[]).get();
+        tracing::error!(
+            held_readings = held,
+            "the pipeline did not drain before gateway.shutdown_timeout_ms: the readings it held \
+             (its outbox commits were failing) and those still on the bus are lost"
+        );
     }
     fwd_token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), fwd_task).await;

@@ -315,7 +315,7 @@ fn commands_over_mqtt_reach_the_simulated_actuators_and_get_results() {
     wait_until("the gateway online", Duration::from_secs(20), || {
         sub.count(|m| m.topic == "t/status" && m.payload == b"online") > 0
     });
-    std::thread::sleep(Duration::from_millis(300)); // command subscriptions are acknowledged
+    // No pause: the gateway subscribes to the command topics before it publishes `online`.
     sub.publish("t/gh1/actuators/vent/set", b"true");
     sub.publish("t/gh1/actuators/shade/set", br#"{"value": 250}"#);
     sub.publish("t/gh9/pump/speed/set", b"3");
@@ -415,5 +415,120 @@ fn metrics_endpoint_serves_prometheus_text() {
     assert!(
         body.contains("weir_readings_in_total{source=\"sim\"}"),
         "{body}"
+    );
+}
+
+/// A tmpfs mounted for one test and unmounted (lazily) when dropped, even when the test fails.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounting needs root (CI runs as root) or passwordless sudo.
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        let mut cmd = if root {
+            std::process::Command::new("mount")
+        } else {
+            let mut c = std::process::Command::new("sudo");
+            c.args(["-n", "mount"]);
+            c
+        };
+        let out = cmd
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "weir-test"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a {size} tmpfs at {} needs root or passwordless sudo: {}",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let mut c = std::process::Command::new("umount");
+        let _ = c.arg("-l").arg(&self.0).status().is_ok_and(|s| s.success())
+            || std::process::Command::new("sudo")
+                .args(["-n", "umount", "-l"])
+                .arg(&self.0)
+                .status()
+                .is_ok_and(|s| s.success());
+    }
+}
+
+#[test]
+fn a_full_disk_holds_readings_and_loses_none() {
+    // The outbox lives on a 16 MiB filesystem that must keep 8 MiB free; the broker is away, so
+    // the outbox grows until the reserve is reached. Then readings are held (the simulator is
+    // slowed by the full bus), the daemon keeps running and says what is full. Once the broker is
+    // back, delivered rows are deleted — the reserve is what lets SQLite write those deletes —
+    // their space is reused, and every reading arrives: none was dropped for the full disk.
+    let total = 40_000u64;
+    let mut broker = Mosquitto::start_with("", true);
+    let sub = Subscriber::connect(broker.port, "t/#");
+    broker.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let _fs = Tmpfs::mount(&dir.path().join("state"), "16m");
+    let mut gw = Gateway::start(
+        dir.path(),
+        &config(
+            broker.port,
+            &format!("      readings_per_s: 5000\n      total_readings: {total}\n"),
+            "",
+            "  min_free_bytes: 8388608\n",
+        ),
+    );
+    let outbox = gw.outbox_path().display().to_string();
+    wait_until("the disk-full error", Duration::from_secs(60), || {
+        gw.log().contains("the disk is full")
+    });
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("the disk is full"))
+        .unwrap();
+    assert!(
+        line.contains(&outbox) && line.contains("min_free_bytes"),
+        "the error names the outbox and the setting: {line}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(gw.is_running(), "the daemon keeps running on a full disk");
+    let (code, out, err) = gw.cli(&["buffer", "stats"]);
+    let stats: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("weir buffer stats (exit {code}) on a full disk: {e}: {err}"));
+    let stored = stats["rows"].as_u64().unwrap();
+    assert!(
+        stored > 1000 && stored < total,
+        "the outbox stopped growing short of every reading: {stats}"
+    );
+    assert_eq!(stats["dropped_for_space_total"], 0, "{stats}");
+
+    broker.start_again();
+    wait_until("every reading", Duration::from_secs(120), || {
+        let s = seqs_by_device(&sub.snapshot(), PREFIX);
+        s.values()
+            .map(|v| v.iter().collect::<HashSet<_>>().len())
+            .sum::<usize>()
+            >= total as usize
+    });
+    let (unique, dups) = check_complete(&seqs_by_device(&sub.snapshot(), PREFIX));
+    eprintln!("full disk: {stored} rows stored at the full mark; {unique} unique readings, {dups} duplicates");
+    assert_eq!(unique, total as usize);
+    let log = gw.log();
+    assert!(log.contains("outbox writable again"), "recovery is logged");
+    assert!(
+        !log.contains("delete of acknowledged rows failed"),
+        "the reserve kept deletes possible"
+    );
+    assert!(
+        log.matches("the disk is full").count() <= 2,
+        "a held commit is logged once a minute, not at every retry"
     );
 }

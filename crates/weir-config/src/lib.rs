@@ -221,6 +221,12 @@ pub struct StoreSection {
     /// Readings committed in one transaction at most.
     #[serde(default = "default_max_batch_readings")]
     pub max_batch_readings: usize,
+    /// Free space kept on the outbox's filesystem. Below it new readings are held (the bus
+    /// fills, sources slow down or count drops) rather than stored, so that delivered rows can
+    /// always be deleted to make room; nothing already stored is dropped for it. 0 turns the
+    /// check off (SQLite then fails only at 0 bytes, when even deleting may fail).
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
 }
 
 impl Default for StoreSection {
@@ -231,6 +237,7 @@ impl Default for StoreSection {
             max_age_s: default_max_age_s(),
             synchronous: Synchronous::Full,
             max_batch_readings: default_max_batch_readings(),
+            min_free_bytes: default_min_free_bytes(),
         }
     }
 }
@@ -246,6 +253,10 @@ fn default_max_age_s() -> u64 {
 }
 fn default_max_batch_readings() -> usize {
     5_000
+}
+/// Room for SQLite's write-ahead log (checkpointed at ~4 MiB) with a wide margin.
+fn default_min_free_bytes() -> u64 {
+    32 * 1024 * 1024
 }
 
 /// `metrics:` — the local Prometheus endpoint.

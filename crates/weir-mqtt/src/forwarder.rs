@@ -1,8 +1,9 @@
 //! The forwarder: publishes outbox rows in commit order and deletes each only after its PUBACK.
 //!
 //! Per session (one MQTT connection):
-//! 1. connect with the last will `offline` (retained) on `<prefix>/status`, then publish `online`
-//!    (retained) there, subscribe to the command topics, and publish the status document;
+//! 1. connect with the last will `offline` (retained) on `<prefix>/status`, subscribe to the
+//!    command topics, then publish `online` (retained) there and the status document — so
+//!    `online` also means commands sent from now on are heard;
 //! 2. read rows after a cursor in id order (a page at a time) and hand them to rumqttc while fewer
 //!    than `max_inflight` messages are unacknowledged;
 //! 3. match `Outgoing::Publish(pkid)` events to the rows in the order they were handed over
@@ -290,10 +291,10 @@ impl Forwarder {
                 Err(e) => tracing::warn!(topic, "mqtt: could not queue message: {e}"),
             }
         };
-        send_other(&s, &mut order, &status_topic, true, b"online".to_vec());
-        send_other(&s, &mut order, &metrics_topic, true, self.status_document());
         if self.cfg.commands {
             // Device ids have one to four levels (`gh1/climate`): `<prefix>/<device…>/<point>/set`.
+            // Subscribed before `online` is published: the broker handles one connection's
+            // packets in order, so whoever sees `online` can send a command and it is heard.
             for depth in 1..=4 {
                 let filter = format!("{}/{}+/set", self.cfg.prefix, "+/".repeat(depth));
                 if let Err(e) = s.subscribe(&filter) {
@@ -301,6 +302,8 @@ impl Forwarder {
                 }
             }
         }
+        send_other(&s, &mut order, &status_topic, true, b"online".to_vec());
+        send_other(&s, &mut order, &metrics_topic, true, self.status_document());
 
         let end = loop {
             // Fill the window from the outbox.

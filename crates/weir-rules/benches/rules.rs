@@ -158,6 +158,7 @@ fn pipeline_rate(stage: &mut dyn Transform, points: usize, total: usize) -> f64 
             max_bytes: 1 << 34,
             max_age: Duration::from_secs(86_400),
             synchronous_full: true,
+            min_free_bytes: 0,
         },
     )
     .expect("outbox");

@@ -113,6 +113,7 @@ fn bench_outbox(dir: &Path, rows: usize) {
         max_bytes: 4 << 30,
         max_age: Duration::from_secs(7 * 24 * 3600),
         synchronous_full: true,
+        min_free_bytes: 0,
     };
     println!(
         "weir-store outbox: {rows} rows, batches of {BATCH}, synchronous=FULL, {}",

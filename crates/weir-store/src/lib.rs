@@ -53,6 +53,18 @@
 //!    never checkpoints, and every write method on it fails with [`StoreError::ReadOnly`]. (When no writer
 //!    is running, SQLite may leave empty `-wal`/`-shm` files behind; the next writer uses them as usual.)
 //!
+//! 10. **A full disk refuses new rows and keeps the old ones deletable.** Before an append, the
+//!     space available to it — the filesystem's free blocks (`statvfs` `f_bavail`) plus the pages
+//!     inside the database that SQLite reuses before growing the file (`freelist_count`) — is
+//!     compared with `Limits::min_free_bytes`; below it the append fails with
+//!     [`StoreError::DiskFull`] and stores nothing (no sequence number is consumed). The reserve
+//!     is what lets [`Outbox::delete`] still write its WAL frames, so the forwarder can delete
+//!     delivered rows and free space (pages the next appends reuse) instead of wedging on a disk
+//!     at 0 bytes. Deletes are never refused. Nothing stored is dropped for a full disk: choosing
+//!     newest-over-oldest is what `max_bytes` is for. (If another program fills the disk to the
+//!     last byte anyway, SQLite's own "database or disk is full" error is returned as
+//!     [`StoreError::Sqlite`], equally without storing anything.)
+//!
 //! # Connection settings
 //!
 //! `journal_mode = WAL`, `synchronous = FULL` (or `NORMAL` when `Limits::synchronous_full` is false:
@@ -202,6 +214,9 @@ pub struct Limits {
     pub max_age: Duration,
     /// `synchronous = FULL` (fsync per commit) when true, `NORMAL` otherwise.
     pub synchronous_full: bool,
+    /// Free space (bytes) an append leaves on the database's filesystem: below it, appends fail
+    /// with [`StoreError::DiskFull`] and store nothing. See invariant 10.
+    pub min_free_bytes: u64,
 }
 
 /// A message to append; built by the closure given to [`Outbox::append`].
@@ -295,6 +310,19 @@ pub enum StoreError {
     /// A write was attempted through a handle from [`Outbox::open_read_only`].
     #[error("outbox {}: {op} is not possible on a read-only handle", .path.display())]
     ReadOnly { path: PathBuf, op: &'static str },
+    /// Appending would leave less than [`Limits::min_free_bytes`] free on the database's
+    /// filesystem (invariant 10). Nothing was stored; retry once space is freed.
+    #[error(
+        "outbox {}: the disk is full: {available_bytes} bytes free on its filesystem (counting \
+         space inside the database that SQLite reuses), store.min_free_bytes keeps {min_free_bytes} \
+         for deleting delivered rows; new readings are held until space is freed",
+        .path.display()
+    )]
+    DiskFull {
+        path: PathBuf,
+        available_bytes: u64,
+        min_free_bytes: u64,
+    },
     /// A stored value is out of range (a negative counter, a sequence number past `i64::MAX`, …).
     #[error("outbox {}: {op}: {what}", .path.display())]
     OutOfRange {
@@ -314,6 +342,7 @@ impl StoreError {
             | StoreError::UnsupportedSchema { path, .. }
             | StoreError::Io { path, .. }
             | StoreError::ReadOnly { path, .. }
+            | StoreError::DiskFull { path, .. }
             | StoreError::OutOfRange { path, .. } => path,
         }
     }
@@ -692,6 +721,50 @@ impl Outbox {
         })
     }
 
+    /// Invariant 10: fail with [`StoreError::DiskFull`] when an append would eat into the reserve.
+    /// One `statvfs` per append; the freelist is read only when the filesystem alone is short.
+    fn check_free_space(&mut self, op: &'static str, limits: Limits) -> Result<(), StoreError> {
+        if limits.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let mut available = self.fs_available(op)?;
+        if available < limits.min_free_bytes {
+            let err = sql_err(&self.path, op);
+            let (free_pages, page_size): (i64, i64) = self
+                .conn
+                .query_row(
+                    "SELECT freelist_count, page_size FROM pragma_freelist_count, pragma_page_size",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(&err)?;
+            available = available
+                .saturating_add((free_pages.max(0) as u64).saturating_mul(page_size.max(0) as u64));
+        }
+        if available < limits.min_free_bytes {
+            return Err(StoreError::DiskFull {
+                path: self.path.clone(),
+                available_bytes: available,
+                min_free_bytes: limits.min_free_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes available to this (unprivileged) process on the database's filesystem.
+    fn fs_available(&self, op: &'static str) -> Result<u64, StoreError> {
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let st = rustix::fs::statvfs(dir).map_err(|e| StoreError::Io {
+            path: self.path.clone(),
+            op,
+            cause: e.into(),
+        })?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
     fn limits(&self, op: &'static str) -> Result<Limits, StoreError> {
         self.limits.ok_or_else(|| StoreError::ReadOnly {
             path: self.path.clone(),
@@ -712,6 +785,7 @@ impl Outbox {
     ) -> Result<AppendReport, StoreError> {
         const OP: &str = "append";
         let limits = self.limits(OP)?;
+        self.check_free_space(OP, limits)?;
         let Outbox {
             conn,
             path,
@@ -1088,6 +1162,7 @@ mod tests {
             max_bytes: u64::MAX,
             max_age: Duration::from_secs(3600),
             synchronous_full: false,
+            min_free_bytes: 0,
         }
     }
 

@@ -24,6 +24,7 @@ fn limits() -> Limits {
         max_bytes: 1 << 30,
         max_age: Duration::from_secs(3600),
         synchronous_full: true,
+        min_free_bytes: 0,
     }
 }
 

@@ -16,6 +16,7 @@ fn limits() -> Limits {
         max_bytes: 1 << 30,
         max_age: Duration::from_secs(24 * 3600),
         synchronous_full: true,
+        min_free_bytes: 0,
     }
 }
 
@@ -832,6 +833,7 @@ fn run_model(seed: u64) {
         max_bytes: rng.random_range(2_000..20_000),
         max_age: Duration::from_millis(rng.random_range(0..5)),
         synchronous_full: false,
+        min_free_bytes: 0,
     };
     let mut ob = Outbox::open(&path, lim).unwrap();
     // id -> (topic, payload, retain)
@@ -956,4 +958,53 @@ fn run_model(seed: u64) {
         rows.iter().map(|r| r.id).collect::<Vec<_>>(),
         model.keys().copied().collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn a_reserve_larger_than_the_free_space_refuses_appends_and_keeps_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let mut ob = Outbox::open(&path, limits()).unwrap();
+    append_seq(&mut ob, "d", 3);
+    drop(ob);
+    // No filesystem has u64::MAX bytes free: every append is refused, whole.
+    let full = Limits {
+        min_free_bytes: u64::MAX,
+        ..limits()
+    };
+    let mut ob = Outbox::open(&path, full).unwrap();
+    let err = ob
+        .append(|seq| vec![msg("d/x", seq.next("d").to_string().as_bytes())])
+        .unwrap_err();
+    match &err {
+        StoreError::DiskFull {
+            path: p,
+            min_free_bytes,
+            available_bytes,
+        } => {
+            assert_eq!(p, &path);
+            assert_eq!(*min_free_bytes, u64::MAX);
+            assert!(*available_bytes < u64::MAX);
+        }
+        other => panic!("expected DiskFull, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("the disk is full") && text.contains(&path.display().to_string()),
+        "{text}"
+    );
+    assert_eq!(
+        ob.stats().unwrap().rows,
+        3,
+        "nothing of the refused batch is stored"
+    );
+    // Deleting delivered rows is never refused: it is how space comes back.
+    let ids: Vec<i64> = all(&mut ob).iter().map(|r| r.id).take(2).collect();
+    ob.delete(&ids).unwrap();
+    assert_eq!(ob.stats().unwrap().rows, 1);
+    drop(ob);
+    // With room again the next batch continues the sequence: the refused one consumed nothing.
+    let mut ob = Outbox::open(&path, limits()).unwrap();
+    append_seq(&mut ob, "d", 1);
+    assert_eq!(seqs_of(&all(&mut ob), "d"), vec![3, 4]);
 }
