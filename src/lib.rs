@@ -441,9 +441,64 @@ pub fn reload_rules(file: &Path) -> Result<weir_rules::Reload, String> {
     Ok(weir_rules::reload_section(value, dir))
 }
 
+/// The file's top-level sections other than `rules:`, as written (before `${VAR}` expansion);
+/// `None` when the file cannot be read or parsed.
+#[cfg(feature = "rules")]
+fn sections_needing_restart(file: &Path) -> Option<serde_yaml::Mapping> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let serde_yaml::Value::Mapping(mut m) = serde_yaml::from_str(&text).ok()? else {
+        return None;
+    };
+    m.remove("rules");
+    Some(m)
+}
+
+/// Names of the top-level sections that differ between `before` and `after` (added, removed or
+/// changed), sorted.
+pub fn changed_sections(before: &serde_yaml::Mapping, after: &serde_yaml::Mapping) -> Vec<String> {
+    let mut names: Vec<String> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| before.get(*k) != after.get(*k))
+        .map(|k| k.as_str().map_or_else(|| format!("{k:?}"), str::to_string))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// What a reload tells about the rest of the file: sections changed since the start, which apply
+/// only on restart, and errors outside `rules:` that would stop the next start (rule errors are
+/// reported by the rules reload itself).
+#[cfg(feature = "rules")]
+fn reload_report(file: &Path, at_start: Option<&serde_yaml::Mapping>) {
+    if let (Some(before), Some(now)) = (at_start, sections_needing_restart(file)) {
+        let changed = changed_sections(before, &now);
+        if !changed.is_empty() {
+            tracing::warn!(
+                "reload: {} changed in {} since the start; only rules are reloaded, these \
+                 apply on restart (systemctl restart weir)",
+                changed.join(", "),
+                file.display()
+            );
+        }
+    }
+    if let Err(mut e) = load(file) {
+        e.errors.retain(|d| !d.path.starts_with("rules"));
+        if !e.errors.is_empty() {
+            tracing::error!(
+                "reload: the running gateway is unaffected, but the next start would refuse this \
+                 file: {}",
+                e.to_string().trim_end()
+            );
+        }
+    }
+}
+
 /// [`run`], and each time `reload` is notified (SIGHUP) the rules are re-read from the
 /// configuration file and swapped in: a rule whose new version does not compile keeps running its
-/// previous version. Other sections are not reloaded (that needs a restart).
+/// previous version. Other sections are not reloaded (that needs a restart); a reload says which
+/// of them changed since the start and whether the file would still pass `weir check`.
 pub async fn run_with_reload(
     loaded: Loaded,
     shutdown: CancellationToken,
@@ -486,6 +541,7 @@ pub async fn run_with_reload(
             let mut stage = weir_rules::RulesStage::new(set, router.clone(), &metrics);
             let handle = stage.reload_handle();
             let file = cfg.file.clone();
+            let at_start = sections_needing_restart(&file);
             let token = shutdown.clone();
             tokio::spawn(async move {
                 loop {
@@ -493,12 +549,19 @@ pub async fn run_with_reload(
                         _ = token.cancelled() => return,
                         _ = reload.notified() => {}
                     }
-                    let f = file.clone();
-                    match tokio::task::spawn_blocking(move || reload_rules(&f)).await {
+                    let (f, start) = (file.clone(), at_start.clone());
+                    let read = tokio::task::spawn_blocking(move || {
+                        reload_report(&f, start.as_ref());
+                        reload_rules(&f)
+                    });
+                    match read.await {
                         Ok(Ok(r)) => {
                             let n = r.rules.len();
                             if handle.send(r) {
-                                tracing::info!(rules = n, "reload: rules re-read; they apply from the next batch (other sections need a restart)");
+                                tracing::info!(
+                                    rules = n,
+                                    "reload: rules re-read; they apply from the next batch"
+                                );
                             } else {
                                 tracing::warn!("reload: a reload is already pending; try again");
                             }

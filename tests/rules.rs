@@ -303,6 +303,8 @@ fn sighup_reloads_rules_and_keeps_the_old_version_of_a_broken_one() {
     };
 
     // A broken new version of `tag` and a new rule: `tag` keeps running as it was, `added` starts.
+    // The store section changes too (applies only on restart), into something `weir check`
+    // refuses: the reload says both, and keeps running.
     rewrite(config(
         broker.port,
         &rules(
@@ -310,7 +312,7 @@ fn sighup_reloads_rules_and_keeps_the_old_version_of_a_broken_one() {
             "  - name: added\n    match: { point: temperature }\n    script: 'emit(\"added\", true);'\n",
         ),
         "",
-        "",
+        "  max_bytes: 100\n",
     ));
     std::process::Command::new("kill")
         .args(["-HUP", &pid.to_string()])
@@ -329,9 +331,16 @@ fn sighup_reloads_rules_and_keeps_the_old_version_of_a_broken_one() {
         sub.count(|m| m.topic == "t/gh1/climate/v" && value_of(m) == Some(2)),
         0
     );
+    let log = gw.log();
+    assert!(log.contains("keeping the previous one"), "the log says so");
     assert!(
-        gw.log().contains("keeping the previous one"),
-        "the log says so"
+        log.contains("reload: store changed in") && log.contains("apply on restart"),
+        "the reload names the section that needs a restart: {log}"
+    );
+    assert!(
+        log.contains("the next start would refuse this file")
+            && log.contains("store.max_bytes: must be at least 65536 bytes"),
+        "and what `weir check` would say of it: {log}"
     );
 
     // The fixed version replaces it; the daemon never stopped.
