@@ -252,6 +252,7 @@ fn stats(cfg: &weir_config::GatewayConfig) -> anyhow::Result<()> {
         "oldest_age_s": s.oldest_enqueued_ns.map(|t| (now - t).max(0) as f64 / 1e9),
         "dropped_for_space_total": s.dropped_for_space_total,
         "dropped_for_age_total": s.dropped_for_age_total,
+        "fs_available_bytes": o.fs_available_bytes().ok(),
     });
     println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(())

@@ -509,6 +509,12 @@ fn a_full_disk_holds_readings_and_loses_none() {
         "the outbox stopped growing short of every reading: {stats}"
     );
     assert_eq!(stats["dropped_for_space_total"], 0, "{stats}");
+    assert!(
+        stats["fs_available_bytes"]
+            .as_u64()
+            .is_some_and(|b| b < 8 * 1024 * 1024),
+        "the reserve is what is left: {stats}"
+    );
 
     broker.start_again();
     wait_until("every reading", Duration::from_secs(120), || {

@@ -92,6 +92,7 @@ struct Counters {
     outbox_oldest_age_s: weir_core::Gauge,
     dropped_space: weir_core::Gauge,
     dropped_age: weir_core::Gauge,
+    fs_available: weir_core::Gauge,
 }
 
 /// How a session ended.
@@ -124,6 +125,7 @@ impl Forwarder {
             outbox_oldest_age_s: metrics.gauge("weir_outbox_oldest_age_seconds", &[]),
             dropped_space: metrics.gauge("weir_outbox_dropped_total", &[("reason", "space")]),
             dropped_age: metrics.gauge("weir_outbox_dropped_total", &[("reason", "age")]),
+            fs_available: metrics.gauge("weir_outbox_fs_available_bytes", &[]),
         };
         Forwarder {
             cfg,
@@ -188,7 +190,10 @@ impl Forwarder {
     }
 
     fn status_document(&self) -> Vec<u8> {
-        let stats = blocking(|| lock(&self.outbox).stats());
+        let (stats, fs_available) = blocking(|| {
+            let mut o = lock(&self.outbox);
+            (o.stats(), o.fs_available_bytes().ok())
+        });
         let now = Timestamp::now().as_nanos();
         let mut doc = serde_json::Map::new();
         doc.insert("state".into(), "online".into());
@@ -209,6 +214,11 @@ impl Forwarder {
                 self.m.outbox_oldest_age_s.set(age);
                 self.m.dropped_space.set(s.dropped_for_space_total as i64);
                 self.m.dropped_age.set(s.dropped_for_age_total as i64);
+                if let Some(b) = fs_available {
+                    self.m
+                        .fs_available
+                        .set(i64::try_from(b).unwrap_or(i64::MAX));
+                }
                 doc.insert(
                     "outbox".into(),
                     serde_json::json!({
@@ -218,6 +228,7 @@ impl Forwarder {
                         "oldest_age_s": age,
                         "dropped_for_space_total": s.dropped_for_space_total,
                         "dropped_for_age_total": s.dropped_for_age_total,
+                        "fs_available_bytes": fs_available,
                     }),
                 );
             }

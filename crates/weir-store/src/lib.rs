@@ -751,6 +751,13 @@ impl Outbox {
         Ok(())
     }
 
+    /// Bytes free on the database's filesystem for this process (`statvfs` `f_bavail`), not
+    /// counting free pages inside the database. Not part of [`OutboxStats`]: it moves with every
+    /// other writer on the filesystem.
+    pub fn fs_available_bytes(&self) -> Result<u64, StoreError> {
+        self.fs_available("fs_available_bytes")
+    }
+
     /// Bytes available to this (unprivileged) process on the database's filesystem.
     fn fs_available(&self, op: &'static str) -> Result<u64, StoreError> {
         let dir = match self.path.parent() {
