@@ -470,12 +470,16 @@ fn a_full_disk_holds_readings_and_loses_none() {
     // slowed by the full bus), the daemon keeps running and says what is full. Once the broker is
     // back, delivered rows are deleted — the reserve is what lets SQLite write those deletes —
     // their space is reused, and every reading arrives: none was dropped for the full disk.
-    let total = 40_000u64;
+    // Far more than fits: how many rows reach the mark depends on batch sizes and the WAL's
+    // size at that moment (from 29,615 to 59,419 in runs so far; all of 40,000 fitted once, under
+    // qemu with the machine loaded, and the error never came).
+    let total = 100_000u64;
     let mut broker = Mosquitto::start_with("", true);
     let sub = Subscriber::connect(broker.port, "t/#");
     broker.stop();
     let dir = tempfile::tempdir().unwrap();
     let _fs = Tmpfs::mount(&dir.path().join("state"), "16m");
+    let started = std::time::Instant::now();
     let mut gw = Gateway::start(
         dir.path(),
         &config(
@@ -517,7 +521,7 @@ fn a_full_disk_holds_readings_and_loses_none() {
     );
 
     broker.start_again();
-    wait_until("every reading", Duration::from_secs(120), || {
+    wait_until("every reading", Duration::from_secs(180), || {
         let s = seqs_by_device(&sub.snapshot(), PREFIX);
         s.values()
             .map(|v| v.iter().collect::<HashSet<_>>().len())
@@ -533,8 +537,14 @@ fn a_full_disk_holds_readings_and_loses_none() {
         !log.contains("delete of acknowledged rows failed"),
         "the reserve kept deletes possible"
     );
+    // Each spell of a full disk (there can be several when the forwarder deletes slower than
+    // readings arrive) is logged when it starts, once a minute while it lasts, and when it ends;
+    // not at every retry.
+    let errors = log.matches("the disk is full").count();
+    let recoveries = log.matches("outbox writable again").count();
     assert!(
-        log.matches("the disk is full").count() <= 2,
-        "a held commit is logged once a minute, not at every retry"
+        errors <= recoveries + started.elapsed().as_secs() as usize / 60,
+        "{errors} disk-full errors for {recoveries} recoveries in {:?}",
+        started.elapsed()
     );
 }
