@@ -317,8 +317,7 @@ pub async fn pipeline(
         }
         committer.commit(&batch).await;
     }
-    committer.last_drop_log = None;
-    committer.note_drops(0);
+    committer.flush_drop_log();
 }
 
 /// How often, at most, the pipeline logs that a full outbox dropped rows. A full outbox drops on
@@ -386,18 +385,25 @@ impl Committer {
         }
     }
 
+    /// Count rows a commit dropped for space; log the count when the last warning is
+    /// [`DROP_LOG_INTERVAL`] old (or there was none).
     fn note_drops(&mut self, dropped: u64) {
         self.unreported_drops += dropped;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_drop_log
+            .is_none_or(|t| now.duration_since(t) >= DROP_LOG_INTERVAL)
+        {
+            self.flush_drop_log();
+        }
+    }
+
+    /// Log the drops not reported yet, whenever the last warning was (at shutdown).
+    fn flush_drop_log(&mut self) {
         if self.unreported_drops == 0 {
             return;
         }
         let now = tokio::time::Instant::now();
-        if self
-            .last_drop_log
-            .is_some_and(|t| now.duration_since(t) < DROP_LOG_INTERVAL)
-        {
-            return;
-        }
         let since = match self.last_drop_log {
             Some(t) => format!("in the last {:.0?}", now.duration_since(t)),
             None => "so far".to_string(),

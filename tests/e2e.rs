@@ -453,13 +453,16 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let mut c = std::process::Command::new("umount");
-        let _ = c.arg("-l").arg(&self.0).status().is_ok_and(|s| s.success())
-            || std::process::Command::new("sudo")
-                .args(["-n", "umount", "-l"])
+        let umount = |prog: &str, args: &[&str]| {
+            std::process::Command::new(prog)
+                .args(args)
                 .arg(&self.0)
                 .status()
-                .is_ok_and(|s| s.success());
+                .is_ok_and(|s| s.success())
+        };
+        if !umount("umount", &["-l"]) {
+            umount("sudo", &["-n", "umount", "-l"]);
+        }
     }
 }
 

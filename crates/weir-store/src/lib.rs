@@ -205,6 +205,10 @@ const SQL_STATS: &str = "SELECT rows, bytes, \
                          (SELECT max(id) FROM outbox), dropped_for_space_total, dropped_for_age_total, \
                          max_bytes FROM meta WHERE singleton = 0";
 
+/// Pages inside the database SQLite reuses before growing the file, and their size (invariant 10).
+const SQL_FREE_PAGES: &str =
+    "SELECT freelist_count, page_size FROM pragma_freelist_count, pragma_page_size";
+
 /// Bounds and durability of an outbox opened for writing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -723,20 +727,22 @@ impl Outbox {
 
     /// Invariant 10: fail with [`StoreError::DiskFull`] when an append would eat into the reserve.
     /// One `statvfs` per append; the freelist is read only when the filesystem alone is short.
+    /// A filesystem that cannot be asked (`statvfs` failing) is not held against the append: the
+    /// reserve is a margin, and refusing every reading because it cannot be measured would lose
+    /// more than it protects (SQLite's own "disk full" still stops a write that does not fit).
     fn check_free_space(&mut self, op: &'static str, limits: Limits) -> Result<(), StoreError> {
         if limits.min_free_bytes == 0 {
             return Ok(());
         }
-        let mut available = self.fs_available(op)?;
+        let Ok(mut available) = self.fs_available(op) else {
+            return Ok(());
+        };
         if available < limits.min_free_bytes {
             let err = sql_err(&self.path, op);
             let (free_pages, page_size): (i64, i64) = self
                 .conn
-                .query_row(
-                    "SELECT freelist_count, page_size FROM pragma_freelist_count, pragma_page_size",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+                .prepare_cached(SQL_FREE_PAGES)
+                .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
                 .map_err(&err)?;
             available = available
                 .saturating_add((free_pages.max(0) as u64).saturating_mul(page_size.max(0) as u64));
