@@ -192,11 +192,7 @@ impl Running {
         let router = CommandRouter::new();
         let inbox = router.register("sim", &sim.devices(), 4);
         let mut src = sim.build("sim", &metrics).unwrap();
-        let ctx = SourceContext {
-            bus: tx.for_source("sim"),
-            shutdown: token.clone(),
-            commands: inbox,
-        };
+        let ctx = SourceContext::new(tx.for_source("sim"), token.clone(), inbox);
         drop(tx);
         let tasks = vec![
             tokio::spawn(weir::pipeline(rx, stages, writer, 5000, metrics.clone())),

@@ -53,11 +53,7 @@ async fn observe_registration_notifications_and_deregistration() {
     let token = CancellationToken::new();
     let mut src = CoapSource::new(cfg, "c", &metrics);
     let stats = src.stats();
-    let ctx = SourceContext {
-        bus: tx.for_source("c"),
-        shutdown: token.clone(),
-        commands: inbox,
-    };
+    let ctx = SourceContext::new(tx.for_source("c"), token.clone(), inbox);
     let task = tokio::spawn(async move { src.run(ctx).await });
 
     let dev = std::sync::Arc::new(dev);

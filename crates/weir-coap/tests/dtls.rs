@@ -64,11 +64,7 @@ async fn libcoap_gnutls_and_openssl_clients_post_over_dtls_psk() {
     let token = CancellationToken::new();
     let mut src = CoapSource::new(cfg, "c", &metrics);
     let stats = src.stats();
-    let ctx = SourceContext {
-        bus: tx.for_source("c"),
-        shutdown: token.clone(),
-        commands: inbox,
-    };
+    let ctx = SourceContext::new(tx.for_source("c"), token.clone(), inbox);
     let task = tokio::spawn(async move { src.run(ctx).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let uri = move |p: &str| format!("coaps://127.0.0.1:{port}/{p}");

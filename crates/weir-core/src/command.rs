@@ -7,12 +7,13 @@
 //! command's result. Each routed command carries a one-shot reply the adapter answers with its
 //! [`CommandOutcome`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::reading::{DeviceId, PointId, Value};
+use crate::registry::{DeviceSpec, PointSpec, Registry, WriteRefusal};
 
 /// Where a command came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,14 +42,28 @@ pub type CommandOutcome = Result<(), String>;
 pub enum CommandError {
     #[error("unknown device `{0}`")]
     UnknownDevice(String),
-    #[error("point `{point}` of device `{device}` is not declared writable")]
+    #[error("point `{point}` of device `{device}` is read-only")]
     NotWritable { device: String, point: String },
+    #[error("device `{device}` has no point `{point}`{}", writable_list(.writable))]
+    UnknownPoint {
+        device: String,
+        point: String,
+        writable: Vec<String>,
+    },
     #[error("adapter `{0}` is busy (command queue full)")]
     Busy(String),
     #[error("adapter `{0}` is not running")]
     AdapterGone(String),
     #[error("adapter dropped the command without answering")]
     NoAnswer,
+}
+
+fn writable_list(w: &[String]) -> String {
+    if w.is_empty() {
+        " (it has no writable points)".to_string()
+    } else {
+        format!(" (writable: {})", w.join(", "))
+    }
 }
 
 /// What a source declares about a device it owns.
@@ -70,40 +85,68 @@ impl CommandInbox {
     }
 }
 
-#[derive(Debug)]
-struct Owner {
-    adapter: Arc<str>,
-    tx: mpsc::Sender<Command>,
-    writable: HashSet<PointId>,
-}
-
-/// Routes commands to the adapter that owns the device.
+/// Routes commands to the adapter that owns the device, as the [`Registry`] says; only points the
+/// owner declared writable pass (least privilege). Devices added at run time are routable at once.
 #[derive(Clone, Debug, Default)]
 pub struct CommandRouter {
-    owners: Arc<RwLock<HashMap<DeviceId, Owner>>>,
+    registry: Registry,
+    inboxes: Arc<RwLock<HashMap<Arc<str>, mpsc::Sender<Command>>>>,
 }
 
 impl CommandRouter {
+    /// A router with a registry of its own (tests, tools).
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Register an adapter and the devices it owns; returns its inbox, holding at most `capacity`
-    /// commands.
-    pub fn register(&self, adapter: &str, devices: &[DeviceInfo], capacity: usize) -> CommandInbox {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let mut owners = self.owners.write().unwrap_or_else(|e| e.into_inner());
-        for d in devices {
-            owners.insert(
-                d.device.clone(),
-                Owner {
-                    adapter: Arc::from(adapter),
-                    tx: tx.clone(),
-                    writable: d.writable_points.iter().cloned().collect(),
-                },
-            );
+    /// A router over the daemon's registry.
+    pub fn with_registry(registry: Registry) -> Self {
+        CommandRouter {
+            registry,
+            inboxes: Default::default(),
         }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Register an adapter and claim the devices it owns; returns its inbox, holding at most
+    /// `capacity` commands. A device another adapter owns is not taken (logged).
+    pub fn register(&self, adapter: &str, devices: &[DeviceInfo], capacity: usize) -> CommandInbox {
+        for d in devices {
+            let spec = DeviceSpec {
+                id: d.device.clone(),
+                points: d
+                    .writable_points
+                    .iter()
+                    .map(|p| PointSpec::new(p.clone()).writable(true))
+                    .collect(),
+                meta: Default::default(),
+            };
+            if let Err(e) = self.registry.claim(adapter, spec) {
+                tracing::error!("{e}");
+            }
+        }
+        self.inbox(adapter, capacity)
+    }
+
+    /// A new command inbox for `adapter` (replacing any earlier one), holding at most `capacity`.
+    pub fn inbox(&self, adapter: &str, capacity: usize) -> CommandInbox {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        self.inboxes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(Arc::from(adapter), tx);
         CommandInbox(Arc::new(Mutex::new(rx)))
+    }
+
+    /// Forget `adapter`'s inbox (its source was removed): its commands answer `not running`.
+    pub fn remove_inbox(&self, adapter: &str) {
+        self.inboxes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(adapter);
     }
 
     /// Check and hand over a command; the receiver yields the adapter's outcome.
@@ -114,16 +157,35 @@ impl CommandRouter {
         value: Value,
         origin: CommandOrigin,
     ) -> Result<oneshot::Receiver<CommandOutcome>, CommandError> {
-        let owners = self.owners.read().unwrap_or_else(|e| e.into_inner());
-        let owner = owners
-            .get(device.as_str())
-            .ok_or_else(|| CommandError::UnknownDevice(device.to_string()))?;
-        if !owner.writable.contains(point.as_str()) {
-            return Err(CommandError::NotWritable {
-                device: device.to_string(),
-                point: point.to_string(),
-            });
-        }
+        let owner = match self
+            .registry
+            .writable_owner(device.as_str(), point.as_str())
+        {
+            Ok(o) => o,
+            Err(WriteRefusal::UnknownDevice) => {
+                return Err(CommandError::UnknownDevice(device.to_string()))
+            }
+            Err(WriteRefusal::ReadOnly) => {
+                return Err(CommandError::NotWritable {
+                    device: device.to_string(),
+                    point: point.to_string(),
+                })
+            }
+            Err(WriteRefusal::UnknownPoint { writable }) => {
+                return Err(CommandError::UnknownPoint {
+                    device: device.to_string(),
+                    point: point.to_string(),
+                    writable,
+                })
+            }
+        };
+        let tx = self
+            .inboxes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&owner)
+            .cloned()
+            .ok_or_else(|| CommandError::AdapterGone(owner.to_string()))?;
         let (reply, rx) = oneshot::channel();
         let cmd = Command {
             device,
@@ -132,13 +194,11 @@ impl CommandRouter {
             origin,
             reply,
         };
-        match owner.tx.try_send(cmd) {
+        match tx.try_send(cmd) {
             Ok(()) => Ok(rx),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                Err(CommandError::Busy(owner.adapter.to_string()))
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(CommandError::Busy(owner.to_string())),
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                Err(CommandError::AdapterGone(owner.adapter.to_string()))
+                Err(CommandError::AdapterGone(owner.to_string()))
             }
         }
     }
@@ -185,15 +245,38 @@ mod tests {
             .unwrap_err(),
             CommandError::UnknownDevice("nope".into())
         );
-        assert!(matches!(
+        let e = r
+            .route(
+                "gh1/vent".into(),
+                "angle".into(),
+                Value::I64(3),
+                CommandOrigin::Mqtt,
+            )
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "device `gh1/vent` has no point `angle` (writable: open)"
+        );
+        // A point the registry knows as read-only says so (not "unknown device").
+        r.registry()
+            .claim(
+                "sim",
+                DeviceSpec::new("gh1/vent")
+                    .point(PointSpec::new("open").writable(true))
+                    .point(PointSpec::new("angle")),
+            )
+            .unwrap();
+        assert_eq!(
             r.route(
                 "gh1/vent".into(),
                 "angle".into(),
                 Value::I64(3),
                 CommandOrigin::Mqtt
-            ),
-            Err(CommandError::NotWritable { .. })
-        ));
+            )
+            .unwrap_err()
+            .to_string(),
+            "point `angle` of device `gh1/vent` is read-only"
+        );
         let rx = r
             .route(
                 "gh1/vent".into(),

@@ -42,6 +42,11 @@ macro_rules! id_impls {
                 write!(f, "{:?}", &*self.0)
             }
         }
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
         impl std::borrow::Borrow<str> for $t {
             fn borrow(&self) -> &str {
                 &self.0
@@ -92,6 +97,19 @@ impl Value {
             Value::I64(v) => Some(*v as f64),
             Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
             Value::Str(_) => None,
+        }
+    }
+}
+
+/// As a user would write it: `21.5`, `3`, `true`, `"auto"` (strings quoted, so `"3"` and `3`
+/// differ in a log line). Used in logs and command results instead of Rust's `Debug` form.
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::F64(v) => write!(f, "{v}"),
+            Value::I64(v) => write!(f, "{v}"),
+            Value::Bool(v) => write!(f, "{v}"),
+            Value::Str(s) => write!(f, "{s:?}"),
         }
     }
 }
@@ -173,6 +191,20 @@ mod tests {
         let back = st.duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64;
         assert_eq!(back, t.0);
         assert!(Timestamp::now() > t);
+    }
+
+    #[test]
+    fn values_display_as_a_user_writes_them() {
+        let shown: Vec<String> = [
+            Value::Bool(true),
+            Value::F64(21.5),
+            Value::I64(-3),
+            Value::from("auto"),
+        ]
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+        assert_eq!(shown, ["true", "21.5", "-3", "\"auto\""]);
     }
 
     #[test]

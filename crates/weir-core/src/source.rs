@@ -6,18 +6,25 @@
 //! the supervisor builds a fresh one from the same builder after a backoff, so a source never needs
 //! to survive its own failure.
 //!
-//! A source gets a [`SourceContext`]: a bus sender labelled with its name, the shutdown token, and
-//! its command inbox. It must return promptly once the token is cancelled; readings it has already
-//! handed to the bus are then drained by the pipeline.
+//! A source gets a [`SourceContext`]: a bus sender labelled with its name, the shutdown token, its
+//! command inbox, a handle on the device registry (as the devices' owner) and a private state
+//! directory. It must return promptly once the token is cancelled; readings it has already handed
+//! to the bus are then drained by the pipeline.
+//!
+//! Pipeline stages are built the same way: a stage's config section implements [`StageBuilder`],
+//! whose `build` gets a [`StageContext`] and returns the [`Transform`] the pipeline runs.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::BusSender;
-use crate::command::{CommandInbox, DeviceInfo};
+use crate::command::{CommandInbox, CommandRouter, DeviceInfo};
+use crate::event::{Event, EventSender};
 use crate::reading::Batch;
+use crate::registry::{DeviceSpec, PointSpec, Registry, RegistryHandle};
 
 /// A source could not be built from its configuration.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +51,35 @@ pub struct SourceContext {
     pub bus: BusSender,
     pub shutdown: CancellationToken,
     pub commands: CommandInbox,
+    /// The registry, as this source: devices joining, leaving, going quiet.
+    pub registry: RegistryHandle,
+    /// A directory only this source writes (`<state_dir>/sources/<name>`): a Zigbee network's
+    /// tables, BLE keys. Created before the source is built; kept across restarts and upgrades.
+    pub state_dir: PathBuf,
+}
+
+impl SourceContext {
+    /// A context with a registry of its own and the current directory as state directory (tests,
+    /// tools); the daemon sets both with [`SourceContext::with_registry`] and
+    /// [`SourceContext::with_state_dir`].
+    pub fn new(bus: BusSender, shutdown: CancellationToken, commands: CommandInbox) -> Self {
+        let owner = bus.source().to_string();
+        SourceContext {
+            bus,
+            shutdown,
+            commands,
+            registry: RegistryHandle::new(Registry::default(), &owner),
+            state_dir: PathBuf::from("."),
+        }
+    }
+    pub fn with_registry(mut self, registry: &Registry) -> Self {
+        self.registry = RegistryHandle::new(registry.clone(), self.bus.source());
+        self
+    }
+    pub fn with_state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = dir.to_path_buf();
+        self
+    }
 }
 
 /// A southbound adapter instance: one task per physical line or listener.
@@ -62,6 +98,23 @@ pub trait SourceBuilder: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> &'static str;
     /// Devices and writable points this source will own.
     fn devices(&self) -> Vec<DeviceInfo>;
+    /// The devices this source declares, as the registry holds them (points with units, types,
+    /// class hints and poll periods). The default lists the writable points of [`Self::devices`];
+    /// adapters that know more say more.
+    fn device_specs(&self) -> Vec<DeviceSpec> {
+        self.devices()
+            .into_iter()
+            .map(|d| DeviceSpec {
+                id: d.device,
+                points: d
+                    .writable_points
+                    .into_iter()
+                    .map(|p| PointSpec::new(p).writable(true))
+                    .collect(),
+                meta: Default::default(),
+            })
+            .collect()
+    }
     /// Build a fresh source. Called at start and after every failure. `metrics` is the daemon's
     /// registry: counters made from it appear on `/metrics` and in the status document.
     fn build(&self, name: &str, metrics: &crate::Metrics) -> Result<Box<dyn Source>, BuildError>;
@@ -74,7 +127,10 @@ pub trait SourceBuilder: Send + Sync + std::fmt::Debug {
 /// A pipeline stage between the bus and the outbox: the rule engine and anomaly inference.
 ///
 /// A stage may change readings in place, remove them, or push derived readings onto the batch. It
-/// runs synchronously on the pipeline task and must stay within its per-reading budget.
+/// runs synchronously on the pipeline task and must stay within its per-reading budget: a stage
+/// whose work is heavy (inference over long windows) queues the work to a task of its own from
+/// `process`, returns at once, and hands the results back through [`StageContext::events`] or
+/// derived readings on its next `process`/`tick` (see ARCHITECTURE.md).
 pub trait Transform: Send {
     fn name(&self) -> &str;
     fn process(&mut self, batch: &mut Batch);
@@ -82,6 +138,30 @@ pub trait Transform: Send {
     /// (window ends, timers). Readings pushed onto `out` go through the later stages and into the
     /// outbox like any others.
     fn tick(&mut self, _now: crate::Timestamp, _out: &mut Batch) {}
+    /// Events (alerts) produced by the last `process` or `tick`; the pipeline commits them with
+    /// that batch. Called after each of them.
+    fn take_events(&mut self, _out: &mut Vec<Event>) {}
+}
+
+/// What a stage is built with.
+#[derive(Debug, Clone)]
+pub struct StageContext {
+    pub metrics: crate::Metrics,
+    pub router: CommandRouter,
+    pub registry: Registry,
+    /// Events produced later, off the pipeline task (a command's answer).
+    pub events: EventSender,
+    /// The configuration file's directory: relative `file:` paths resolve against it.
+    pub config_dir: PathBuf,
+    /// A directory only this stage writes (`<state_dir>/stages/<name>`).
+    pub state_dir: PathBuf,
+}
+
+/// A stage's configuration section, parsed by the stage's own crate: builds the running stage.
+pub trait StageBuilder: Send + Sync + std::fmt::Debug {
+    /// The section name in gateway.yaml, e.g. `rules`.
+    fn name(&self) -> &'static str;
+    fn build(&self, ctx: &StageContext) -> Result<Box<dyn Transform>, BuildError>;
 }
 
 /// A stage that passes every reading through unchanged: the slot a later stage fills.

@@ -118,11 +118,7 @@ async fn tcp_source(addr: SocketAddr) {
     let (tx, mut rx) = bus(1024, &metrics);
     let token = CancellationToken::new();
     let mut src = builder.build("bench", &metrics).unwrap();
-    let ctx = SourceContext {
-        bus: tx.for_source("bench"),
-        shutdown: token.clone(),
-        commands: inbox,
-    };
+    let ctx = SourceContext::new(tx.for_source("bench"), token.clone(), inbox);
     drop(tx);
     let task = tokio::spawn(async move { src.run(ctx).await });
     let label = format!("tcp:127.0.0.1:{}", addr.port());
@@ -155,9 +151,8 @@ async fn tcp_source(addr: SocketAddr) {
 
 /// Answers every Read Holding Registers frame on `port` with `count` registers.
 async fn rtu_responder(port: String) {
-    use tokio_serial::SerialPortBuilderExt;
-    let mut s = tokio_serial::new(port, 115_200)
-        .open_native_async()
+    let mut s = weir_serial::SerialSettings::new(port, 115_200)
+        .open()
         .unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 256];
@@ -213,9 +208,8 @@ async fn rtu_overhead() {
     let resp_bytes = pdu::rtu_response_size(&req);
     // Baud 0: no inter-frame gap at all, the pty + responder + transport baseline.
     for baud in [0u32, 19_200, 115_200] {
-        use tokio_serial::SerialPortBuilderExt;
-        let port = tokio_serial::new(b.display().to_string(), baud.max(9600))
-            .open_native_async()
+        let port = weir_serial::SerialSettings::new(&b, baud.max(9600))
+            .open()
             .unwrap();
         let gap = if baud == 0 {
             Duration::ZERO

@@ -416,11 +416,7 @@ mod tests {
         let inbox = router.register("sim", &c.devices(), 4);
         let token = CancellationToken::new();
         let mut src = c.build("sim", &m).unwrap();
-        let ctx = SourceContext {
-            bus: tx.for_source("sim"),
-            shutdown: token.clone(),
-            commands: inbox,
-        };
+        let ctx = SourceContext::new(tx.for_source("sim"), token.clone(), inbox);
         let task = tokio::spawn(async move { src.run(ctx).await });
         (router, rx, token, task)
     }

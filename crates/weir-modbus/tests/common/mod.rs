@@ -237,11 +237,7 @@ impl Running {
         let token = CancellationToken::new();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let mut src = builder.build("mb", &metrics).unwrap();
-        let ctx = SourceContext {
-            bus: tx.for_source("mb"),
-            shutdown: token.clone(),
-            commands: inbox,
-        };
+        let ctx = SourceContext::new(tx.for_source("mb"), token.clone(), inbox);
         let s2 = seen.clone();
         let task = rt.spawn(async move {
             let run = tokio::spawn(async move { src.run(ctx).await });
