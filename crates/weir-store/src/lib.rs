@@ -43,11 +43,17 @@
 //!    file that is not SQLite, a SQLite database of another application, an outbox of a newer schema
 //!    version, or a corrupt outbox is refused with an error naming the path; such a file is not modified
 //!    (the journal mode is switched to WAL only after the file was recognised).
-//! 8. **One writer at a time, detected otherwise.** Every write transaction bumps `meta.write_gen`. Each
-//!    write transaction starts by reading the `meta` row; if the generation is not the one this handle
-//!    committed last, another writer has been at work and the cached state (counters, device sequence
-//!    numbers) is reloaded inside the transaction before anything is allocated, so ids and sequence
-//!    numbers stay strictly increasing even then.
+//! 8. **One writer at a time, enforced, and detected otherwise.** [`Outbox::open`] takes an exclusive
+//!    `flock` on `<outbox>.lock` beside the database (created if missing, never deleted) and holds it
+//!    for as long as the handle lives; a second writer — another `weir run`, or `weir buffer drain`
+//!    next to a running daemon, which would fight over the MQTT session and publish rows twice — is
+//!    refused with [`StoreError::Locked`] naming that file. The kernel releases the lock when the
+//!    process dies, `kill -9` included, so a crash never leaves a stale lock. Read-only handles take
+//!    no lock. Should a writer bypass the lock anyway (an older Weir), it is still detected: every
+//!    write transaction bumps `meta.write_gen` and starts by reading the `meta` row; if the generation
+//!    is not the one this handle committed last, the cached state (counters, device sequence numbers)
+//!    is reloaded inside the transaction before anything is allocated, so ids and sequence numbers stay
+//!    strictly increasing even then.
 //! 9. **Read-only handles don't disturb the writer.** [`Outbox::open_read_only`] opens with
 //!    `SQLITE_OPEN_READONLY`; under WAL its reads neither block nor are blocked by the daemon's writes, it
 //!    never checkpoints, and every write method on it fails with [`StoreError::ReadOnly`]. (When no writer
@@ -65,6 +71,16 @@
 //!     last byte anyway, SQLite's own "database or disk is full" error is returned as
 //!     [`StoreError::Sqlite`], equally without storing anything.)
 //!
+//! 11. **Dead letters are set aside, never lost silently.** A row the broker refuses, or whose
+//!     publish keeps ending the MQTT connection, is moved by [`Outbox::dead_letter`] — in one
+//!     transaction, with its reason — from `outbox` to `dead_letter`, so it no longer blocks the rows
+//!     behind it. Dead letters are not counted in `rows`/`bytes` (they are not waiting to be sent);
+//!     [`OutboxStats`] reports them separately. [`Outbox::requeue_dead_letters`] moves them back to the
+//!     end of the queue as new rows (new ids, enqueued now). The table keeps at most
+//!     [`DEAD_LETTER_MAX_ROWS`] rows (the oldest go first, counted in `dropped_for_space_total`), and
+//!     [`Outbox::enforce_age`] drops dead letters past `max_age` (counted in `dropped_for_age_total`);
+//!     counting them for stats is a scan bounded by that cap.
+//!
 //! # Connection settings
 //!
 //! `journal_mode = WAL`, `synchronous = FULL` (or `NORMAL` when `Limits::synchronous_full` is false:
@@ -72,10 +88,13 @@
 //! `journal_size_limit = 64 MiB` (the WAL file is truncated back after a checkpoint instead of staying at
 //! its high-water size). All statements are prepared once and cached (`prepare_cached`).
 //!
-//! # Schema (version 1)
+//! # Schema (version 2)
 //!
 //! The database header carries `PRAGMA application_id = 0x57454952` (`"WEIR"`) and
-//! `PRAGMA user_version = 1`; both are checked on open.
+//! `PRAGMA user_version = 2`; both are checked on open. Version 2 added the `dead_letter` table:
+//! a writer opening a version 1 outbox adds it (and sets version 2) in the open transaction, keeping
+//! every row; a reader of a version 1 file sees no dead letters. A version 2 file is refused by a
+//! build that only knows version 1 (as any newer schema is).
 //!
 //! ```sql
 //! CREATE TABLE outbox (
@@ -106,6 +125,16 @@
 //!     dropped_for_age_total   INTEGER NOT NULL,
 //!     max_bytes               INTEGER NOT NULL   -- byte bound of the last writer, for read-only stats
 //! );
+//! CREATE TABLE dead_letter (            -- rows set aside (invariant 11); since version 2
+//!     id          INTEGER PRIMARY KEY,  -- the row's outbox id
+//!     topic       TEXT    NOT NULL,
+//!     payload     BLOB    NOT NULL,
+//!     qos         INTEGER NOT NULL,
+//!     retain      INTEGER NOT NULL,
+//!     enqueued_ns INTEGER NOT NULL,     -- as in outbox
+//!     dead_ns     INTEGER NOT NULL,     -- UTC wall clock when it was set aside
+//!     reason      TEXT    NOT NULL      -- why, for `weir buffer stats`
+//! );
 //! ```
 //!
 //! A `batch` row goes with the age bound, or once every id up to its `last_id` is gone; a batch emptied
@@ -134,7 +163,10 @@ pub const ROW_OVERHEAD_BYTES: u64 = 32;
 pub const APPLICATION_ID: i32 = 0x5745_4952;
 
 /// `PRAGMA user_version` of the schema this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
+
+/// Dead letters kept at most (invariant 11); beyond it the oldest are dropped.
+pub const DEAD_LETTER_MAX_ROWS: u64 = 10_000;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
@@ -171,6 +203,36 @@ CREATE TABLE meta (
 );
 INSERT INTO meta VALUES (0, 0, 0, 0, 0, 0, 0, 0);
 ";
+
+/// Added by version 2; also run on a version 1 file opened for writing.
+const SCHEMA_V2_SQL: &str = "
+CREATE TABLE dead_letter (
+    id          INTEGER PRIMARY KEY,
+    topic       TEXT    NOT NULL,
+    payload     BLOB    NOT NULL,
+    qos         INTEGER NOT NULL,
+    retain      INTEGER NOT NULL,
+    enqueued_ns INTEGER NOT NULL,
+    dead_ns     INTEGER NOT NULL,
+    reason      TEXT    NOT NULL
+);
+";
+
+const SQL_DEAD_LETTER_MOVE: &str =
+    "INSERT OR REPLACE INTO dead_letter (id, topic, payload, qos, retain, enqueued_ns, dead_ns, reason) \
+     SELECT id, topic, payload, qos, retain, enqueued_ns, ?2, ?3 FROM outbox WHERE id = ?1";
+const SQL_DEAD_LETTER_TRIM: &str = "DELETE FROM dead_letter WHERE id IN \
+     (SELECT id FROM dead_letter ORDER BY id DESC LIMIT -1 OFFSET ?1)";
+const SQL_DEAD_LETTER_STATS: &str =
+    "SELECT count(*), coalesce(sum(octet_length(topic) + length(payload)), 0) FROM dead_letter";
+const SQL_DEAD_LETTER_LIST: &str = "SELECT id, topic, payload, qos, retain, enqueued_ns, dead_ns, \
+     reason FROM dead_letter ORDER BY id LIMIT ?1";
+const SQL_DEAD_LETTER_ALL: &str =
+    "SELECT id, topic, payload, qos, retain FROM dead_letter ORDER BY id";
+const SQL_DEAD_LETTER_CLEAR: &str = "DELETE FROM dead_letter";
+const SQL_DEAD_LETTER_AGE: &str = "DELETE FROM dead_letter WHERE enqueued_ns < ?1";
+const SQL_HAS_DEAD_LETTER: &str =
+    "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'dead_letter'";
 
 const SQL_INSERT: &str = "INSERT INTO outbox (id, topic, payload, qos, retain, enqueued_ns) \
                           VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -274,6 +336,21 @@ pub struct OutboxStats {
     pub dropped_for_age_total: u64,
     /// Byte bound of the (last) writer.
     pub max_bytes: u64,
+    /// Rows set aside in the dead-letter table (invariant 11); not part of `rows`.
+    pub dead_letter_rows: u64,
+    /// Their size, counted like `bytes`; not part of `bytes`.
+    pub dead_letter_bytes: u64,
+}
+
+/// A row set aside by [`Outbox::dead_letter`], as listed by [`Outbox::dead_letters`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The message as it was stored (its `id` is the outbox id it had).
+    pub message: StoredMessage,
+    /// UTC wall clock when it was set aside, ns since the Unix epoch.
+    pub dead_ns: i64,
+    /// Why it was set aside.
+    pub reason: String,
 }
 
 /// Errors of the outbox; each names the database file and, where it applies, the operation.
@@ -311,6 +388,13 @@ pub enum StoreError {
         op: &'static str,
         cause: std::io::Error,
     },
+    /// Another process holds the outbox open for writing (invariant 8).
+    #[error(
+        "outbox {} is in use: another weir (a `weir run` or `weir buffer drain` on the same state \
+         directory) holds the lock {}; stop it first",
+        .path.display(), .lock_path.display()
+    )]
+    Locked { path: PathBuf, lock_path: PathBuf },
     /// A write was attempted through a handle from [`Outbox::open_read_only`].
     #[error("outbox {}: {op} is not possible on a read-only handle", .path.display())]
     ReadOnly { path: PathBuf, op: &'static str },
@@ -346,6 +430,7 @@ impl StoreError {
             | StoreError::UnsupportedSchema { path, .. }
             | StoreError::Io { path, .. }
             | StoreError::ReadOnly { path, .. }
+            | StoreError::Locked { path, .. }
             | StoreError::DiskFull { path, .. }
             | StoreError::OutOfRange { path, .. } => path,
         }
@@ -549,6 +634,8 @@ enum Kind {
     Empty,
     /// A Weir outbox of our schema version.
     Ours,
+    /// A Weir outbox of version 1, before the dead-letter table.
+    V1,
 }
 
 fn classify(path: &Path, (app_id, version, objects): (i32, i32, i64)) -> Result<Kind, StoreError> {
@@ -562,6 +649,7 @@ fn classify(path: &Path, (app_id, version, objects): (i32, i32, i64)) -> Result<
             ),
         }),
         APPLICATION_ID if version == SCHEMA_VERSION => Ok(Kind::Ours),
+        APPLICATION_ID if version == 1 => Ok(Kind::V1),
         APPLICATION_ID => Err(StoreError::UnsupportedSchema {
             path: path.to_path_buf(),
             found: version,
@@ -572,6 +660,42 @@ fn classify(path: &Path, (app_id, version, objects): (i32, i32, i64)) -> Result<
             reason: format!(
                 "SQLite database with application_id {other:#010x}, expected {APPLICATION_ID:#010x}"
             ),
+        }),
+    }
+}
+
+/// The writer's lock file beside the outbox: `<outbox>.lock`.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Takes the exclusive, non-blocking `flock` of invariant 8.
+fn lock_writer(path: &Path) -> Result<std::fs::File, StoreError> {
+    const OP: &str = "open: lock";
+    let lock_path = lock_path(path);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|cause| StoreError::Io {
+            path: path.to_path_buf(),
+            op: OP,
+            cause,
+        })?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(StoreError::Locked {
+            path: path.to_path_buf(),
+            lock_path,
+        }),
+        Err(e) => Err(StoreError::Io {
+            path: path.to_path_buf(),
+            op: OP,
+            cause: e.into(),
         }),
     }
 }
@@ -600,6 +724,10 @@ pub struct Outbox {
     seqs: HashMap<String, u64>,
     /// Sequence numbers issued in the batch being built; reused allocation.
     pending: HashMap<String, u64>,
+    /// Whether the file has the dead-letter table (a reader of a version 1 file: no).
+    has_dead_letter: bool,
+    /// The exclusive lock of a writer (invariant 8), released when the handle is dropped.
+    _lock: Option<std::fs::File>,
 }
 
 impl fmt::Debug for Outbox {
@@ -618,8 +746,12 @@ impl Outbox {
     /// Opens or creates the db (creating parent dirs is NOT its job). WAL, synchronous FULL (or NORMAL
     /// when `!synchronous_full`), busy_timeout 5 s. Never deletes/recreates an existing db; a file that is
     /// not a Weir outbox (or a corrupt one) is an error naming the path.
+    ///
+    /// Takes the writer's lock first (invariant 8): fails with [`StoreError::Locked`] while another
+    /// handle — in this process or another — has the outbox open for writing.
     pub fn open(path: &Path, limits: Limits) -> Result<Outbox, StoreError> {
         const OP: &str = "open";
+        let lock = lock_writer(path)?;
         let err = sql_err(path, OP);
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
@@ -653,13 +785,23 @@ impl Outbox {
 
         // Classify again under the write lock: another process may have created the schema meanwhile.
         let tx = Transaction::new(&mut conn, TransactionBehavior::Immediate).map_err(&err)?;
-        if let Kind::Empty = classify(path, identify(&tx, path, OP)?)? {
-            tx.execute_batch(SCHEMA_SQL).map_err(&err)?;
-            tx.pragma_update(None, "application_id", APPLICATION_ID)
-                .map_err(&err)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(&err)?;
-            tracing::info!(path = %path.display(), "created outbox");
+        match classify(path, identify(&tx, path, OP)?)? {
+            Kind::Empty => {
+                tx.execute_batch(SCHEMA_SQL).map_err(&err)?;
+                tx.execute_batch(SCHEMA_V2_SQL).map_err(&err)?;
+                tx.pragma_update(None, "application_id", APPLICATION_ID)
+                    .map_err(&err)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(&err)?;
+                tracing::info!(path = %path.display(), "created outbox");
+            }
+            Kind::V1 => {
+                tx.execute_batch(SCHEMA_V2_SQL).map_err(&err)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(&err)?;
+                tracing::info!(path = %path.display(), "outbox upgraded to schema version 2 (dead letters)");
+            }
+            Kind::Ours => {}
         }
         let mut meta = read_meta(&tx, path, OP)?;
         // Defensive: never hand out an id that is already present, whatever `last_id` says.
@@ -687,6 +829,8 @@ impl Outbox {
             meta,
             seqs,
             pending: HashMap::new(),
+            has_dead_letter: true,
+            _lock: Some(lock),
         })
     }
 
@@ -706,7 +850,7 @@ impl Outbox {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         match classify(path, identify(&conn, path, OP)?)? {
-            Kind::Ours => {}
+            Kind::Ours | Kind::V1 => {}
             Kind::Empty => {
                 return Err(StoreError::NotAnOutbox {
                     path: path.to_path_buf(),
@@ -715,6 +859,10 @@ impl Outbox {
             }
         }
         let meta = read_meta(&conn, path, OP)?;
+        let has_dead_letter = conn
+            .prepare(SQL_HAS_DEAD_LETTER)
+            .and_then(|mut s| s.exists([]))
+            .map_err(&err)?;
         Ok(Outbox {
             conn,
             path: path.to_path_buf(),
@@ -722,6 +870,8 @@ impl Outbox {
             meta,
             seqs: HashMap::new(),
             pending: HashMap::new(),
+            has_dead_letter,
+            _lock: None,
         })
     }
 
@@ -950,8 +1100,9 @@ impl Outbox {
         })
     }
 
-    /// Drop rows enqueued before `now_ns - max_age`; counted in `dropped_for_age_total` (persisted).
-    /// Returns how many. Costs no write transaction when no row is due.
+    /// Drop rows (and dead letters) enqueued before `now_ns - max_age`; counted in
+    /// `dropped_for_age_total` (persisted). Returns how many. Costs no write transaction when no
+    /// row is due.
     pub fn enforce_age(&mut self, now_ns: i64) -> Result<u64, StoreError> {
         const OP: &str = "enforce_age";
         let limits = self.limits(OP)?;
@@ -962,7 +1113,12 @@ impl Outbox {
             .prepare_cached(SQL_ANY_BATCH_OLDER)
             .and_then(|mut s| s.exists([cutoff]))
             .map_err(sql_err(&self.path, OP))?;
-        if !due {
+        let dead_due = self
+            .conn
+            .prepare_cached("SELECT 1 FROM dead_letter WHERE enqueued_ns < ?1 LIMIT 1")
+            .and_then(|mut s| s.exists([cutoff]))
+            .map_err(sql_err(&self.path, OP))?;
+        if !due && !dead_due {
             return Ok(0);
         }
         let mut dropped = 0;
@@ -982,7 +1138,11 @@ impl Outbox {
             tx.prepare_cached(SQL_DELETE_BATCHES_OLDER)
                 .and_then(|mut s| s.execute([cutoff]))
                 .map_err(&err)?;
-            dropped = rows_before - m.rows;
+            let dead = tx
+                .prepare_cached(SQL_DEAD_LETTER_AGE)
+                .and_then(|mut s| s.execute([cutoff]))
+                .map_err(&err)? as u64;
+            dropped = rows_before - m.rows + dead;
             m.dropped_for_age_total += dropped;
             Ok(())
         })?;
@@ -1013,6 +1173,15 @@ impl Outbox {
                 })
             })
             .map_err(sql_err(path, OP))?;
+        let (dead_rows, dead_size): (i64, i64) = if self.has_dead_letter {
+            self.conn
+                .prepare_cached(SQL_DEAD_LETTER_STATS)
+                .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
+                .map_err(sql_err(path, OP))?
+        } else {
+            (0, 0)
+        };
+        let dead_letter_rows = to_u64(path, OP, "dead letter count", dead_rows)?;
         Ok(OutboxStats {
             rows: to_u64(path, OP, "meta.rows", raw.0)?,
             bytes: to_u64(path, OP, "meta.bytes", raw.1)?,
@@ -1021,7 +1190,127 @@ impl Outbox {
             dropped_for_space_total: to_u64(path, OP, "meta.dropped_for_space_total", raw.4)?,
             dropped_for_age_total: to_u64(path, OP, "meta.dropped_for_age_total", raw.5)?,
             max_bytes: to_u64(path, OP, "meta.max_bytes", raw.6)?,
+            dead_letter_rows,
+            dead_letter_bytes: to_u64(path, OP, "dead letter sizes", dead_size)?
+                + dead_letter_rows * ROW_OVERHEAD_BYTES,
         })
+    }
+
+    /// Move these rows, each with its reason, from the outbox to the dead-letter table in one
+    /// transaction (invariant 11). Ids no longer in the outbox are ignored. Returns how many moved.
+    /// Beyond [`DEAD_LETTER_MAX_ROWS`] the oldest dead letters are dropped (counted in
+    /// `dropped_for_space_total`).
+    pub fn dead_letter(&mut self, rows: &[(i64, String)]) -> Result<u64, StoreError> {
+        const OP: &str = "dead_letter";
+        let limits = self.limits(OP)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let now = wall_clock_ns();
+        let mut moved = 0;
+        self.write(OP, limits, |tx, path, m| {
+            let err = sql_err(path, OP);
+            let rows_before = m.rows;
+            for (id, reason) in rows {
+                let n = tx
+                    .prepare_cached(SQL_DEAD_LETTER_MOVE)
+                    .and_then(|mut s| s.execute(params![id, now, reason]))
+                    .map_err(&err)?;
+                if n > 0 {
+                    delete_range(tx, path, OP, m, *id, *id)?;
+                }
+            }
+            moved = rows_before - m.rows;
+            let trimmed = tx
+                .prepare_cached(SQL_DEAD_LETTER_TRIM)
+                .and_then(|mut s| {
+                    s.execute([i64::try_from(DEAD_LETTER_MAX_ROWS).unwrap_or(i64::MAX)])
+                })
+                .map_err(&err)? as u64;
+            m.dropped_for_space_total += trimmed;
+            prune_batches(tx, path, OP)
+        })?;
+        Ok(moved)
+    }
+
+    /// Move every dead letter back to the end of the outbox, in their old order, as new rows (new
+    /// ids, enqueued now: they get a fresh `max_age`). One transaction; the byte bound applies as
+    /// for an append. Returns how many were requeued.
+    pub fn requeue_dead_letters(&mut self) -> Result<u64, StoreError> {
+        const OP: &str = "requeue_dead_letters";
+        let limits = self.limits(OP)?;
+        let now = wall_clock_ns();
+        let mut requeued = 0;
+        self.write(OP, limits, |tx, path, m| {
+            let err = sql_err(path, OP);
+            let rows: Vec<(String, Vec<u8>, u8, bool)> = tx
+                .prepare_cached(SQL_DEAD_LETTER_ALL)
+                .and_then(|mut s| {
+                    s.query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+                        .collect::<Result<_, _>>()
+                })
+                .map_err(&err)?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let first_id = m.last_id + 1;
+            {
+                let mut insert = tx.prepare_cached(SQL_INSERT).map_err(&err)?;
+                for (topic, payload, qos, retain) in &rows {
+                    let id = m.last_id + 1;
+                    insert
+                        .execute(params![id, topic, payload, qos, retain, now])
+                        .map_err(&err)?;
+                    m.last_id = id;
+                    m.rows += 1;
+                    m.bytes += row_size(topic.len(), payload.len());
+                }
+            }
+            tx.prepare_cached(SQL_INSERT_BATCH)
+                .and_then(|mut s| s.execute(params![first_id, m.last_id, now]))
+                .map_err(&err)?;
+            tx.prepare_cached(SQL_DEAD_LETTER_CLEAR)
+                .and_then(|mut s| s.execute([]))
+                .map_err(&err)?;
+            if m.bytes > limits.max_bytes {
+                let excess = m.bytes - limits.max_bytes;
+                let dropped = drop_oldest(tx, path, m, excess)?;
+                m.dropped_for_space_total += dropped;
+            }
+            requeued = rows.len() as u64;
+            Ok(())
+        })?;
+        Ok(requeued)
+    }
+
+    /// The oldest dead letters, at most `limit`, in id order.
+    pub fn dead_letters(&mut self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        const OP: &str = "dead_letters";
+        if !self.has_dead_letter || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let err = sql_err(&self.path, OP);
+        let sql_limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.conn
+            .prepare_cached(SQL_DEAD_LETTER_LIST)
+            .and_then(|mut s| {
+                s.query_map([sql_limit], |r| {
+                    Ok(DeadLetter {
+                        message: StoredMessage {
+                            id: r.get(0)?,
+                            topic: r.get(1)?,
+                            payload: r.get(2)?,
+                            qos: r.get(3)?,
+                            retain: r.get(4)?,
+                            enqueued_ns: r.get(5)?,
+                        },
+                        dead_ns: r.get(6)?,
+                        reason: r.get(7)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()
+            })
+            .map_err(&err)
     }
 
     /// The database file.

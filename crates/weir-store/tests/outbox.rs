@@ -155,6 +155,8 @@ fn append_read_delete_roundtrip() {
             dropped_for_space_total: 0,
             dropped_for_age_total: 0,
             max_bytes: limits().max_bytes,
+            dead_letter_rows: 0,
+            dead_letter_bytes: 0,
         }
     );
 
@@ -771,42 +773,266 @@ fn read_only_handle_follows_the_writer_and_refuses_writes() {
 }
 
 #[test]
-fn two_writer_handles_keep_ids_and_seqs_increasing() {
+fn a_second_writer_is_refused_naming_the_lock_until_the_first_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let path = db(&dir);
     let mut a = Outbox::open(&path, limits()).unwrap();
+    append_seq(&mut a, "d", 3);
+    let err = Outbox::open(&path, limits()).unwrap_err();
+    let lock = weir_store::lock_path(&path);
+    assert_eq!(lock, dir.path().join("outbox.db.lock"));
+    assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&lock.display().to_string()) && text.contains("another weir"),
+        "{text}"
+    );
+    // A reader is not held back by the writer's lock.
+    let mut r = Outbox::open_read_only(&path).unwrap();
+    assert_eq!(r.stats().unwrap().rows, 3);
+    // Dropping the writer releases the lock (so does the death of its process).
+    drop(a);
     let mut b = Outbox::open(&path, limits()).unwrap();
-    let mut last = 0;
-    for i in 0..10 {
-        let ob = if i % 3 == 0 { &mut b } else { &mut a };
-        let rep = append_seq(ob, "d", 7);
-        assert_eq!(rep.first_id, last + 1);
-        last = rep.last_id;
-        if i == 5 {
-            let first = all(ob)[0].id;
-            ob.delete(&[first]).unwrap();
+    assert_eq!(append_seq(&mut b, "d", 1).first_id, 4);
+    assert!(lock.exists());
+}
+
+#[test]
+fn a_writer_that_bypassed_the_lock_is_detected_and_ids_and_seqs_keep_increasing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let mut a = Outbox::open(&path, limits()).unwrap();
+    append_seq(&mut a, "d", 7);
+    // Another writer (say an older Weir without the lock) commits behind this handle's back,
+    // the way an Outbox does: rows, device_seq and the meta row in one transaction.
+    let foreign = |from_id: i64, seqs: std::ops::RangeInclusive<u64>| {
+        let mut c = rusqlite::Connection::open(&path).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        let tx = c.transaction().unwrap();
+        let mut id = from_id;
+        let mut bytes = 0u64;
+        for s in seqs.clone() {
+            let topic = format!("d/{s}");
+            let payload = s.to_string();
+            bytes += size(&topic, payload.as_bytes());
+            tx.execute(
+                "INSERT INTO outbox VALUES (?1, ?2, ?3, 1, 0, 0)",
+                rusqlite::params![id, topic, payload.as_bytes()],
+            )
+            .unwrap();
+            id += 1;
         }
-    }
+        tx.execute(
+            "UPDATE device_seq SET last_seq = ?1 WHERE device = 'd'",
+            [*seqs.end() as i64],
+        )
+        .unwrap();
+        tx.execute(
+            "UPDATE meta SET write_gen = write_gen + 1, last_id = ?1, rows = rows + ?2, \
+             bytes = bytes + ?3",
+            rusqlite::params![id - 1, seqs.count() as i64, bytes as i64],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    };
+    foreign(8, 8..=14);
+    let rep = append_seq(&mut a, "d", 7);
+    assert_eq!(rep.first_id, 15);
+    let first = all(&mut a)[0].id;
+    a.delete(&[first]).unwrap();
+    foreign(22, 22..=28);
+    append_seq(&mut a, "d", 7);
     let rows = all(&mut a);
-    assert_eq!(seqs_of(&rows, "d"), (2..=70).collect::<Vec<u64>>());
-    let st = b.stats().unwrap();
-    assert_eq!(st.rows, 69);
+    assert_eq!(seqs_of(&rows, "d"), (2..=35).collect::<Vec<u64>>());
+    let st = a.stats().unwrap();
+    assert_eq!(st.rows, 34);
     assert_eq!(
         st.bytes,
         rows.iter().map(|r| size(&r.topic, &r.payload)).sum::<u64>()
     );
-    // The counters stay exact after the handles took turns.
-    b.delete(&[rows[0].id]).unwrap();
-    a.delete(&[rows[1].id]).unwrap();
-    let st = a.stats().unwrap();
-    assert_eq!(st.rows, 67);
+}
+
+#[test]
+fn dead_letters_are_set_aside_counted_listed_and_requeued() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let mut ob = Outbox::open(&path, limits()).unwrap();
+    append_seq(&mut ob, "d", 5);
+    let rows = all(&mut ob);
+    let moved = ob
+        .dead_letter(&[
+            (rows[1].id, "refused: NotAuthorized".into()),
+            (rows[3].id, "ended the connection 3 times".into()),
+            (999, "gone already".into()),
+        ])
+        .unwrap();
+    assert_eq!(moved, 2);
+    // The queue no longer holds them; stats count them apart.
+    let left = all(&mut ob);
+    assert_eq!(
+        left,
+        vec![rows[0].clone(), rows[2].clone(), rows[4].clone()]
+    );
+    let st = ob.stats().unwrap();
+    assert_eq!(st.rows, 3);
+    assert_eq!(st.dead_letter_rows, 2);
+    assert_eq!(
+        st.dead_letter_bytes,
+        size(&rows[1].topic, &rows[1].payload) + size(&rows[3].topic, &rows[3].payload)
+    );
+    let dead = ob.dead_letters(10).unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0].message, rows[1]);
+    assert_eq!(dead[0].reason, "refused: NotAuthorized");
+    assert_eq!(dead[1].message, rows[3]);
+    assert!(dead[1].dead_ns >= rows[3].enqueued_ns);
+    // Seen by a reader too, and they survive a reopen.
+    assert_eq!(
+        Outbox::open_read_only(&path)
+            .unwrap()
+            .stats()
+            .unwrap()
+            .dead_letter_rows,
+        2
+    );
+    drop(ob);
+    let mut ob = Outbox::open(&path, limits()).unwrap();
+    assert_eq!(ob.stats().unwrap().dead_letter_rows, 2);
+    // Delivering the rest leaves the dead letters alone.
+    ob.delete(&[rows[0].id, rows[2].id, rows[4].id]).unwrap();
+    assert_eq!(ob.stats().unwrap().rows, 0);
+    // Requeued at the end of the queue, in their order, with new ids.
+    assert_eq!(ob.requeue_dead_letters().unwrap(), 2);
+    let back = all(&mut ob);
+    assert_eq!(
+        back.iter()
+            .map(|m| (m.topic.as_str(), m.payload.as_slice()))
+            .collect::<Vec<_>>(),
+        vec![
+            (rows[1].topic.as_str(), rows[1].payload.as_slice()),
+            (rows[3].topic.as_str(), rows[3].payload.as_slice())
+        ]
+    );
+    assert!(back[0].id > rows[4].id && back[1].id == back[0].id + 1);
+    let st = ob.stats().unwrap();
+    assert_eq!(
+        (st.rows, st.dead_letter_rows, st.dead_letter_bytes),
+        (2, 0, 0)
+    );
     assert_eq!(
         st.bytes,
-        rows[2..]
-            .iter()
-            .map(|r| size(&r.topic, &r.payload))
-            .sum::<u64>()
+        back.iter().map(|m| size(&m.topic, &m.payload)).sum::<u64>()
     );
+    assert_eq!(ob.requeue_dead_letters().unwrap(), 0);
+    // A read-only handle can neither set aside nor requeue.
+    let mut r = Outbox::open_read_only(&path).unwrap();
+    assert!(matches!(
+        r.dead_letter(&[(back[0].id, "x".into())]).unwrap_err(),
+        StoreError::ReadOnly { .. }
+    ));
+    assert!(matches!(
+        r.requeue_dead_letters().unwrap_err(),
+        StoreError::ReadOnly { .. }
+    ));
+}
+
+#[test]
+fn dead_letters_are_bounded_by_age_and_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let mut ob = Outbox::open(&path, limits()).unwrap();
+    append_seq(&mut ob, "d", 3);
+    let rows = all(&mut ob);
+    ob.dead_letter(&[(rows[0].id, "x".into())]).unwrap();
+    let now = rows[0].enqueued_ns;
+    // Not yet due.
+    assert_eq!(ob.enforce_age(now + 1).unwrap(), 0);
+    let later = now + limits().max_age.as_nanos() as i64 + 1;
+    assert_eq!(ob.enforce_age(later).unwrap(), 3);
+    let st = ob.stats().unwrap();
+    assert_eq!((st.rows, st.dead_letter_rows), (0, 0));
+    assert_eq!(st.dropped_for_age_total, 3);
+
+    // Beyond DEAD_LETTER_MAX_ROWS the oldest go, counted as dropped for space.
+    let n = weir_store::DEAD_LETTER_MAX_ROWS as usize + 5;
+    append_seq(&mut ob, "e", n);
+    let ids: Vec<(i64, String)> = all(&mut ob)
+        .iter()
+        .map(|m| (m.id, "refused".to_string()))
+        .collect();
+    assert_eq!(ob.dead_letter(&ids).unwrap(), n as u64);
+    let st = ob.stats().unwrap();
+    assert_eq!(st.dead_letter_rows, weir_store::DEAD_LETTER_MAX_ROWS);
+    assert_eq!(st.dropped_for_space_total, 5);
+    assert_eq!(ob.dead_letters(1).unwrap()[0].message.id, ids[5].0);
+}
+
+/// The version 1 schema, as the builds before dead letters created it.
+const SCHEMA_V1: &str = "
+CREATE TABLE outbox (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL,
+    qos INTEGER NOT NULL, retain INTEGER NOT NULL, enqueued_ns INTEGER NOT NULL);
+CREATE TABLE batch (first_id INTEGER PRIMARY KEY, last_id INTEGER NOT NULL,
+    enqueued_ns INTEGER NOT NULL);
+CREATE INDEX batch_enqueued ON batch (enqueued_ns);
+CREATE TABLE device_seq (device TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE meta (singleton INTEGER PRIMARY KEY CHECK (singleton = 0),
+    write_gen INTEGER NOT NULL, last_id INTEGER NOT NULL, rows INTEGER NOT NULL,
+    bytes INTEGER NOT NULL, dropped_for_space_total INTEGER NOT NULL,
+    dropped_for_age_total INTEGER NOT NULL, max_bytes INTEGER NOT NULL);
+INSERT INTO meta VALUES (0, 4, 3, 3, 0, 7, 1, 1000000);
+INSERT INTO device_seq VALUES ('d', 3);
+INSERT INTO outbox VALUES (1, 'd/1', X'31', 1, 0, 1000), (2, 'd/2', X'32', 1, 0, 1000),
+    (3, 'd/3', X'33', 1, 0, 1000);
+INSERT INTO batch VALUES (1, 3, 1000);
+UPDATE meta SET bytes = 3 * (4 + 32);
+PRAGMA application_id = 1464158546;
+PRAGMA user_version = 1;
+";
+
+#[test]
+fn a_version_1_outbox_is_upgraded_in_place_and_keeps_its_rows() {
+    assert_eq!(SCHEMA_VERSION, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(SCHEMA_V1)
+        .unwrap();
+    // A reader (`weir buffer stats` during an upgrade) sees it as it is and changes nothing.
+    let before = std::fs::read(&path).unwrap();
+    let mut r = Outbox::open_read_only(&path).unwrap();
+    let st = r.stats().unwrap();
+    assert_eq!(
+        (st.rows, st.dead_letter_rows, st.dropped_for_space_total),
+        (3, 0, 7)
+    );
+    assert!(r.dead_letters(10).unwrap().is_empty());
+    drop(r);
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+
+    let mut ob = Outbox::open(&path, limits()).unwrap();
+    let rows = all(&mut ob);
+    assert_eq!(
+        rows.iter().map(|m| m.topic.as_str()).collect::<Vec<_>>(),
+        ["d/1", "d/2", "d/3"]
+    );
+    let st = ob.stats().unwrap();
+    assert_eq!((st.rows, st.bytes, st.dropped_for_space_total), (3, 108, 7));
+    // Ids and sequence numbers continue; dead letters work.
+    let rep = append_seq(&mut ob, "d", 1);
+    assert_eq!(rep.first_id, 4);
+    assert_eq!(seqs_of(&all(&mut ob), "d"), [1, 2, 3, 4]);
+    assert_eq!(ob.dead_letter(&[(2, "refused".into())]).unwrap(), 1);
+    drop(ob);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let version: i32 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    drop(c);
+    let mut ob = Outbox::open(&path, limits()).unwrap();
+    assert_eq!(ob.stats().unwrap().dead_letter_rows, 1);
+    assert_eq!(ob.stats().unwrap().rows, 3);
 }
 
 #[test]
