@@ -99,6 +99,46 @@ impl Value {
             Value::Str(_) => None,
         }
     }
+
+    /// A float read as 32 bits (most Modbus meters, many sensors), as the `f64` nearest to the
+    /// shortest decimal that reads back as the same `f32`: 231.7f32 becomes `231.7`, not its
+    /// exact expansion `231.6999969482422`, so it prints and compares as the device meant it.
+    /// `Value::from_f32(x).as_f64() as f32 == x` for every finite `x`; NaN and infinities pass
+    /// through unchanged.
+    pub fn from_f32(x: f32) -> Value {
+        Value::F64(f32_shortest(x))
+    }
+}
+
+/// The `f64` nearest to the shortest decimal that round-trips `x` (Rust's `Display` for `f32`
+/// prints exactly that decimal, without an exponent: at most 48 bytes), formatted on the stack.
+fn f32_shortest(x: f32) -> f64 {
+    if !x.is_finite() {
+        return x as f64;
+    }
+    struct Buf {
+        b: [u8; 64],
+        n: usize,
+    }
+    impl fmt::Write for Buf {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let end = self.n + s.len();
+            self.b
+                .get_mut(self.n..end)
+                .ok_or(fmt::Error)?
+                .copy_from_slice(s.as_bytes());
+            self.n = end;
+            Ok(())
+        }
+    }
+    let mut buf = Buf { b: [0; 64], n: 0 };
+    if fmt::Write::write_fmt(&mut buf, format_args!("{x}")).is_err() {
+        return x as f64;
+    }
+    std::str::from_utf8(&buf.b[..buf.n])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(x as f64)
 }
 
 /// As a user would write it: `21.5`, `3`, `true`, `"auto"` (strings quoted, so `"3"` and `3`
@@ -205,6 +245,48 @@ mod tests {
         .map(|v| v.to_string())
         .collect();
         assert_eq!(shown, ["true", "21.5", "-3", "\"auto\""]);
+    }
+
+    #[test]
+    fn f32_values_keep_their_shortest_decimal() {
+        assert_eq!(Value::from_f32(231.7), Value::F64(231.7));
+        assert_eq!(Value::from_f32(231.7).to_string(), "231.7");
+        assert_ne!(
+            231.7f32 as f64, 231.7,
+            "the plain widening is the long expansion"
+        );
+        for (x, shown) in [
+            (0.1f32, "0.1"),
+            (-40.25, "-40.25"),
+            (1e-45, "0.000000000000000000000000000000000000000000001"),
+            (f32::MAX, "340282350000000000000000000000000000000"),
+            (16777217.0, "16777216"),
+            (0.0, "0"),
+        ] {
+            assert_eq!(Value::from_f32(x).to_string(), shown);
+            assert_eq!(Value::from_f32(x).as_f64().unwrap() as f32, x);
+        }
+        assert!(Value::from_f32(f32::NAN).as_f64().unwrap().is_nan());
+        assert_eq!(
+            Value::from_f32(f32::NEG_INFINITY),
+            Value::F64(f64::NEG_INFINITY)
+        );
+    }
+
+    #[test]
+    fn f32_values_round_trip_across_the_whole_range() {
+        // Every 4099th bit pattern (a prime stride, so every exponent and many mantissas): the
+        // published value narrows back to exactly the f32 the device sent.
+        let mut checked = 0u32;
+        for bits in (0..=u32::MAX).step_by(4099) {
+            let x = f32::from_bits(bits);
+            if x.is_finite() {
+                let back = Value::from_f32(x).as_f64().unwrap() as f32;
+                assert_eq!(back.to_bits(), x.to_bits(), "{x:e}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 1_000_000);
     }
 
     #[test]
