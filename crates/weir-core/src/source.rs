@@ -141,6 +141,11 @@ pub trait Transform: Send {
     /// Events (alerts) produced by the last `process` or `tick`; the pipeline commits them with
     /// that batch. Called after each of them.
     fn take_events(&mut self, _out: &mut Vec<Event>) {}
+    /// Apply a reloaded configuration in place, keeping what can be kept (a rule's state, a
+    /// detector's window). `false`: this stage cannot, build a new one from `builder` instead.
+    fn reload(&mut self, _builder: &dyn StageBuilder) -> bool {
+        false
+    }
 }
 
 /// What a stage is built with.
@@ -162,6 +167,8 @@ pub trait StageBuilder: Send + Sync + std::fmt::Debug {
     /// The section name in gateway.yaml, e.g. `rules`.
     fn name(&self) -> &'static str;
     fn build(&self, ctx: &StageContext) -> Result<Box<dyn Transform>, BuildError>;
+    /// For [`Transform::reload`]: the running stage downcasts to its own builder type.
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// A stage that passes every reading through unchanged: the slot a later stage fills.

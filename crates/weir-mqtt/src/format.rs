@@ -20,14 +20,20 @@
 //! {"seq":17,"readings":[{"point":"temperature","value":23.4,"unit":"°C","ts":"…","quality":"good"}]}
 //! ```
 //!
-//! Alerts raised and cleared by rules are readings whose `source` starts with
-//! [`ALERT_SOURCE_PREFIX`] (`alert/<rule>`), whose point is the alert's name and whose value is a
-//! JSON object (`state`, `severity`, `message`, `rule`). In either mode each is its own message on
-//! `alerts_topic` (default `{prefix}/alerts/{device}/{name}`), committed to the outbox like telemetry
-//! so an alert raised offline is delivered later, with its own `seq` series per device:
+//! Events travel with the readings as typed [`Event`]s and are committed in the same transaction.
+//! An alert raised or cleared (by a rule) is its own message in either mode on `alerts_topic`
+//! (default `{prefix}/alerts/{device}/{name}`), delivered later if raised offline, with its own
+//! `seq` series per device (kept apart from the device's telemetry `seq`):
 //!
 //! ```json
 //! {"alert":"high_temperature","device":"gh1/climate","state":"active","severity":"warning","message":"…","rule":"vent","ts":"…","seq":3}
+//! ```
+//!
+//! The result of a command a rule sent is published like the answer to an MQTT `…/set`, on
+//! `{prefix}/{device}/{point}/set/result`, through the outbox (its own `seq` series per device):
+//!
+//! ```json
+//! {"ok":false,"error":"…","value":true,"origin":"rule","rule":"vent","ts":"…","seq":2}
 //! ```
 //!
 //! MQTT topic names may not contain the wildcards `+` and `#` (MQTT 3.1.1 §4.7.1); a device or point
@@ -35,16 +41,13 @@
 
 use serde::Serialize;
 use weir_config::PublishMode;
-use weir_core::{Quality, Reading, Value};
+use weir_core::{Alert, CommandOrigin, CommandResult, Event, Quality, Reading, Timestamp, Value};
 use weir_store::{NewMessage, SeqAllocator};
 
-/// `source` prefix of alert readings (weir-rules emits `alert/<rule>`; the two must agree).
-pub const ALERT_SOURCE_PREFIX: &str = "alert/";
-
-/// Whether `r` is an alert raised or cleared by a rule.
-pub fn is_alert(r: &Reading) -> bool {
-    r.source.starts_with(ALERT_SOURCE_PREFIX)
-}
+/// `seq` series keys of events. `#` cannot appear in a device id (the registry refuses MQTT
+/// wildcards), so these never collide with a device's telemetry series.
+const ALERT_SEQ: &str = "#alerts/";
+const RESULT_SEQ: &str = "#results/";
 
 /// A topic template split at its placeholders once, at start.
 #[derive(Debug, Clone)]
@@ -113,7 +116,12 @@ fn push_topic_safe(s: &mut String, v: &str) {
 
 /// `ts` as RFC 3339 with nanoseconds, UTC.
 pub fn rfc3339(r: &Reading) -> String {
-    humantime::format_rfc3339_nanos(r.ts.to_system_time()).to_string()
+    rfc3339_ts(r.ts)
+}
+
+/// A timestamp as RFC 3339 with nanoseconds, UTC.
+pub fn rfc3339_ts(ts: Timestamp) -> String {
+    humantime::format_rfc3339_nanos(ts.to_system_time()).to_string()
 }
 
 struct JsonValue<'a>(&'a Value);
@@ -212,37 +220,82 @@ impl Encoder {
         self
     }
 
-    /// One alert reading as its own message; `seq` counts per device on `alerts/<device>`.
-    fn encode_alert(&self, r: &Reading, seqs: &mut SeqAllocator<'_>) -> NewMessage {
-        let mut doc = match &r.value {
-            Value::Str(s) => match serde_json::from_str::<serde_json::Value>(s) {
-                Ok(serde_json::Value::Object(m)) => m,
-                _ => {
-                    let mut m = serde_json::Map::new();
-                    m.insert("message".into(), serde_json::Value::from(&**s));
-                    m
-                }
-            },
-            other => {
-                let mut m = serde_json::Map::new();
-                m.insert(
-                    "value".into(),
-                    serde_json::to_value(JsonValue(other)).unwrap_or_default(),
-                );
-                m
-            }
-        };
-        doc.insert("alert".into(), r.point.as_str().into());
-        doc.insert("device".into(), r.device.as_str().into());
-        doc.insert("ts".into(), rfc3339(r).into());
-        let seq = seqs.next(&format!("alerts/{}", r.device));
+    /// One alert as its own message; `seq` counts per device in its own series.
+    fn encode_alert(&self, a: &Alert, seqs: &mut SeqAllocator<'_>) -> NewMessage {
+        let mut doc = serde_json::Map::new();
+        doc.insert("alert".into(), (*a.name).into());
+        doc.insert("device".into(), a.device.as_str().into());
+        doc.insert(
+            "state".into(),
+            if a.active { "active" } else { "cleared" }.into(),
+        );
+        doc.insert("severity".into(), (*a.severity).into());
+        if a.active {
+            doc.insert("message".into(), (*a.message).into());
+        }
+        doc.insert("rule".into(), (*a.by).into());
+        doc.insert("ts".into(), rfc3339_ts(a.ts).into());
+        let seq = seqs.next(&format!("{ALERT_SEQ}{}", a.device));
         doc.insert("seq".into(), seq.into());
         NewMessage {
-            topic: self.alerts.render(r.device.as_str(), r.point.as_str()),
+            topic: self.alerts.render(a.device.as_str(), &a.name),
             payload: serde_json::to_vec(&doc).unwrap_or_default(),
             qos: self.qos,
             retain: self.retain,
         }
+    }
+
+    /// A command's result on `…/<device>/<point>/set/result`.
+    fn encode_result(&self, c: &CommandResult, seqs: &mut SeqAllocator<'_>) -> NewMessage {
+        let mut doc = serde_json::Map::new();
+        doc.insert("ok".into(), c.outcome.is_ok().into());
+        if let Err(e) = &c.outcome {
+            doc.insert("error".into(), e.as_str().into());
+        }
+        doc.insert(
+            "value".into(),
+            serde_json::to_value(JsonValue(&c.value)).unwrap_or_default(),
+        );
+        let (origin, rule) = match &c.origin {
+            CommandOrigin::Mqtt => ("mqtt", None),
+            CommandOrigin::Rule(r) => ("rule", Some(r)),
+            CommandOrigin::Cli => ("cli", None),
+        };
+        doc.insert("origin".into(), origin.into());
+        if let Some(r) = rule {
+            doc.insert("rule".into(), (**r).into());
+        }
+        doc.insert("ts".into(), rfc3339_ts(c.ts).into());
+        let seq = seqs.next(&format!("{RESULT_SEQ}{}", c.device));
+        doc.insert("seq".into(), seq.into());
+        NewMessage {
+            topic: format!(
+                "{}/set/result",
+                self.telemetry.render(c.device.as_str(), c.point.as_str())
+            ),
+            payload: serde_json::to_vec(&doc).unwrap_or_default(),
+            qos: self.qos,
+            retain: self.retain,
+        }
+    }
+
+    fn encode_event(&self, e: &Event, seqs: &mut SeqAllocator<'_>) -> NewMessage {
+        match e {
+            Event::Alert(a) => self.encode_alert(a, seqs),
+            Event::CommandResult(c) => self.encode_result(c, seqs),
+        }
+    }
+
+    /// Encode `readings`, then `events`, in order, taking sequence numbers from `seqs`.
+    pub fn encode_all(
+        &self,
+        readings: &[Reading],
+        events: &[Event],
+        seqs: &mut SeqAllocator<'_>,
+    ) -> Vec<NewMessage> {
+        let mut out = self.encode(readings, seqs);
+        out.extend(events.iter().map(|e| self.encode_event(e, seqs)));
+        out
     }
 
     /// Encode `readings` in order, taking sequence numbers from `seqs`.
@@ -251,9 +304,6 @@ impl Encoder {
             PublishMode::PerReading => readings
                 .iter()
                 .map(|r| {
-                    if is_alert(r) {
-                        return self.encode_alert(r, seqs);
-                    }
                     let seq = seqs.next(r.device.as_str());
                     NewMessage {
                         topic: self.telemetry.render(r.device.as_str(), r.point.as_str()),
@@ -267,12 +317,7 @@ impl Encoder {
             PublishMode::PerDevice => {
                 // Group by device, keeping the order of first appearance and the order within.
                 let mut groups: Vec<(&str, Vec<&Reading>)> = Vec::new();
-                let mut alerts = Vec::new();
                 for r in readings {
-                    if is_alert(r) {
-                        alerts.push(self.encode_alert(r, seqs));
-                        continue;
-                    }
                     match groups.iter_mut().find(|(d, _)| *d == r.device.as_str()) {
                         Some((_, v)) => v.push(r),
                         None => groups.push((r.device.as_str(), vec![r])),
@@ -292,7 +337,6 @@ impl Encoder {
                             retain: self.retain,
                         }
                     })
-                    .chain(alerts)
                     .collect()
             }
         }
@@ -303,7 +347,6 @@ impl Encoder {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use weir_core::Timestamp;
 
     #[test]
     fn template_renders_and_sanitises_wildcards() {

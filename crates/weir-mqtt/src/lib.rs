@@ -10,6 +10,7 @@
 pub mod conn;
 pub mod format;
 pub mod forwarder;
+pub mod inflight;
 pub mod tls;
 
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use weir_config::GatewayConfig;
-use weir_core::Reading;
+use weir_core::{Event, Reading};
 use weir_store::{AppendReport, Outbox, StoreError};
 
 pub use conn::ConnectOptions;
@@ -44,8 +45,19 @@ impl OutboxWriter {
     /// Encode and commit in one transaction (one fsync); the readings are durable when this
     /// returns `Ok`.
     pub fn commit(&self, readings: &[Reading]) -> Result<AppendReport, StoreError> {
+        self.commit_with_events(readings, &[])
+    }
+
+    /// [`Self::commit`] with the batch's events (alerts, command results) after its readings, in
+    /// the same transaction.
+    pub fn commit_with_events(
+        &self,
+        readings: &[Reading],
+        events: &[Event],
+    ) -> Result<AppendReport, StoreError> {
         let report = forwarder::blocking(|| {
-            forwarder::lock(&self.outbox).append(|seqs| self.encoder.encode(readings, seqs))
+            forwarder::lock(&self.outbox)
+                .append(|seqs| self.encoder.encode_all(readings, events, seqs))
         })?;
         self.wake.notify_one();
         Ok(report)

@@ -34,8 +34,6 @@ pub const MAX_EMITS_PER_RUN: usize = 1_000;
 pub const MAX_COMMANDS_PER_RUN: usize = 16;
 /// Points the last-value cache remembers; readings of further points are not cached.
 pub const MAX_CACHED_POINTS: usize = 100_000;
-/// `source` prefix that marks a reading as an alert; weir-mqtt publishes those on the alerts topic.
-pub const ALERT_SOURCE_PREFIX: &str = "alert/";
 /// `source` prefix of readings emitted by a rule (`rules/<rule name>`).
 pub const DERIVED_SOURCE_PREFIX: &str = "rules/";
 

@@ -23,8 +23,8 @@ pub mod window;
 pub use config::{
     parse_section, reload_section, CompiledRule, Reload, RuleConfig, RuleError, RuleSet,
 };
-pub use engine::{ALERT_SOURCE_PREFIX, DERIVED_SOURCE_PREFIX, MAX_CALL_LEVELS, MAX_OPERATIONS};
-pub use stage::{Event, ReloadHandle, RulesStage};
+pub use engine::{DERIVED_SOURCE_PREFIX, MAX_CALL_LEVELS, MAX_OPERATIONS};
+pub use stage::{Event, ReloadHandle, RulesBuilder, RulesStage};
 
 #[cfg(test)]
 mod tests;

@@ -216,7 +216,7 @@ pub fn replay(
             last_tick_s = Some(second);
             let mut ticked = Vec::new();
             stage.tick(reading.ts, &mut ticked);
-            let events = stage.take_events();
+            let events = stage.take_trace();
             if !events.is_empty() {
                 writeln!(out, "{} timers", ts_str(reading.ts))?;
                 print_events(out, events, &mut sum)?;
@@ -229,11 +229,10 @@ pub fn replay(
         sum.passed += batch
             .iter()
             .filter(|r| {
-                !r.source.starts_with(crate::ALERT_SOURCE_PREFIX)
-                    && !r.source.starts_with(crate::DERIVED_SOURCE_PREFIX)
+                !r.source.starts_with(crate::DERIVED_SOURCE_PREFIX)
             })
             .count();
-        print_events(out, stage.take_events(), &mut sum)?;
+        print_events(out, stage.take_trace(), &mut sum)?;
     }
     writeln!(
         out,

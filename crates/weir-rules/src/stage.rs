@@ -2,8 +2,9 @@
 //!
 //! For every reading of a batch, each rule whose `match:` fits runs in configuration order; a rule
 //! sees the reading as the previous rules left it, and once a rule drops it no further rule runs.
-//! What a successful run emitted follows the reading in the batch (derived readings first, then
-//! alert readings), so per-device order is kept; derived readings do not run rules again (no loops
+//! What a successful run emitted follows the reading in the batch (derived readings), so
+//! per-device order is kept; alerts are typed events ([`weir_core::Event::Alert`]) handed to the
+//! pipeline through [`Transform::take_events`] and committed with the batch; derived readings do not run rules again (no loops
 //! within a stage) but do update the last-value cache. Timer rules (scripts that call `every`)
 //! also run once per pipeline tick with `r` = `()`.
 //!
@@ -27,6 +28,9 @@
 //! Commands go through the [`CommandRouter`] (which enforces `writable`); a refusal is counted in
 //! `weir_rule_commands_total{rule,result="refused"}` and logged, the adapter's answer arrives
 //! later and is counted as `ok` / `failed` by a small task (when a tokio runtime is present).
+//! Either way the outcome becomes a [`weir_core::Event::CommandResult`], published like the
+//! answer to an MQTT `…/set` (a refusal at once with the batch, an answer through the stage's
+//! [`EventSender`] when it arrives).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,14 +38,13 @@ use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, Engine, Scope};
 use weir_core::{
-    Batch, CommandOrigin, CommandRouter, Counter, DeviceId, Metrics, PointId, Quality, Reading,
-    Timestamp, Transform, Value,
+    Alert, Batch, BuildError, CommandOrigin, CommandResult, CommandRouter, Counter, DeviceId,
+    EventSender, Metrics, PointId, Reading, StageBuilder, StageContext, Timestamp, Transform,
+    Value,
 };
 
 use crate::config::{CompiledRule, Reload, RuleSet};
-use crate::engine::{
-    self, AlertOp, Ctx, ScriptReading, ALERT_SOURCE_PREFIX, DERIVED_SOURCE_PREFIX, SCOPE_BASE,
-};
+use crate::engine::{self, AlertOp, Ctx, ScriptReading, DERIVED_SOURCE_PREFIX, SCOPE_BASE};
 
 /// A rule's errors are logged at most this often (the rest are counted).
 pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -102,7 +105,6 @@ impl RuleRt {
             scope: engine::new_scope(),
             caches: rhai::Caches::new(),
             source: Arc::from(format!("{DERIVED_SOURCE_PREFIX}{name}")),
-            alert_source: Arc::from(format!("{ALERT_SOURCE_PREFIX}{name}")),
             errors: c("weir_rule_errors_total"),
             emitted: c("weir_rule_emitted_total"),
             dropped: c("weir_rule_dropped_total"),
@@ -124,7 +126,6 @@ struct RuleRt {
     /// rhai's function-resolution cache, kept across runs of this rule's (unchanging) AST.
     caches: rhai::Caches,
     source: Arc<str>,
-    alert_source: Arc<str>,
     errors: Counter,
     emitted: Counter,
     dropped: Counter,
@@ -162,6 +163,10 @@ pub struct RulesStage {
     router: Option<CommandRouter>,
     active: engine::FastMap<(DeviceId, String), String>,
     trace: Option<Vec<Event>>,
+    /// Alerts and refused commands of the current batch, for [`Transform::take_events`].
+    events: Vec<weir_core::Event>,
+    /// Where command answers that arrive later go (the pipeline's event channel).
+    results: Option<EventSender>,
 }
 
 impl std::fmt::Debug for RulesStage {
@@ -216,7 +221,15 @@ impl RulesStage {
             router,
             active: Default::default(),
             trace: trace.then(Vec::new),
+            events: Vec::new(),
+            results: None,
         }
+    }
+
+    /// Publish the answers to the commands rules send through `events` (the daemon's pipeline).
+    pub fn with_results(mut self, events: EventSender) -> RulesStage {
+        self.results = Some(events);
+        self
     }
 
     /// A handle to send reloads to this stage (one queued at a time).
@@ -299,7 +312,8 @@ impl RulesStage {
     }
 
     /// Events recorded since the last call (offline stages only).
-    pub fn take_events(&mut self) -> Vec<Event> {
+    /// What the rules did since the last call (offline stages only: `weir rules test`).
+    pub fn take_trace(&mut self) -> Vec<Event> {
         self.trace.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
@@ -400,7 +414,7 @@ impl RulesStage {
         };
         out.extend(emits);
         for a in alerts {
-            self.apply_alert(i, a, ts, out);
+            self.apply_alert(i, a, ts);
         }
         for (device, point, value) in commands {
             self.send_command(i, device, point, value);
@@ -436,9 +450,9 @@ impl RulesStage {
         rt.suppressed = 0;
     }
 
-    fn apply_alert(&mut self, i: usize, op: AlertOp, ts: i64, out: &mut Batch) {
+    fn apply_alert(&mut self, i: usize, op: AlertOp, ts: i64) {
         let rt = &self.rules[i];
-        let (device, name, doc) = match op {
+        let alert = match op {
             AlertOp::Raise {
                 device,
                 name,
@@ -469,11 +483,15 @@ impl RulesStage {
                         raised: true,
                     });
                 }
-                let doc = serde_json::json!({
-                    "state": "active", "severity": severity, "message": message,
-                    "rule": &*rt.rule.name,
-                });
-                (device, name, doc)
+                Alert {
+                    device,
+                    name: Arc::from(name),
+                    active: true,
+                    severity: Arc::from(severity),
+                    message: Arc::from(message),
+                    by: rt.rule.name.clone(),
+                    ts: Timestamp(ts),
+                }
             }
             AlertOp::Clear { device, name } => {
                 let Some(severity) = self.active.remove(&(device.clone(), name.clone())) else {
@@ -498,22 +516,19 @@ impl RulesStage {
                         raised: false,
                     });
                 }
-                let doc = serde_json::json!({
-                    "state": "cleared", "severity": severity, "rule": &*rt.rule.name,
-                });
-                (device, name, doc)
+                Alert {
+                    device,
+                    name: Arc::from(name),
+                    active: false,
+                    severity: Arc::from(severity),
+                    message: Arc::from(""),
+                    by: rt.rule.name.clone(),
+                    ts: Timestamp(ts),
+                }
             }
         };
         rt.alerts.inc();
-        out.push(Reading {
-            device,
-            point: PointId::from(name),
-            value: Value::Str(Arc::from(doc.to_string())),
-            unit: None,
-            ts: Timestamp(ts),
-            quality: Quality::Good,
-            source: rt.alert_source.clone(),
-        });
+        self.events.push(weir_core::Event::Alert(alert));
     }
 
     fn send_command(&mut self, i: usize, device: DeviceId, point: PointId, value: Value) {
@@ -531,7 +546,8 @@ impl RulesStage {
             }
             return;
         };
-        let what = format!("{device}/{point} <- {value:?}");
+        let what = format!("{device}/{point} <- {value}");
+        let (cmd_device, cmd_point, cmd_value) = (device.clone(), point.clone(), value.clone());
         let routed = router.route(
             device.clone(),
             point.clone(),
@@ -551,31 +567,62 @@ impl RulesStage {
             Err(e) => {
                 rt.cmd_refused.inc();
                 let message = format!("command {what} refused: {e}");
+                if self.results.is_some() {
+                    self.events
+                        .push(weir_core::Event::CommandResult(CommandResult {
+                            device: cmd_device,
+                            point: cmd_point,
+                            value: cmd_value,
+                            origin: CommandOrigin::Rule(name.clone()),
+                            outcome: Err(e.to_string()),
+                            ts: Timestamp::now(),
+                        }));
+                }
                 self.fail_soft(i, message);
             }
             Ok(rx) => {
                 rt.cmd_sent.inc();
                 tracing::info!(rule = %name, "command {what} sent");
                 let (ok, failed) = (rt.cmd_ok.clone(), rt.cmd_failed.clone());
+                let results = self.results.clone();
                 if let Ok(h) = tokio::runtime::Handle::try_current() {
                     h.spawn(async move {
-                        match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+                        let outcome = match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
                             Ok(Ok(Ok(()))) => {
                                 ok.inc();
                                 tracing::debug!(rule = %name, "command {what}: ok");
+                                Ok(())
                             }
                             Ok(Ok(Err(e))) => {
                                 failed.inc();
                                 tracing::warn!(rule = %name, "command {what} failed: {e}");
+                                Err(e)
                             }
                             Ok(Err(_)) => {
                                 failed.inc();
                                 tracing::warn!(rule = %name, "command {what}: adapter dropped it");
+                                Err("the adapter dropped the command without answering".into())
                             }
                             Err(_) => {
                                 failed.inc();
                                 tracing::warn!(rule = %name, "command {what}: no answer in {COMMAND_TIMEOUT:?}");
+                                Err(format!(
+                                    "no answer from the adapter within {}s",
+                                    COMMAND_TIMEOUT.as_secs()
+                                ))
                             }
+                        };
+                        if let Some(events) = results {
+                            events
+                                .send(weir_core::Event::CommandResult(CommandResult {
+                                    device: cmd_device,
+                                    point: cmd_point,
+                                    value: cmd_value,
+                                    origin: CommandOrigin::Rule(name),
+                                    outcome,
+                                    ts: Timestamp::now(),
+                                }))
+                                .await;
                         }
                     });
                 }
@@ -661,11 +708,60 @@ impl Transform for RulesStage {
         }
     }
 
+    fn take_events(&mut self, out: &mut Vec<weir_core::Event>) {
+        out.append(&mut self.events);
+    }
+
+    /// Swap in the reloaded rules: unchanged rules keep their state, windows and alerts.
+    fn reload(&mut self, builder: &dyn StageBuilder) -> bool {
+        let Some(b) = builder.as_any().downcast_ref::<RulesBuilder>() else {
+            return false;
+        };
+        let n = b.set.len();
+        self.apply_reload(Reload {
+            rules: b
+                .set
+                .rules
+                .iter()
+                .map(|r| (r.name.to_string(), Ok(r.clone())))
+                .collect(),
+        });
+        tracing::info!(rules = n, "reload: rules applied");
+        true
+    }
+
     fn tick(&mut self, now: Timestamp, out: &mut Batch) {
         self.take_reloads();
         for k in 0..self.timer_rules.len() {
             let i = self.timer_rules[k];
             self.run(i, None, now.as_nanos(), out);
         }
+    }
+}
+
+/// The `rules:` section as a [`StageBuilder`]: builds the daemon's [`RulesStage`] (commands through
+/// the router, their answers as events) and reloads a running one in place.
+#[derive(Debug, Clone, Default)]
+pub struct RulesBuilder {
+    pub set: RuleSet,
+}
+
+impl StageBuilder for RulesBuilder {
+    fn name(&self) -> &'static str {
+        "rules"
+    }
+
+    fn build(&self, ctx: &StageContext) -> Result<Box<dyn Transform>, BuildError> {
+        if !self.set.is_empty() {
+            tracing::info!(rules = ?self.set.names(), "rules loaded");
+        }
+        Ok(Box::new(
+            RulesStage::new(self.set.clone(), ctx.router.clone(), &ctx.metrics)
+                .with_results(ctx.events.clone()),
+        ))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

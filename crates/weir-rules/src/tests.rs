@@ -50,6 +50,20 @@ fn run(stage: &mut RulesStage, batch: Vec<Reading>) -> Batch {
     b
 }
 
+/// Run a batch and return the alerts it raised or cleared (typed events).
+fn run_alerts(stage: &mut RulesStage, batch: Vec<Reading>) -> Vec<weir_core::Alert> {
+    let mut b = batch;
+    stage.process(&mut b);
+    let mut ev = Vec::new();
+    stage.take_events(&mut ev);
+    ev.into_iter()
+        .map(|e| match e {
+            weir_core::Event::Alert(a) => a,
+            other => panic!("not an alert: {other:?}"),
+        })
+        .collect()
+}
+
 fn stage(yaml: &str) -> (RulesStage, Metrics) {
     let m = Metrics::new();
     (RulesStage::new(rules(yaml), CommandRouter::new(), &m), m)
@@ -138,24 +152,27 @@ fn alerts_are_edge_triggered_readings_for_the_alerts_topic() {
       else if r.value < 28.0 { clear("high_temperature"); }
 "#,
     );
-    let out = run(&mut s, vec![temp(31.0, T0), temp(32.0, T0 + S)]);
-    let alerts: Vec<_> = out
-        .iter()
-        .filter(|r| r.source.starts_with(crate::ALERT_SOURCE_PREFIX))
+    let mut out = vec![temp(31.0, T0), temp(32.0, T0 + S)];
+    s.process(&mut out);
+    assert_eq!(out.len(), 2, "alerts are events, not readings in the batch");
+    let mut ev = Vec::new();
+    s.take_events(&mut ev);
+    let alerts: Vec<_> = ev
+        .into_iter()
+        .map(|e| match e {
+            weir_core::Event::Alert(a) => a,
+            other => panic!("{other:?}"),
+        })
         .collect();
     assert_eq!(alerts.len(), 1, "raised once while active");
     assert_eq!(alerts[0].device.as_str(), "gh1/climate");
-    assert_eq!(alerts[0].point.as_str(), "high_temperature");
-    let Value::Str(doc) = &alerts[0].value else {
-        panic!("alert value is a JSON document")
-    };
-    let doc: serde_json::Value = serde_json::from_str(doc).unwrap();
-    assert_eq!(doc["state"], "active");
-    assert_eq!(doc["severity"], "warning");
-    assert_eq!(doc["message"], "temperature 31.0");
-    assert_eq!(doc["rule"], "heat");
+    assert_eq!(&*alerts[0].name, "high_temperature");
+    assert!(alerts[0].active);
+    assert_eq!(&*alerts[0].severity, "warning");
+    assert_eq!(&*alerts[0].message, "temperature 31.0");
+    assert_eq!(&*alerts[0].by, "heat");
     // in between: nothing; below: cleared once
-    let out = run(
+    let cleared = run_alerts(
         &mut s,
         vec![
             temp(29.0, T0 + 2 * S),
@@ -163,13 +180,9 @@ fn alerts_are_edge_triggered_readings_for_the_alerts_topic() {
             temp(26.0, T0 + 4 * S),
         ],
     );
-    let cleared: Vec<_> = out
-        .iter()
-        .filter(|r| r.source.starts_with(crate::ALERT_SOURCE_PREFIX))
-        .collect();
     assert_eq!(cleared.len(), 1);
     assert_eq!(cleared[0].ts, Timestamp(T0 + 3 * S));
-    assert!(matches!(&cleared[0].value, Value::Str(d) if d.contains("\"cleared\"")));
+    assert!(!cleared[0].active);
 }
 
 #[test]
@@ -516,7 +529,7 @@ fn runaway_script_is_stopped_and_other_rules_still_run() {
 fn limits_are_reported_in_the_error() {
     let mut s = RulesStage::offline(rules("  - name: runaway\n    script: 'loop {}'\n"));
     run(&mut s, vec![temp(20.0, T0)]);
-    let ev = s.take_events();
+    let ev = s.take_trace();
     assert!(
         matches!(&ev[..], [Event::Error { message, .. }] if message.contains("operations")),
         "{ev:?}"
@@ -823,36 +836,29 @@ fn alert_and_clear_in_one_run_follow_the_last_call() {
       else { alert("a", "warning", "x"); clear("a"); }
 "#,
     );
-    let alerts = |out: &Batch| -> Vec<String> {
-        out.iter()
-            .filter(|r| r.source.starts_with(crate::ALERT_SOURCE_PREFIX))
-            .map(|r| match &r.value {
-                Value::Str(s) => serde_json::from_str::<serde_json::Value>(s).unwrap()["state"]
-                    .as_str()
-                    .unwrap()
-                    .to_string(),
-                _ => panic!("alert value"),
-            })
+    let alerts = |a: Vec<weir_core::Alert>| -> Vec<&'static str> {
+        a.iter()
+            .map(|a| if a.active { "active" } else { "cleared" })
             .collect()
     };
     // raise, clear, raise again: three edges, active at the end
     assert_eq!(
-        alerts(&run(&mut s, vec![temp(1.0, T0)])),
+        alerts(run_alerts(&mut s, vec![temp(1.0, T0)])),
         ["active", "cleared", "active"]
     );
     // already active at this severity: the same sequence only clears and re-raises
     assert_eq!(
-        alerts(&run(&mut s, vec![temp(1.0, T0 + S)])),
+        alerts(run_alerts(&mut s, vec![temp(1.0, T0 + S)])),
         ["cleared", "active"]
     );
     // warning then clear: severity change, then cleared
     assert_eq!(
-        alerts(&run(&mut s, vec![temp(-1.0, T0 + 2 * S)])),
+        alerts(run_alerts(&mut s, vec![temp(-1.0, T0 + 2 * S)])),
         ["active", "cleared"]
     );
     // nothing active: clear alone publishes nothing, the raise-then-clear does
     assert_eq!(
-        alerts(&run(&mut s, vec![temp(-1.0, T0 + 3 * S)])),
+        alerts(run_alerts(&mut s, vec![temp(-1.0, T0 + 3 * S)])),
         ["active", "cleared"]
     );
 }
