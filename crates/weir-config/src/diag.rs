@@ -1,11 +1,20 @@
 //! Collected configuration errors: every one names the file, the YAML path and the line.
+//!
+//! Invariants: [`Diagnostics::parse`] reports every error of a section, not only serde's first
+//! (see there); no message shows a value that came from `${VAR}` substitution.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+use serde_path_to_error::Segment;
 
+use crate::de::Node;
 use crate::index::{join, PathIndex};
+
+/// Errors collected from one [`Diagnostics::parse`] call at most (a bound on its retries).
+const MAX_ERRORS_PER_PARSE: usize = 64;
 
 /// One problem in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +59,21 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// A value read by [`Diagnostics::parse_partial`].
+#[derive(Debug)]
+pub struct Partial<T> {
+    pub value: T,
+    /// Full YAML paths of the keys removed because they were in error (errors recorded).
+    pub skipped: Vec<String>,
+}
+
+impl<T> Partial<T> {
+    /// Whether the key at `path` (a full YAML path) was removed for an error.
+    pub fn skipped(&self, path: &str) -> bool {
+        self.skipped.iter().any(|s| s == path)
+    }
+}
+
 /// Collects diagnostics while a configuration is parsed and validated. Adapter crates use it to
 /// parse their own sections, so their errors carry paths and lines like everyone else's.
 #[derive(Debug)]
@@ -57,6 +81,8 @@ pub struct Diagnostics {
     file: PathBuf,
     index: PathIndex,
     errors: Vec<Diagnostic>,
+    /// YAML path of each value produced by `${VAR}` substitution → its variables (`${A}`).
+    substituted: HashMap<String, String>,
 }
 
 impl Diagnostics {
@@ -65,7 +91,23 @@ impl Diagnostics {
             file: file.to_path_buf(),
             index,
             errors: Vec::new(),
+            substituted: HashMap::new(),
         }
+    }
+
+    /// Note that the value at `path` came from substituting the variables `names`.
+    pub(crate) fn mark_substituted(&mut self, path: &str, names: &[String]) {
+        let vars = names
+            .iter()
+            .map(|n| format!("`${{{n}}}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.substituted.insert(path.to_string(), vars);
+    }
+
+    /// Whether the value at `path` came from `${VAR}` substitution.
+    pub fn is_substituted(&self, path: &str) -> bool {
+        self.substituted.contains_key(path)
     }
 
     pub fn file(&self) -> &Path {
@@ -102,25 +144,71 @@ impl Diagnostics {
         self.errors.is_empty()
     }
 
-    /// Deserialize `value` (found at `path`) into `T`, recording an error on failure.
+    /// Deserialize `value` (found at `path`) into `T`, recording every error on failure.
+    ///
+    /// serde stops at the first error, so after each one the offending key is removed (for a
+    /// missing field: the mapping that lacks it) and the value is read again, until it reads or
+    /// the error cannot be stepped over (the section itself, a sequence item). A "missing field"
+    /// caused by such a removal is not reported twice. Returns `Some` only when the value read
+    /// without any error.
+    ///
+    /// Values that came from `${VAR}` are read as numbers or booleans where the field is one, as
+    /// text everywhere else, and their errors never show them (see [`crate::de`]).
     pub fn parse<T: DeserializeOwned>(
         &mut self,
         value: serde_yaml::Value,
         path: &str,
     ) -> Option<T> {
-        match serde_path_to_error::deserialize::<_, T>(value) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                let inner = e.path().to_string();
-                let full = if inner == "." || inner.is_empty() {
-                    path.to_string()
-                } else {
-                    join(path, &inner)
-                };
-                self.error(&full, e.into_inner().to_string());
-                None
-            }
+        match self.parse_partial(value, path) {
+            Some(p) if p.skipped.is_empty() => Some(p.value),
+            _ => None,
         }
+    }
+
+    /// Like [`Diagnostics::parse`], but also returns the value read once the keys in error were
+    /// removed (their defaults stand in), so that range checks can still run on the rest. Checks
+    /// that involve a key listed in [`Partial::skipped`] should not run.
+    pub fn parse_partial<T: DeserializeOwned>(
+        &mut self,
+        mut value: serde_yaml::Value,
+        path: &str,
+    ) -> Option<Partial<T>> {
+        let mut skipped: Vec<String> = Vec::new();
+        for _ in 0..MAX_ERRORS_PER_PARSE {
+            let node = Node::new(value.clone(), path, &self.substituted);
+            let e = match serde_path_to_error::deserialize::<_, T>(node) {
+                Ok(value) => return Some(Partial { value, skipped }),
+                Err(e) => e,
+            };
+            let segments: Vec<Segment> = e.path().iter().cloned().collect();
+            let inner = e.path().to_string();
+            let full = if inner == "." || inner.is_empty() {
+                path.to_string()
+            } else {
+                join(path, &inner)
+            };
+            let mut message = e.into_inner().to_string();
+            if let Some(field) = missing_field(&message) {
+                let at = join(&full, field);
+                if skipped.contains(&at) {
+                    // A consequence of an earlier removal: step over the mapping silently.
+                    if !remove(&mut value, &segments) {
+                        return None;
+                    }
+                    skipped.push(full);
+                    continue;
+                }
+                if let Some(vars) = self.substituted.get(&at) {
+                    message = format!("{message} ({vars} is empty, which counts as not given)");
+                }
+            }
+            self.error(&full, message);
+            if !remove(&mut value, &segments) {
+                return None;
+            }
+            skipped.push(full);
+        }
+        None
     }
 
     /// `Ok(())` when nothing was recorded, else every error at once.
@@ -134,5 +222,38 @@ impl Diagnostics {
                 errors: self.errors,
             })
         }
+    }
+}
+
+/// `field` of serde's "missing field `field`".
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
+/// Remove the mapping entry at `segments` (relative to `root`); false when the path does not end
+/// in a mapping key (the root itself, a sequence item) or is not there.
+fn remove(root: &mut serde_yaml::Value, segments: &[Segment]) -> bool {
+    let Some((Segment::Map { key }, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut v = root;
+    for s in parents {
+        let next = match (s, v) {
+            (Segment::Map { key }, serde_yaml::Value::Mapping(m)) => m.get_mut(key.as_str()),
+            (Segment::Seq { index }, serde_yaml::Value::Sequence(q)) => q.get_mut(*index),
+            (Segment::Enum { variant }, serde_yaml::Value::Mapping(m)) => {
+                m.get_mut(variant.as_str())
+            }
+            (Segment::Enum { .. }, serde_yaml::Value::Tagged(t)) => Some(&mut t.value),
+            _ => None,
+        };
+        match next {
+            Some(n) => v = n,
+            None => return false,
+        }
+    }
+    match v {
+        serde_yaml::Value::Mapping(m) => m.remove(key.as_str()).is_some(),
+        _ => false,
     }
 }

@@ -4,6 +4,15 @@
 //! `${NAME:-default}` (the default when unset or empty) and `$$` (a literal `$`). Substitution
 //! happens on parsed values, never on the raw text, so a variable's content cannot change the
 //! structure of the document and line numbers stay true.
+//!
+//! Invariants:
+//! * substituted text stays a string in the parsed tree (`password: ${PW}` with `PW=0042` is the
+//!   text `0042`, never the number 42). Typed parsing ([`crate::Diagnostics::parse`]) reads it as
+//!   a number or boolean only where the target field is one (`port: ${PORT:-1883}`);
+//! * a mapping value that substitutes to the empty string counts as not given: an optional key
+//!   falls back to its default (`port: ${WEIR_MQTT_PORT:-}`);
+//! * no error message shows a substituted value or the text around a reference: errors name the
+//!   variables and the YAML path only, since any of them may be a secret.
 
 use std::fmt;
 use std::path::Path;
@@ -13,7 +22,8 @@ use serde::{Deserialize, Deserializer};
 use crate::diag::Diagnostics;
 use crate::index::join;
 
-/// Substitute in every string of `v`, recording unset variables at their path.
+/// Substitute in every string of `v`, recording unset variables at their path and every
+/// substituted value's path (see [`Diagnostics::parse`]).
 pub fn substitute(
     v: &mut serde_yaml::Value,
     path: &str,
@@ -21,29 +31,33 @@ pub fn substitute(
     diags: &mut Diagnostics,
 ) {
     match v {
-        serde_yaml::Value::String(s) if s.contains('$') => {
-            match expand(s, lookup) {
-                // `port: ${PORT}` must still be a number: a substituted value that reads as a
-                // YAML number or boolean becomes one.
-                Ok(n) if n != *s => {
-                    *v = match serde_yaml::from_str::<serde_yaml::Value>(&n) {
-                        Ok(x @ (serde_yaml::Value::Number(_) | serde_yaml::Value::Bool(_))) => x,
-                        _ => serde_yaml::Value::String(n),
-                    }
+        serde_yaml::Value::String(s) if s.contains('$') => match expand_refs(s, lookup) {
+            Ok((n, refs)) => {
+                if !refs.is_empty() {
+                    diags.mark_substituted(path, &refs);
                 }
-                Ok(_) => {}
-                Err(e) => diags.error(path, e),
+                *s = n;
             }
-        }
+            Err(e) => diags.error(path, e),
+        },
         serde_yaml::Value::Sequence(seq) => {
             for (i, item) in seq.iter_mut().enumerate() {
                 substitute(item, &format!("{path}[{i}]"), lookup, diags);
             }
         }
         serde_yaml::Value::Mapping(m) => {
+            let mut emptied = Vec::new();
             for (k, item) in m.iter_mut() {
                 let key = k.as_str().unwrap_or("?").to_string();
-                substitute(item, &join(path, &key), lookup, diags);
+                let at = join(path, &key);
+                let templated = matches!(item, serde_yaml::Value::String(s) if s.contains('$'));
+                substitute(item, &at, lookup, diags);
+                if templated && item.as_str() == Some("") && diags.is_substituted(&at) {
+                    emptied.push(k.clone());
+                }
+            }
+            for k in emptied {
+                m.remove(&k);
             }
         }
         serde_yaml::Value::Tagged(t) => substitute(&mut t.value, path, lookup, diags),
@@ -53,7 +67,17 @@ pub fn substitute(
 
 /// Expand one string.
 pub fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    expand_refs(s, lookup).map(|(out, _)| out)
+}
+
+/// Expand one string; also return the names of the variables referenced (empty when `s` only
+/// had `$$` escapes). Errors never quote `s`, which may hold a secret.
+fn expand_refs(
+    s: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, Vec<String>), String> {
     let mut out = String::with_capacity(s.len());
+    let mut refs = Vec::new();
     let mut rest = s;
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
@@ -64,14 +88,18 @@ pub fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String
         } else if let Some(r) = after.strip_prefix('{') {
             let end = r
                 .find('}')
-                .ok_or_else(|| format!("unterminated `${{` in {s:?}"))?;
+                .ok_or("unterminated `${` (write `$$` for a literal `$`)")?;
             let expr = &r[..end];
             let (name, default) = match expr.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("`${{{expr}}}` is not a valid variable reference"));
+                return Err(
+                    "a `${…}` reference needs a variable name of letters, digits and `_` \
+                            (write `$$` for a literal `$`)"
+                        .into(),
+                );
             }
             match (lookup(name).filter(|v| !v.is_empty()), default) {
                 (Some(v), _) => out.push_str(&v),
@@ -82,6 +110,7 @@ pub fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String
                     ))
                 }
             }
+            refs.push(name.to_string());
             rest = &r[end + 1..];
         } else {
             out.push('$');
@@ -89,7 +118,7 @@ pub fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String
         }
     }
     out.push_str(rest);
-    Ok(out)
+    Ok((out, refs))
 }
 
 /// A secret string: never printed by `Debug` or `Display`.
@@ -118,9 +147,42 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Accepts a string only; anything else is refused with a message that does not show it (a
+/// password written unquoted as `123456` is a YAML number, and serde's own message would print it).
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+                Ok(Secret(v))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(not_text())
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(not_text())
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(not_text())
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(not_text())
+            }
+        }
+        fn not_text<E: serde::de::Error>() -> E {
+            E::custom(
+                "a secret must be a string: quote it (unquoted, YAML reads it as a number or \
+                 boolean); the value is not shown",
+            )
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -188,14 +250,31 @@ mod tests {
     }
 
     #[test]
-    fn substituted_numbers_become_numbers() {
-        let mut v: serde_yaml::Value =
-            serde_yaml::from_str("{port: '${P:-1883}', id: '${P:-x}y'}").unwrap();
+    fn substituted_text_stays_text_and_is_marked() {
+        let mut v: serde_yaml::Value = serde_yaml::from_str(
+            "{port: '${P:-1883}', id: '${P:-x}y', cost: '$$5', gone: '${P:-}', list: ['${P:-}']}",
+        )
+        .unwrap();
         let mut d = Diagnostics::new(Path::new("f"), Default::default());
         substitute(&mut v, "", &env, &mut d);
         assert!(d.is_empty());
-        assert_eq!(v["port"], serde_yaml::Value::from(1883));
+        assert_eq!(v["port"], serde_yaml::Value::from("1883"));
         assert_eq!(v["id"], serde_yaml::Value::from("xy"));
+        assert_eq!(v["cost"], serde_yaml::Value::from("$5"));
+        // an empty mapping value counts as not given; a sequence item keeps its place
+        assert!(v.get("gone").is_none(), "{v:?}");
+        assert_eq!(v["list"][0], serde_yaml::Value::from(""));
+        assert!(d.is_substituted("port") && d.is_substituted("id"));
+        assert!(d.is_substituted("list[0]"));
+        assert!(!d.is_substituted("cost"));
+    }
+
+    #[test]
+    fn expansion_errors_do_not_quote_the_text() {
+        for bad in ["hunter2${x", "hunter2${a b}"] {
+            let e = expand(bad, &env).unwrap_err();
+            assert!(!e.contains("hunter2"), "{e}");
+        }
     }
 
     #[test]

@@ -5,15 +5,18 @@
 //!
 //! 1. the text is parsed by serde_yaml (a syntax error stops here, with its position);
 //! 2. the text is indexed by path → line ([`PathIndex`]);
-//! 3. `${VAR}` references in string values are substituted ([`env`]);
+//! 3. `${VAR}` references in string values are substituted ([`env`]); substituted text stays
+//!    text except where the field is a number or boolean, and is never shown in an error;
 //! 4. each top-level section, and each entry of `sources:`, is deserialised on its own with
-//!    `deny_unknown_fields`, so an error in one does not hide errors in the others;
+//!    `deny_unknown_fields`, so an error in one does not hide errors in the others, and within a
+//!    section every key in error is reported ([`Diagnostics::parse`]);
 //! 5. cross-field checks (ranges, TLS files present, duplicate source names) add their errors.
 //!
 //! Adapter sections (`sources[i].<kind>`) are parsed by the adapter's own crate through
 //! [`Diagnostics::parse`], so their errors look the same. The binary's explicit, feature-gated match
 //! on [`SourceEntry::kind`] decides which kinds exist in a build.
 
+mod de;
 pub mod diag;
 pub mod env;
 mod index;
@@ -24,7 +27,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use diag::{ConfigErrors, Diagnostic, Diagnostics};
+pub use diag::{ConfigErrors, Diagnostic, Diagnostics, Partial};
 pub use env::Secret;
 pub use index::PathIndex;
 
@@ -397,16 +400,23 @@ pub fn load_str(
             None
         }
     };
+    // The sections below are read partially: a key in error is reported and its default stands
+    // in, so the range checks still run on the other keys (every error at once). Each default is
+    // valid on its own; cross-field checks skip pairs with a key in error.
     let bus: BusSection = section("bus")
-        .and_then(|v| d.parse(v, "bus"))
+        .and_then(|v| d.parse_partial(v, "bus"))
+        .map(|p| p.value)
         .unwrap_or_default();
     let empty = || serde_yaml::Value::Mapping(Default::default());
-    let mqtt: Option<MqttSection> = d.parse(section("mqtt").unwrap_or_else(empty), "mqtt");
+    let mqtt: Option<Partial<MqttSection>> =
+        d.parse_partial(section("mqtt").unwrap_or_else(empty), "mqtt");
     let store: StoreSection = section("store")
-        .and_then(|v| d.parse(v, "store"))
+        .and_then(|v| d.parse_partial(v, "store"))
+        .map(|p| p.value)
         .unwrap_or_default();
     let metrics: MetricsSection = section("metrics")
-        .and_then(|v| d.parse(v, "metrics"))
+        .and_then(|v| d.parse_partial(v, "metrics"))
+        .map(|p| p.value)
         .unwrap_or_default();
     let sources = parse_sources(section("sources"), &mut d);
 
@@ -433,11 +443,12 @@ pub fn load_str(
         d.error("store.max_batch_readings", "must be at least 1");
     }
     let mut mqtt_password = None;
-    if let Some(m) = &mqtt {
-        validate_mqtt(m, &mut d);
+    if let Some(p) = &mqtt {
+        let m = &p.value;
+        validate_mqtt(p, &mut d);
         mqtt_password =
             env::resolve_secret(&m.password, &m.password_file, "mqtt", "password", &mut d);
-        if mqtt_password.is_some() && m.username.is_none() {
+        if mqtt_password.is_some() && m.username.is_none() && !p.skipped("mqtt.username") {
             d.error("mqtt.username", "a password is given but no `username`");
         }
     }
@@ -453,7 +464,7 @@ pub fn load_str(
         }),
         bus,
         mqtt: match mqtt {
-            Some(m) => m,
+            Some(p) => p.value,
             None => match serde_yaml::from_value(empty()) {
                 Ok(m) => m,
                 Err(_) => return (None, d),
@@ -471,7 +482,8 @@ pub fn load_str(
     (Some(config), d)
 }
 
-fn validate_mqtt(m: &MqttSection, d: &mut Diagnostics) {
+fn validate_mqtt(p: &Partial<MqttSection>, d: &mut Diagnostics) {
+    let m = &p.value;
     if m.host.trim().is_empty() {
         d.error("mqtt.host", "must not be empty");
     }
@@ -487,7 +499,10 @@ fn validate_mqtt(m: &MqttSection, d: &mut Diagnostics) {
     if m.keepalive_s != 0 && m.keepalive_s < 5 {
         d.error("mqtt.keepalive_s", "must be 0 (off) or at least 5");
     }
-    if m.reconnect_min_ms == 0 || m.reconnect_min_ms > m.reconnect_max_ms {
+    if (m.reconnect_min_ms == 0 || m.reconnect_min_ms > m.reconnect_max_ms)
+        && !p.skipped("mqtt.reconnect_min_ms")
+        && !p.skipped("mqtt.reconnect_max_ms")
+    {
         d.error(
             "mqtt.reconnect_min_ms",
             "must be at least 1 and not above reconnect_max_ms",
@@ -532,7 +547,10 @@ fn validate_mqtt(m: &MqttSection, d: &mut Diagnostics) {
                 }
             }
         }
-        if t.cert_file.is_some() != t.key_file.is_some() {
+        if t.cert_file.is_some() != t.key_file.is_some()
+            && !p.skipped("mqtt.tls.cert_file")
+            && !p.skipped("mqtt.tls.key_file")
+        {
             d.error("mqtt.tls", "mTLS needs both `cert_file` and `key_file`");
         }
     }

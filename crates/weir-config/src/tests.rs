@@ -48,11 +48,12 @@ colour: blue
 ";
     let e = errors(text);
     let s = e.to_string();
-    // the unknown key in mqtt hides the qos check of that section, everything else is reported
+    // the unknown key in mqtt does not hide the qos check of that section
     assert!(
         s.contains("gw.yaml:6: mqtt.kepalive_s: unknown field `kepalive_s`"),
         "{s}"
     );
+    assert!(s.contains("gw.yaml:5: mqtt.qos: 2 is not supported"), "{s}");
     assert!(
         s.contains("gw.yaml:8: store.max_bytes: invalid type"),
         "{s}"
@@ -65,7 +66,7 @@ colour: blue
         s.contains("gw.yaml:14: colour: unknown section `colour`"),
         "{s}"
     );
-    assert_eq!(e.errors.len(), 4, "{s}");
+    assert_eq!(e.errors.len(), 5, "{s}");
 }
 
 #[test]
@@ -142,4 +143,213 @@ fn sources_are_split_by_kind_with_paths() {
         e.contains("gw.yaml:8: sources[2]: must be a mapping"),
         "{e}"
     );
+}
+
+fn load_env(text: &str, vars: &[(&str, &str)]) -> (Option<GatewayConfig>, Diagnostics) {
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let lookup = move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    load_str(text, Path::new("gw.yaml"), &lookup)
+}
+
+#[test]
+fn substituted_passwords_stay_text_whatever_they_look_like() {
+    let text = "gateway:\n  id: g\nmqtt:\n  username: u\n  password: ${WEIR_MQTT_PASSWORD}\n";
+    for pw in [
+        "123456", "true", "0042", "1e3", "~", "null", "0x1F", "[1]", "a: b",
+    ] {
+        let (c, d) = load_env(text, &[("WEIR_MQTT_PASSWORD", pw)]);
+        d.finish().unwrap_or_else(|e| panic!("{pw}: {e}"));
+        assert_eq!(c.unwrap().mqtt_password.unwrap().expose(), pw);
+    }
+}
+
+#[test]
+fn substituted_numbers_and_booleans_read_where_the_field_is_one() {
+    let text = "gateway:\n  id: ${ID}\nmqtt:\n  port: ${WEIR_MQTT_PORT:-1883}\n  keepalive_s: ${KA}\n  commands: ${CMD}\n  client_id: ${ID}\n";
+    let (c, d) = load_env(text, &[("KA", "0"), ("CMD", "false"), ("ID", "0042")]);
+    d.finish().unwrap();
+    let c = c.unwrap();
+    assert_eq!(c.mqtt.port, Some(1883));
+    assert_eq!(c.mqtt.keepalive_s, 0);
+    assert!(!c.mqtt.commands);
+    assert_eq!(c.gateway.id, "0042");
+    assert_eq!(c.client_id(), "0042");
+    let (c, d) = load_env(
+        text,
+        &[
+            ("KA", "60"),
+            ("CMD", "true"),
+            ("ID", "g"),
+            ("WEIR_MQTT_PORT", "8884"),
+        ],
+    );
+    d.finish().unwrap();
+    assert_eq!(c.unwrap().mqtt.port, Some(8884));
+}
+
+/// No message may show a value that came from the environment: any of them may be a secret.
+#[test]
+fn errors_never_show_a_substituted_value() {
+    let secret = "0042424242";
+    let text = "\
+gateway:
+  id: g
+mqtt:
+  port: ${WEIR_MQTT_PASSWORD}
+  qos: ${WEIR_MQTT_PASSWORD}
+  protocol: ${WEIR_MQTT_PASSWORD}
+  tls: ${WEIR_MQTT_PASSWORD}
+metrics:
+  listen: ${WEIR_MQTT_PASSWORD}
+";
+    let e = load_env(text, &[("WEIR_MQTT_PASSWORD", secret)])
+        .1
+        .finish()
+        .unwrap_err();
+    let s = e.to_string();
+    assert!(!s.contains(secret) && !s.contains("42424242"), "{s}");
+    for (line, key, expected) in [
+        (4, "mqtt.port", "expected u16"),
+        (5, "mqtt.qos", "expected u8"),
+        (6, "mqtt.protocol", "expected"),
+        (7, "mqtt.tls", "expected struct TlsSection"),
+        (9, "metrics.listen", "expected socket address"),
+    ] {
+        assert!(
+            s.contains(&format!(
+                "gw.yaml:{line}: {key}: the value of `${{WEIR_MQTT_PASSWORD}}` does not fit here, {expected}"
+            )),
+            "{key}: {s}"
+        );
+    }
+    assert_eq!(e.errors.len(), 5, "{s}");
+}
+
+/// A secret written unquoted is a YAML number or boolean: refused without echoing it.
+#[test]
+fn a_secret_that_is_not_text_is_refused_without_showing_it() {
+    for pw in ["123456", "true", "12.5", "0x1F"] {
+        let text = format!("gateway:\n  id: g\nmqtt:\n  username: u\n  password: {pw}\n");
+        let e = load(&text).1.finish().unwrap_err().to_string();
+        assert!(
+            e.contains("gw.yaml:5: mqtt.password: a secret must be a string: quote it"),
+            "{e}"
+        );
+        assert!(!e.contains(pw) && !e.contains("31"), "{e}");
+    }
+    // serde_yaml reads a leading zero as text: `0042` stays the password `0042`
+    let c = ok("gateway:\n  id: g\nmqtt:\n  username: u\n  password: 0042\n");
+    assert_eq!(c.mqtt_password.unwrap().expose(), "0042");
+    // a broken reference inside a literal password does not quote the password either
+    let e =
+        errors("gateway:\n  id: g\nmqtt:\n  username: u\n  password: \"hunter2${x\"\n").to_string();
+    assert!(e.contains("gw.yaml:5: mqtt.password: unterminated"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+}
+
+#[test]
+fn an_empty_substitution_counts_as_not_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "x").unwrap();
+    let text = format!(
+        "gateway:\n  id: g\nmqtt:\n  port: ${{WEIR_MQTT_PORT:-}}\n  keepalive_s: ${{KA:-}}\n  tls:\n    ca_file: {}\n",
+        ca.display()
+    );
+    let (c, d) = load_env(&text, &[]);
+    d.finish().unwrap();
+    let c = c.unwrap();
+    assert_eq!(c.mqtt.port, None);
+    assert_eq!(c.mqtt_port(), 8883, "the documented default with tls");
+    assert_eq!(c.mqtt.keepalive_s, 30);
+    let (c, d) = load_env(&text, &[("WEIR_MQTT_PORT", "8884")]);
+    d.finish().unwrap();
+    assert_eq!(c.unwrap().mqtt_port(), 8884);
+    // a required key left empty says why it is missing
+    let e = load_env("gateway:\n  id: ${GW:-}\n", &[])
+        .1
+        .finish()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "gw.yaml:1: gateway: missing field `id` (`${GW}` is empty, which counts as not given)"
+        ),
+        "{e}"
+    );
+}
+
+/// The shipped reference file must not pin the port: "8883 when tls is set" has to hold.
+#[test]
+fn reference_file_leaves_the_port_to_its_default() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../gateway.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (c, _) = load_env(&text, &[]);
+    let c = c.unwrap();
+    assert_eq!(
+        c.mqtt.port, None,
+        "gateway.yaml sets mqtt.port without WEIR_MQTT_PORT"
+    );
+    assert_eq!(c.mqtt_port(), 1883);
+    let (c, _) = load_env(&text, &[("WEIR_MQTT_PORT", "1884")]);
+    assert_eq!(c.unwrap().mqtt_port(), 1884);
+}
+
+/// Several mistakes in one section are all reported, each at its own line and path, and range
+/// checks still run on the keys that read.
+#[test]
+fn every_mistake_of_a_section_is_reported() {
+    let text = "\
+gateway:
+  id: gh1
+mqtt:
+  port: \"1883x\"
+  keepalive_secs: 30
+  qos: 2
+  tls:
+    cert_file: /x
+store:
+  synchronous: fast
+  max_batch_readings: lots
+  max_bytes: 10
+bus:
+  capacity_batches: 0
+  capacity: 3
+";
+    let e = errors(text);
+    let s = e.to_string();
+    for want in [
+        "gw.yaml:4: mqtt.port: invalid type: string \"1883x\", expected u16",
+        "gw.yaml:5: mqtt.keepalive_secs: unknown field `keepalive_secs`",
+        "gw.yaml:6: mqtt.qos: 2 is not supported",
+        "gw.yaml:7: mqtt.tls: missing field `ca_file`",
+        "gw.yaml:10: store.synchronous: unknown variant `fast`",
+        "gw.yaml:11: store.max_batch_readings: invalid type: string \"lots\"",
+        "gw.yaml:12: store.max_bytes: must be at least 65536 bytes",
+        "gw.yaml:14: bus.capacity_batches: must be at least 1",
+        "gw.yaml:15: bus.capacity: unknown field `capacity`",
+    ] {
+        assert!(s.contains(want), "missing {want:?} in\n{s}");
+    }
+    assert_eq!(e.errors.len(), 9, "{s}");
+}
+
+#[test]
+fn a_removed_required_key_is_not_reported_twice() {
+    let e = errors("gateway:\n  id: [1]\nmqtt:\n  tls:\n    ca_file: [x]\n  qos: 5\n");
+    let s = e.to_string();
+    assert!(
+        s.contains("gw.yaml:2: gateway.id: invalid type: sequence"),
+        "{s}"
+    );
+    assert!(
+        s.contains("gw.yaml:5: mqtt.tls.ca_file: invalid type: sequence"),
+        "{s}"
+    );
+    assert!(s.contains("gw.yaml:6: mqtt.qos: 5 is not supported"), "{s}");
+    assert!(!s.contains("missing field"), "{s}");
+    assert_eq!(e.errors.len(), 3, "{s}");
 }
