@@ -44,7 +44,7 @@ fn gateway_config(mqtt_port: u16, coap_source: &str) -> String {
 
 fn server_source(udp: u16) -> String {
     format!(
-        "  - coap:\n      name: coap\n      listen: 127.0.0.1:{udp}\n      accept_patterns: [\"lab/*\"]\n      max_body_bytes: 32768\n      stats_interval_s: 1\n      devices:\n        - id: lab/th1\n          units: {{ temperature: \"°C\" }}\n"
+        "  - coap:\n      name: coap\n      listen: 127.0.0.1:{udp}\n      accept_undeclared_under: [\"lab/\"]\n      max_body_bytes: 32768\n      stats_interval_s: 1\n      devices:\n        - id: lab/th1\n          units: {{ temperature: \"°C\" }}\n"
     )
 }
 
@@ -224,6 +224,9 @@ fn libcoap_and_aiocoap_post_json_and_senml_that_reach_a_subscriber() {
         r["payload"].as_str().unwrap().contains("unknown device"),
         "{r}"
     );
+    // `lab` itself is not under the prefix `lab/`.
+    let r = aiocoap(&["post", &format!("{base}/lab/x"), "--payload", "1"]);
+    assert_eq!(r["code"], "4.04", "{r}");
     let r = aiocoap(&[
         "post",
         &format!("{base}/lab/th1"),
@@ -256,16 +259,20 @@ fn libcoap_and_aiocoap_post_json_and_senml_that_reach_a_subscriber() {
         (lux["value"].clone(), lux["unit"].clone()),
         (312.0.into(), "lx".into())
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // A fence: readings are forwarded in order, so once this one is here everything sent before
+    // it that was going to arrive has arrived.
+    fence(&sub, &base);
     let msgs = sub.snapshot();
     assert!(
-        !msgs.iter().any(|m| m.topic.starts_with("t/other/")),
+        !msgs
+            .iter()
+            .any(|m| m.topic.starts_with("t/other/") || m.topic == "t/lab/x"),
         "rejected requests put nothing on the bus"
     );
     // Exactly one reading per accepted value (no duplicates from retransmissions).
     let readings = msgs
         .iter()
-        .filter(|m| m.topic.starts_with("t/lab/"))
+        .filter(|m| m.topic.starts_with("t/lab/") && m.topic != FENCE)
         .count();
     assert_eq!(
         readings,
@@ -273,7 +280,30 @@ fn libcoap_and_aiocoap_post_json_and_senml_that_reach_a_subscriber() {
         "{:?}",
         msgs.iter().map(|m| &m.topic).collect::<Vec<_>>()
     );
+    wait_until("the refusals counted", Duration::from_secs(10), || {
+        gw.log().contains(" undeclared=2 ")
+    });
     assert!(gw.is_running());
+}
+
+const FENCE: &str = "t/lab/fence/seq";
+
+/// Post a fresh value to `lab/fence/seq` and wait until the subscriber has it: everything the
+/// gateway accepted before it has been forwarded by then (one outbox, forwarded in order).
+fn fence(sub: &Subscriber, base: &str) {
+    let n = sub.count(|m| m.topic == FENCE) as i64 + 1;
+    let r = aiocoap(&[
+        "post",
+        &format!("{base}/lab/fence/seq"),
+        "--payload",
+        &n.to_string(),
+    ]);
+    assert_eq!(r["code"], "2.04", "{r}");
+    wait_until("the fence", Duration::from_secs(20), || {
+        sub.snapshot()
+            .iter()
+            .any(|m| m.topic == FENCE && m.json()["value"] == n)
+    });
 }
 
 /// A SenML pack of `n` records for `/lab/<device>`: points p0 … p{n-1}.
@@ -357,7 +387,7 @@ fn block_wise_post_of_a_large_senml_pack() {
     let p7 = sub.last_json("t/lab/big2/p7").unwrap();
     assert_eq!(p7["value"], 7.25);
     assert_eq!(p7["unit"], "W");
-    std::thread::sleep(Duration::from_millis(300));
+    fence(&sub, &base);
     assert_eq!(sub.count(|m| m.topic.starts_with("t/lab/huge")), 0);
     assert!(gw.is_running());
 }
@@ -570,7 +600,11 @@ fn observes_an_aiocoap_resource_re_registers_after_restart_polls_and_writes() {
         err.contains("unreachable") || err.contains("no answer"),
         "{err}"
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    // Restart the device once Weir has noticed the silence (it then keeps trying until the new
+    // instance answers).
+    wait_until("the silence to be noticed", Duration::from_secs(20), || {
+        gw.log().contains("re-registering the observation")
+    });
     let _peer = Peer::start(port, 2);
     wait_until(
         "notifications from the restarted server",
@@ -588,11 +622,6 @@ fn observes_an_aiocoap_resource_re_registers_after_restart_polls_and_writes() {
             .count()
             >= n2 + 10
     });
-    assert!(
-        gw.log().contains("re-registering the observation"),
-        "{}",
-        gw.log()
-    );
     assert!(gw.is_running());
 }
 
@@ -616,4 +645,139 @@ fn weir_check_reports_coap_errors_with_path_and_line() {
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
+}
+
+/// A forged plain-UDP POST for a device the CoAP source does not declare never reaches a rule:
+/// answered 4.04 and counted. The rule switches a (simulated) actuator from whatever `plant/*`
+/// reports; the same POST for a declared device does switch it, so the rule itself works.
+#[test]
+fn a_forged_post_for_an_undeclared_device_does_not_reach_a_rule() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let dir = tempfile::tempdir().unwrap();
+    let udp = free_udp_port();
+    let cfg = config_with(
+        broker.port,
+        "",
+        "",
+        &format!(
+            "sources:\n  - sim:\n      name: sim\n      seed: 7\n      interval_ms: 3600000\n  - coap:\n      name: coap\n      listen: 127.0.0.1:{udp}\n      stats_interval_s: 1\n      devices:\n        - id: plant/boiler2\nrules:\n  - name: boiler\n    match: {{ device: \"plant/*\", point: temperature }}\n    script: |\n      command(\"gh1/actuators\", \"shade\", r.value);\n"
+        ),
+    );
+    let mut gw = Gateway::start(dir.path(), &cfg);
+    wait_coap(udp, &mut gw);
+
+    // Raw datagram from a plain UDP socket: CON POST /plant/boiler/temperature, body "77".
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut forged = vec![0x40, 0x02, 0x51, 0x51, 0xB5];
+    forged.extend_from_slice(b"plant");
+    forged.push(0x06);
+    forged.extend_from_slice(b"boiler");
+    forged.push(0x0B);
+    forged.extend_from_slice(b"temperature");
+    forged.push(0xFF);
+    forged.extend_from_slice(b"77");
+    let mut buf = [0u8; 512];
+    let n = (0..10)
+        .find_map(|_| {
+            s.send_to(&forged, ("127.0.0.1", udp)).unwrap();
+            s.recv_from(&mut buf).ok().map(|(n, _)| n)
+        })
+        .expect("an answer");
+    assert_eq!(buf[1], 0x84, "4.04 Not Found");
+    let diag = String::from_utf8_lossy(&buf[..n]);
+    assert!(diag.contains("unknown device `plant/boiler`"), "{diag}");
+
+    // The declared device: the rule runs and the actuator follows.
+    let r = aiocoap(&[
+        "post",
+        &format!("coap://127.0.0.1:{udp}/plant/boiler2/temperature"),
+        "--payload",
+        "33",
+    ]);
+    assert_eq!(r["code"], "2.04", "{r}");
+    wait_until("the rule's command", Duration::from_secs(20), || {
+        sub.last_json("t/gh1/actuators/shade")
+            .is_some_and(|v| v["value"] == 33.0)
+    });
+    // Sent before it, through the same pipeline: had the forged reading got in, it would be here.
+    let shades: Vec<Option<f64>> = values(&sub, "t/gh1/actuators/shade")
+        .iter()
+        .map(serde_json::Value::as_f64)
+        .collect();
+    assert_eq!(shades, [Some(33.0)], "only the declared device");
+    assert_eq!(sub.count(|m| m.topic.starts_with("t/plant/boiler/")), 0);
+    wait_until("the refusal counted", Duration::from_secs(10), || {
+        gw.log().contains(" undeclared=1 ")
+    });
+}
+
+/// SenML names resolved as RFC 8428 says (bn + n), sent by aiocoap: a base name that repeats the
+/// device gives its plain points; a name that would not map to one device and one point is 4.00,
+/// counted, and nothing of that pack is forwarded.
+#[test]
+fn senml_base_names_repeating_the_device_give_plain_points() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let dir = tempfile::tempdir().unwrap();
+    let udp = free_udp_port();
+    let mut gw = Gateway::start(
+        dir.path(),
+        &gateway_config(broker.port, &server_source(udp)),
+    );
+    wait_coap(udp, &mut gw);
+    let base = format!("coap://127.0.0.1:{udp}");
+
+    let r = aiocoap(&[
+        "post",
+        &format!("{base}/lab/dev2"),
+        "--cf",
+        "110",
+        "--payload",
+        r#"[{"bn":"lab/dev2/","n":"pressure","u":"hPa","v":1013.2},{"n":"temp","v":21.5}]"#,
+    ]);
+    assert_eq!(r["code"], "2.04", "{r}");
+    for bad in [
+        r#"[{"bn":"lab/dev2/","n":"a/b","v":1}]"#,
+        r#"[{"n":"ok","v":1},{"bn":"lab/dev3/","n":"pressure","v":2}]"#,
+    ] {
+        let r = aiocoap(&[
+            "post",
+            &format!("{base}/lab/dev2"),
+            "--cf",
+            "110",
+            "--payload",
+            bad,
+        ]);
+        assert_eq!(r["code"], "4.00", "{bad}: {r}");
+        assert!(
+            r["payload"]
+                .as_str()
+                .unwrap()
+                .contains("does not map to one device and one point"),
+            "{r}"
+        );
+    }
+    let p = wait_topic(&sub, "t/lab/dev2/pressure");
+    assert_eq!(
+        (p["value"].clone(), p["unit"].clone()),
+        (1013.2.into(), "hPa".into())
+    );
+    assert_eq!(wait_topic(&sub, "t/lab/dev2/temp")["value"], 21.5);
+    fence(&sub, &base);
+    let topics: Vec<String> = sub
+        .snapshot()
+        .iter()
+        .map(|m| m.topic.clone())
+        .filter(|t| t.starts_with("t/lab/dev") && !t.ends_with("/status"))
+        .collect();
+    assert_eq!(
+        topics,
+        ["t/lab/dev2/pressure", "t/lab/dev2/temp"],
+        "nothing else"
+    );
+    wait_until("the bad names counted", Duration::from_secs(10), || {
+        gw.log().contains(" bad_names=2 ")
+    });
 }

@@ -72,7 +72,8 @@ struct Outcome {
 }
 
 fn run(scenario: &str, secs: f64) -> Outcome {
-    let cfg: CoapConfig = serde_yaml::from_str("{listen: '127.0.0.1:0'}").unwrap();
+    let cfg: CoapConfig =
+        serde_yaml::from_str("{listen: '127.0.0.1:0', accept_undeclared_under: [bench/]}").unwrap();
     let metrics = Metrics::new();
     let (tx, mut rx) = bus(1024, &metrics);
     let stats = Arc::new(Stats::register(&metrics, "bench"));

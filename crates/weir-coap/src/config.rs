@@ -12,13 +12,27 @@ use serde::Deserialize;
 pub struct CoapConfig {
     /// Server mode: the UDP address devices POST/PUT to (`0.0.0.0:5683`). Absent: no server.
     pub listen: Option<SocketAddr>,
-    /// Server mode: accept devices that are not declared under `devices`, when their id matches one
-    /// of `accept_patterns`. `false`: undeclared devices are answered 4.04 Not Found.
-    #[serde(default = "yes")]
-    pub accept_unknown: bool,
-    /// Globs (`*` any run of characters, `?` one) for undeclared device ids.
-    #[serde(default = "star")]
-    pub accept_patterns: Vec<String>,
+    /// Server mode: device-id prefixes (each ending in `/`, e.g. `coap/`) under which devices that
+    /// are not declared under `devices` are accepted too. Default: none — only declared devices are
+    /// accepted; a request for any other device is answered 4.04 Not Found and counted in
+    /// `weir_coap_undeclared_total`.
+    ///
+    /// Risk: plain CoAP over UDP carries no authentication, and a UDP source address is trivially
+    /// forged. Anyone who can reach `listen` can post readings for every device under these
+    /// prefixes, and so reach every rule that matches them (a rule that switches an actuator on a
+    /// reading is then switchable by anyone on the network). Keep the prefixes disjoint from the
+    /// devices of other sources and from what rules act on, or use `dtls` with per-identity
+    /// `devices`.
+    #[serde(default)]
+    pub accept_undeclared_under: Vec<String>,
+    /// Replaced by `accept_undeclared_under` (kept only to name the replacement in `weir check`).
+    #[doc(hidden)]
+    #[serde(default)]
+    pub accept_unknown: Option<serde::de::IgnoredAny>,
+    /// Replaced by `accept_undeclared_under` (kept only to name the replacement in `weir check`).
+    #[doc(hidden)]
+    #[serde(default)]
+    pub accept_patterns: Option<serde::de::IgnoredAny>,
     /// Largest request body, whole or reassembled from blocks; larger is answered 4.13.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
@@ -192,9 +206,6 @@ pub struct ResourceConfig {
     pub format: WriteFormat,
 }
 
-fn yes() -> bool {
-    true
-}
 fn star() -> Vec<String> {
     vec!["*".into()]
 }
@@ -291,11 +302,28 @@ impl CoapConfig {
                     .into(),
             ));
         }
-        if self.accept_patterns.is_empty() || self.accept_patterns.iter().any(String::is_empty) {
-            e.push((
-                "accept_patterns".into(),
-                "needs at least one non-empty pattern".into(),
-            ));
+        for (key, present) in [
+            ("accept_unknown", self.accept_unknown.is_some()),
+            ("accept_patterns", self.accept_patterns.is_some()),
+        ] {
+            if present {
+                e.push((
+                    key.into(),
+                    "removed: only declared devices are accepted; to accept undeclared ones, list \
+                     id prefixes in `accept_undeclared_under` (e.g. [\"coap/\"])"
+                        .into(),
+                ));
+            }
+        }
+        for (i, p) in self.accept_undeclared_under.iter().enumerate() {
+            if !p.strip_suffix('/').is_some_and(valid_id) {
+                e.push((
+                    format!("accept_undeclared_under[{i}]"),
+                    format!(
+                        "`{p}`: must be a device-id prefix ending in `/` (e.g. `coap/`), without `+`, `#`, empty or leading `/` segments"
+                    ),
+                ));
+            }
         }
         if !(16..=16 * 1024 * 1024).contains(&self.max_body_bytes) {
             e.push(("max_body_bytes".into(), "must be 16 … 16777216".into()));
@@ -423,6 +451,33 @@ mod tests {
     }
 
     #[test]
+    fn undeclared_prefixes_are_validated_and_the_old_keys_name_their_replacement() {
+        assert!(
+            cfg("{listen: '127.0.0.1:5683', accept_undeclared_under: [coap/, lab/th/]}")
+                .validate()
+                .is_empty()
+        );
+        let e = cfg(
+            "{listen: '127.0.0.1:5683', accept_undeclared_under: ['', coap, '/x/', 'a//', '+/', '*']}",
+        )
+        .validate();
+        let keys: Vec<&str> = e.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            (0..6)
+                .map(|i| format!("accept_undeclared_under[{i}]"))
+                .collect::<Vec<_>>(),
+            "{e:?}"
+        );
+        let e = cfg("{listen: '127.0.0.1:5683', accept_unknown: true, accept_patterns: ['*']}")
+            .validate();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[0].0, "accept_unknown");
+        assert!(e[0].1.contains("accept_undeclared_under"), "{e:?}");
+        assert_eq!(e[1].0, "accept_patterns");
+    }
+
+    #[test]
     fn validation_names_keys() {
         let c = cfg("{devices: [{id: a, resources: [{path: x, writable: true}]}, {id: a}, {id: 'b+', address: nope}]}");
         let keys: Vec<String> = c.validate().into_iter().map(|(k, _)| k).collect();
@@ -436,6 +491,9 @@ mod tests {
         assert!(keys.contains(&"devices[2].id".to_string()), "{keys:?}");
         assert!(keys.contains(&"devices[2].address".to_string()), "{keys:?}");
         assert!(cfg("{listen: '127.0.0.1:5683'}").validate().is_empty());
+        assert!(cfg("{listen: '127.0.0.1:5683'}")
+            .accept_undeclared_under
+            .is_empty());
         assert!(
             serde_yaml::from_str::<CoapConfig>("{listen: '127.0.0.1:5683', bogus: 1}").is_err()
         );

@@ -56,6 +56,12 @@ pub struct Stats {
     pub malformed: Counter,
     /// Requests answered with 4.xx or 5.xx.
     pub rejected: Counter,
+    /// Requests refused (4.04) because their device is neither declared nor under an
+    /// `accept_undeclared_under` prefix.
+    pub undeclared: Counter,
+    /// Requests refused (4.00) because a name (JSON member, resolved SenML name) does not map to
+    /// one device and one point, or breaks RFC 8428 §4.5.1.
+    pub bad_names: Counter,
     /// Retransmitted requests answered from the deduplication cache.
     pub duplicates: Counter,
     /// Readings dropped because the bus was full.
@@ -87,6 +93,8 @@ impl Stats {
             readings: c("readings"),
             malformed: c("malformed"),
             rejected: c("rejected"),
+            undeclared: c("undeclared"),
+            bad_names: c("bad_names"),
             duplicates: c("duplicates"),
             bus_dropped: c("bus_dropped"),
             block_transfers: c("block_transfers"),
@@ -103,11 +111,13 @@ impl Stats {
     /// `requests=… readings=… …` for the log.
     pub fn summary(&self) -> String {
         format!(
-            "requests={} readings={} malformed={} rejected={} duplicates={} bus_dropped={} block_transfers={} notifications={} reregistrations={} client_failures={} bad_payloads={} commands={} dtls_sessions={} dtls_handshake_failures={}",
+            "requests={} readings={} malformed={} rejected={} undeclared={} bad_names={} duplicates={} bus_dropped={} block_transfers={} notifications={} reregistrations={} client_failures={} bad_payloads={} commands={} dtls_sessions={} dtls_handshake_failures={}",
             self.requests.get(),
             self.readings.get(),
             self.malformed.get(),
             self.rejected.get(),
+            self.undeclared.get(),
+            self.bad_names.get(),
             self.duplicates.get(),
             self.bus_dropped.get(),
             self.block_transfers.get(),

@@ -17,7 +17,10 @@
 //! all).
 //!
 //! SenML resolution (RFC 8428 §4.6): base fields (`bn`, `bt`, `bu`, `bv`, `bs`) apply to every later
-//! record of the pack until a record sets them again; the name is `bn + n`, the value `bv + v` (or
+//! record of the pack until a record sets them again; the name is `bn + n` (§4.5.1: it must start
+//! with a letter or digit and hold only `A-Z a-z 0-9 - : . / _`, else the pack is refused; which
+//! device and point a resolved name gives is the server's business, see
+//! [`crate::server::locate`]), the value `bv + v` (or
 //! `vs`, `vb`, `vd`, or `bs + s` when the record has no other value); the time is `bt + t` seconds,
 //! absolute when at least 2^28, else relative to the time the request was received (§4.5.3). A label
 //! ending in `_` must be understood (§4.4): an unknown one is an error.
@@ -66,6 +69,8 @@ pub enum PayloadError {
     BadValue(String),
     #[error("SenML record {index}: {message}")]
     Senml { index: usize, message: String },
+    #[error("SenML record {index}: resolved name `{name}` must start with a letter or digit and hold only A-Z a-z 0-9 - : . / _ (RFC 8428 §4.5.1)")]
+    SenmlName { index: usize, name: String },
     #[error("SenML pack must be an array of records")]
     NotAPack,
 }
@@ -74,6 +79,11 @@ impl PayloadError {
     /// Unsupported formats answer 4.15 rather than 4.00 (RFC 7252 §5.9.2.9).
     pub fn is_unsupported_format(&self) -> bool {
         matches!(self, PayloadError::UnsupportedFormat(_))
+    }
+
+    /// A name that breaks RFC 8428 §4.5.1 (counted with the names that map to no point).
+    pub fn is_bad_name(&self) -> bool {
+        matches!(self, PayloadError::SenmlName { .. })
     }
 }
 
@@ -267,6 +277,9 @@ fn resolve(records: Vec<Record>, now: Timestamp) -> Result<Vec<Entry>, PayloadEr
         if name.is_empty() {
             return Err(err("resolved name is empty (neither bn nor n)".into()));
         }
+        if !senml_name_ok(&name) {
+            return Err(PayloadError::SenmlName { index, name });
+        }
         let value = if let Some(v) = r.v {
             Value::F64(base.bv + v)
         } else if let Some(s) = r.vs {
@@ -307,6 +320,15 @@ fn resolve(records: Vec<Record>, now: Timestamp) -> Result<Vec<Entry>, PayloadEr
         });
     }
     Ok(out)
+}
+
+/// RFC 8428 §4.5.1: a resolved name starts with a letter or digit and holds only
+/// `A-Z a-z 0-9 - : . / _`.
+fn senml_name_ok(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | ':' | '.' | '/' | '_'))
 }
 
 fn senml_json(v: serde_json::Value, now: Timestamp) -> Result<Vec<Entry>, PayloadError> {
@@ -555,6 +577,29 @@ mod tests {
             decode(Some(cf::SENML_JSON), b"{}", NOW).unwrap_err(),
             PayloadError::NotAPack
         );
+    }
+
+    /// RFC 8428 §4.5.1: the name is `bn + n` and must use the allowed characters.
+    #[test]
+    fn senml_names_are_bn_plus_n_and_checked() {
+        let e = decode(
+            Some(cf::SENML_JSON),
+            br#"[{"bn":"aio/dev2/","n":"pressure","v":1},{"n":"temp","v":2},{"bn":"x:","n":"y","v":3}]"#,
+            NOW,
+        )
+        .unwrap();
+        let names: Vec<_> = e.iter().map(|x| x.name.as_deref().unwrap()).collect();
+        assert_eq!(names, ["aio/dev2/pressure", "aio/dev2/temp", "x:y"]);
+        for bad in [
+            r#"[{"n":"temp erature","v":1}]"#,
+            r#"[{"n":"/temp","v":1}]"#,
+            r#"[{"bn":"_d/","n":"t","v":1}]"#,
+            r#"[{"n":"t#","v":1}]"#,
+        ] {
+            let err = decode(Some(cf::SENML_JSON), bad.as_bytes(), NOW).unwrap_err();
+            assert!(err.is_bad_name(), "{bad}: {err}");
+            assert!(err.to_string().contains("RFC 8428 §4.5.1"), "{err}");
+        }
     }
 
     #[test]

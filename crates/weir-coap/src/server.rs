@@ -7,9 +7,26 @@
 //! * `POST|PUT /` with SenML whose resolved names are `<device>/<point>` (or `<device>:<point>`);
 //! * `GET /.well-known/core` — the link-format listing (RFC 6690 §4).
 //!
+//! Names → device and point (see [`locate`]). A SenML record's name is resolved first, as RFC 8428
+//! §4.5.1 says: base name and name concatenated (`bn + n`). Then:
+//! * posted to `/<device>`: the name (a JSON member's or a resolved SenML name) is the point, after
+//!   removing a leading `<device>/` or `<device>:` — so a pack whose base name repeats the device
+//!   (`{"bn":"aio/dev2/","n":"pressure"}` to `/aio/dev2`) gives point `pressure` of `aio/dev2`;
+//! * posted to `/`: the name is split at its last `/` or `:` into `<device>` and `<point>`;
+//! * a name that does not give one device and one non-empty point without `/` (e.g.
+//!   `other/dev/pressure` posted to `/aio/dev2`) is refused: 4.00 with a diagnostic, the whole
+//!   request is dropped, counted in `weir_coap_bad_names_total`.
+//!
+//! Which devices are accepted: those declared under `devices`, and undeclared ones only under a
+//! prefix listed in `accept_undeclared_under` (an explicit opt-in: plain UDP is unauthenticated).
+//! Any other device is answered 4.04 Not Found — the resource does not exist on this server —
+//! and counted in `weir_coap_undeclared_total`. (4.03 Forbidden is kept for a DTLS identity
+//! writing a device it may not.)
+//!
 //! Answers: 2.04 Changed; 2.31 Continue for a Block1 block with more to come (RFC 7959 §2.9.1);
 //! 4.00 Bad Request with a UTF-8 diagnostic payload (RFC 7252 §5.5.2); 4.02 Bad Option for an
-//! unknown critical option (§5.4.1); 4.04 for a device that is not accepted; 4.05 for other methods;
+//! unknown critical option (§5.4.1); 4.03 for a DTLS identity writing a device it may not; 4.04 for
+//! a device that is not accepted; 4.05 for other methods;
 //! 4.08 for a block out of sequence (RFC 7959 §2.9.2); 4.13 with Size1 when the body is too large
 //! (RFC 7252 §5.9.2.9, RFC 7959 §4); 4.15 for an unknown Content-Format; 5.03 with Max-Age when the
 //! bus is full (the readings were dropped and counted: a push source never waits).
@@ -76,8 +93,8 @@ enum Dest {
 #[derive(Debug)]
 pub struct Acceptance {
     declared: HashMap<String, std::collections::BTreeMap<String, String>>,
-    accept_unknown: bool,
-    patterns: Vec<String>,
+    /// `accept_undeclared_under`: id prefixes ending in `/`.
+    prefixes: Vec<String>,
     /// PSK identity → device globs it may write (DTLS).
     identities: HashMap<String, Vec<String>>,
 }
@@ -90,8 +107,7 @@ impl Acceptance {
                 .iter()
                 .map(|d| (d.id.clone(), d.units.clone()))
                 .collect(),
-            accept_unknown: cfg.accept_unknown,
-            patterns: cfg.accept_patterns.clone(),
+            prefixes: cfg.accept_undeclared_under.clone(),
             identities: cfg
                 .dtls
                 .iter()
@@ -101,9 +117,13 @@ impl Acceptance {
         }
     }
 
-    fn accepts(&self, device: &str) -> bool {
+    /// Declared, or under one of the `accept_undeclared_under` prefixes.
+    pub fn accepts(&self, device: &str) -> bool {
         self.declared.contains_key(device)
-            || (self.accept_unknown && self.patterns.iter().any(|p| glob_match(p, device)))
+            || self
+                .prefixes
+                .iter()
+                .any(|p| device.len() > p.len() && device.starts_with(p.as_str()))
     }
 
     /// May the DTLS session authenticated as `identity` write `device`? Plain UDP may write any
@@ -505,6 +525,10 @@ impl Server {
             Err(e) if e.is_unsupported_format() => {
                 return self.error(req, ResponseType::UnsupportedContentFormat, e.to_string())
             }
+            Err(e) if e.is_bad_name() => {
+                self.stats.bad_names.inc();
+                return self.error(req, ResponseType::BadRequest, e.to_string());
+            }
             Err(e) => return self.error(req, ResponseType::BadRequest, e.to_string()),
         };
         let start = readings.len();
@@ -513,11 +537,17 @@ impl Server {
                 Ok(dp) => dp,
                 Err(diag) => {
                     readings.truncate(start);
+                    if e.name.is_some() {
+                        self.stats.bad_names.inc();
+                    }
                     return self.error(req, ResponseType::BadRequest, diag);
                 }
             };
             if !valid_id(&device) || !valid_id(&point) {
                 readings.truncate(start);
+                if e.name.is_some() {
+                    self.stats.bad_names.inc();
+                }
                 return self.error(
                     req,
                     ResponseType::BadRequest,
@@ -534,10 +564,13 @@ impl Server {
             }
             if !self.accept.accepts(&device) {
                 readings.truncate(start);
+                self.stats.undeclared.inc();
                 return self.error(
                     req,
                     ResponseType::NotFound,
-                    format!("unknown device `{device}`"),
+                    format!(
+                        "unknown device `{device}`: not declared in this CoAP source (nor under `accept_undeclared_under`)"
+                    ),
                 );
             }
             let unit = e.unit.or_else(|| {
@@ -665,21 +698,38 @@ fn intern_unit(map: &mut HashMap<String, Arc<str>>, s: &str) -> Arc<str> {
     intern(map, s, |x: &str| Arc::from(x))
 }
 
-/// Device and point of one decoded entry posted to `path`.
-fn locate(path: &[String], name: Option<&str>) -> Result<(String, String), String> {
-    match (name, path.len()) {
-        (None, n) if n >= 2 => Ok((path[..n - 1].join("/"), path[n - 1].clone())),
-        (None, _) => Err("a scalar payload is posted to /<device>/<point>".into()),
-        (Some(name), n) if n >= 1 => Ok((path.join("/"), name.to_string())),
-        (Some(name), _) => match name.rfind(['/', ':']) {
+/// Device and point of one decoded entry posted to `path`: `name` is `None` for a scalar (the last
+/// path segment is the point), else a JSON member's name or a resolved SenML name (`bn + n`). See
+/// the module docs for the mapping; `Err` is the 4.00 diagnostic.
+pub fn locate(path: &[String], name: Option<&str>) -> Result<(String, String), String> {
+    let Some(name) = name else {
+        return match path.len() {
+            n if n >= 2 => Ok((path[..n - 1].join("/"), path[n - 1].clone())),
+            _ => Err("a scalar payload is posted to /<device>/<point>".into()),
+        };
+    };
+    if path.is_empty() {
+        return match name.rfind(['/', ':']) {
             Some(i) if i > 0 && i + 1 < name.len() => {
                 Ok((name[..i].to_string(), name[i + 1..].to_string()))
             }
             _ => Err(format!(
-                "posted to /: SenML name `{name}` must be <device>/<point> or <device>:<point>"
+                "posted to /: name `{name}` must be <device>/<point> or <device>:<point>"
             )),
-        },
+        };
     }
+    let device = path.join("/");
+    // A base name that repeats the device (`bn: "<device>/"`) names the point after it.
+    let point = name
+        .strip_prefix(device.as_str())
+        .and_then(|rest| rest.strip_prefix(['/', ':']))
+        .unwrap_or(name);
+    if point.is_empty() || point.contains('/') {
+        return Err(format!(
+            "name `{name}` posted to /{device} must be <point> or {device}/<point>: it does not map to one device and one point"
+        ));
+    }
+    Ok((device, point.to_string()))
 }
 
 async fn recv_udp(
@@ -737,9 +787,9 @@ pub fn well_known_core(cfg: &CoapConfig) -> String {
     for d in &cfg.devices {
         links.push(format!("</{}>;rt=\"weir.device\";{ct}", d.id));
     }
-    if cfg.accept_unknown {
+    for p in &cfg.accept_undeclared_under {
         links.push(format!(
-            "</>;rt=\"weir.ingest\";title=\"POST /<device>[/<point>]\";{ct}"
+            "</{p}>;rt=\"weir.ingest\";title=\"POST /{p}<device>[/<point>]\";{ct}"
         ));
     }
     links.join(",")
@@ -775,17 +825,71 @@ mod tests {
             Ok(("urn:dev:ow:10e2073a01080063".into(), "temp".into()))
         );
         assert!(locate(&[], Some("temp")).is_err());
+        assert!(locate(&[], Some("lab/th3/")).is_err(), "no point");
+    }
+
+    /// A base name that repeats the device it is posted to names the point after the device; a
+    /// name that would put `/` in the point (another device, deeper levels) is refused.
+    #[test]
+    fn names_posted_to_a_device_give_one_device_and_one_point() {
+        let dev = ["aio".to_string(), "dev2".to_string()];
+        for name in ["pressure", "aio/dev2/pressure", "aio/dev2:pressure"] {
+            assert_eq!(
+                locate(&dev, Some(name)),
+                Ok(("aio/dev2".into(), "pressure".into())),
+                "{name}"
+            );
+        }
+        // A colon inside a point is one point (an RFC 8428 URN-style name).
+        assert_eq!(
+            locate(&dev, Some("urn:dev:mac:0024:temp")),
+            Ok(("aio/dev2".into(), "urn:dev:mac:0024:temp".into()))
+        );
+        for name in [
+            "aio/dev2/a/b",       // two levels below the device
+            "other/dev/pressure", // another device
+            "aio/dev2x/pressure", // a device that only starts like it
+            "aio/dev2/",          // no point
+            "aio/dev2",           // the device itself
+            "a/b",
+        ] {
+            let e = locate(&dev, Some(name)).unwrap_err();
+            assert!(
+                e.contains("does not map to one device and one point"),
+                "{name}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_declared_devices_unless_a_prefix_is_opened() {
+        let c: CoapConfig =
+            serde_yaml::from_str("{listen: '127.0.0.1:0', devices: [{id: gh1/door}]}").unwrap();
+        let a = Acceptance::new(&c);
+        assert!(a.accepts("gh1/door"));
+        assert!(!a.accepts("plant/boiler"), "undeclared: refused by default");
+        assert!(!a.accepts("gh1/door/x"));
+        let c: CoapConfig = serde_yaml::from_str(
+            "{listen: '127.0.0.1:0', accept_undeclared_under: [coap/], devices: [{id: gh1/door}]}",
+        )
+        .unwrap();
+        let a = Acceptance::new(&c);
+        assert!(a.accepts("coap/th1") && a.accepts("coap/a/b") && a.accepts("gh1/door"));
+        assert!(!a.accepts("coap") && !a.accepts("coap/") && !a.accepts("coapx/th1"));
+        assert!(!a.accepts("plant/boiler"));
     }
 
     #[test]
     fn well_known_lists_declared_devices() {
-        let c: CoapConfig = serde_yaml::from_str(
-            "{listen: '127.0.0.1:0', accept_unknown: false, devices: [{id: gh1/door}]}",
-        )
-        .unwrap();
+        let c: CoapConfig =
+            serde_yaml::from_str("{listen: '127.0.0.1:0', devices: [{id: gh1/door}]}").unwrap();
         let w = well_known_core(&c);
         assert!(w.starts_with("</.well-known/core>;ct=40,"), "{w}");
         assert!(w.contains("</gh1/door>;rt=\"weir.device\";ct=\"0 50 60 110 112\""));
         assert!(!w.contains("weir.ingest"));
+        let c: CoapConfig =
+            serde_yaml::from_str("{listen: '127.0.0.1:0', accept_undeclared_under: [coap/]}")
+                .unwrap();
+        assert!(well_known_core(&c).contains("</coap/>;rt=\"weir.ingest\""));
     }
 }

@@ -1,6 +1,10 @@
 //! Protocol behaviour of the server task over real UDP sockets on loopback: deduplication of
 //! retransmitted CONs (RFC 7252 §4.5), NON answers, Block1 sequencing (RFC 7959 §2.9.2), 4.02 for
-//! unknown critical options, and 5.03 + counted drops when the bus is full.
+//! unknown critical options, 5.03 + counted drops when the bus is full, 4.04 for undeclared devices
+//! and 4.00 for names that give no single device and point.
+//!
+//! No waiting is needed before counting readings: the server puts a request's readings on the bus
+//! before it sends the answer, so once the client has the answer the bus has the readings.
 
 use std::net::UdpSocket;
 use std::sync::Arc;
@@ -57,11 +61,14 @@ impl Running {
         c
     }
     fn readings(&mut self) -> usize {
-        let mut n = 0;
+        self.take().len()
+    }
+    fn take(&mut self) -> Vec<weir_core::Reading> {
+        let mut v = Vec::new();
         while let Some(b) = self.rx.try_recv() {
-            n += b.len();
+            v.extend(b);
         }
-        n
+        v
     }
 }
 
@@ -108,7 +115,7 @@ fn answer(c: &UdpSocket) -> Vec<u8> {
 
 #[test]
 fn retransmitted_con_is_answered_again_but_counted_once() {
-    let mut s = start("{listen: '127.0.0.1:0'}", 16);
+    let mut s = start("{listen: '127.0.0.1:0', devices: [{id: d1}]}", 16);
     let c = s.client();
     let req = post(true, 0x1234, &["d1", "t"], &[], b"1.5");
     c.send(&req).unwrap();
@@ -121,7 +128,6 @@ fn retransmitted_con_is_answered_again_but_counted_once() {
         &[0x61, 0x44, 0x12, 0x34, 0xAB],
         "ACK 2.04, same mid and token"
     );
-    std::thread::sleep(Duration::from_millis(100));
     assert_eq!(s.readings(), 1);
     assert_eq!(s.stats.duplicates.get(), 1);
     // A NON is answered with a NON (RFC 7252 §5.2.3); its duplicate is ignored.
@@ -131,15 +137,31 @@ fn retransmitted_con_is_answered_again_but_counted_once() {
     assert_eq!(a[0] & 0x30, 0x10, "NON");
     assert_eq!(a[1], 0x44);
     c.send(&non).unwrap();
-    let mut buf = [0u8; 64];
-    assert!(c.recv(&mut buf).is_err(), "a duplicate NON gets no answer");
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(s.readings(), 1);
+    // A fence: the server handles datagrams in order, so the next answer is the fence's, and
+    // nothing came for the duplicate.
+    c.send(&post(true, 0x2001, &["d1", "t"], &[], b"3"))
+        .unwrap();
+    let a = answer(&c);
+    assert_eq!(
+        &a[..4],
+        &[0x61, 0x44, 0x20, 0x01],
+        "a duplicate NON gets no answer"
+    );
+    let got = s.take();
+    assert_eq!(
+        got.len(),
+        2,
+        "the NON and the fence, not the duplicate: {got:?}"
+    );
+    assert_eq!(s.stats.duplicates.get(), 2);
 }
 
 #[test]
 fn unknown_critical_option_is_4_02_and_blocks_out_of_sequence_are_4_08() {
-    let mut s = start("{listen: '127.0.0.1:0', max_body_bytes: 64}", 16);
+    let mut s = start(
+        "{listen: '127.0.0.1:0', max_body_bytes: 64, devices: [{id: d1}]}",
+        16,
+    );
     let c = s.client();
     // Option 13 (unassigned) is odd, hence critical (RFC 7252 §5.4.6), and not understood here.
     c.send(&post(true, 1, &["d1"], &[(13, vec![1])], b"{}"))
@@ -186,7 +208,6 @@ fn unknown_critical_option_is_4_02_and_blocks_out_of_sequence_are_4_08() {
     ))
     .unwrap();
     assert_eq!(answer(&c)[1], 0x44, "2.04 after the last block");
-    std::thread::sleep(Duration::from_millis(100));
     assert_eq!(s.readings(), 2);
     // Past max_body_bytes (64) while reassembling: 4.13.
     let big = [b' '; 16];
@@ -208,7 +229,10 @@ fn unknown_critical_option_is_4_02_and_blocks_out_of_sequence_are_4_08() {
 
 #[test]
 fn full_bus_answers_5_03_and_counts_the_dropped_readings() {
-    let mut s = start("{listen: '127.0.0.1:0', max_burst: 1}", 1);
+    let mut s = start(
+        "{listen: '127.0.0.1:0', max_burst: 1, devices: [{id: d1}]}",
+        1,
+    );
     let c = s.client();
     c.send(&post(true, 1, &["d1", "t"], &[], b"1")).unwrap();
     assert_eq!(answer(&c)[1], 0x44);
@@ -222,13 +246,15 @@ fn full_bus_answers_5_03_and_counts_the_dropped_readings() {
     // Drained: accepted again.
     c.send(&post(true, 3, &["d1", "t"], &[], b"3")).unwrap();
     assert_eq!(answer(&c)[1], 0x44);
-    std::thread::sleep(Duration::from_millis(50));
     assert_eq!(s.readings(), 1);
 }
 
 #[test]
 fn thousands_of_random_version_1_datagrams_do_not_stop_the_server() {
-    let mut s = start("{listen: '127.0.0.1:0', max_body_bytes: 256}", 4096);
+    let mut s = start(
+        "{listen: '127.0.0.1:0', max_body_bytes: 256, devices: [{id: after}]}",
+        4096,
+    );
     let c = s.client();
     c.set_nonblocking(true).unwrap();
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -281,4 +307,119 @@ fn thousands_of_random_version_1_datagrams_do_not_stop_the_server() {
     assert!(s.stats.malformed.get() > 0);
     assert!(s.stats.requests.get() > 0);
     let _ = s.readings();
+}
+
+/// The code byte and the diagnostic payload of an answer.
+fn code_and_diagnostic(a: &[u8]) -> (u8, String) {
+    let text = match a.iter().position(|b| *b == 0xff) {
+        Some(i) => String::from_utf8_lossy(&a[i + 1..]).into_owned(),
+        None => String::new(),
+    };
+    (a[1], text)
+}
+
+/// Only declared devices by default: a forged plain-UDP POST for another device is 4.04, counted,
+/// and puts nothing on the bus; a prefix opens undeclared devices under it, and only those.
+#[test]
+fn undeclared_devices_are_refused_unless_under_an_opened_prefix() {
+    let mut s = start("{listen: '127.0.0.1:0', devices: [{id: gh1/door}]}", 16);
+    let c = s.client();
+    c.send(&post(
+        true,
+        1,
+        &["plant", "boiler", "temperature"],
+        &[],
+        b"99",
+    ))
+    .unwrap();
+    let (code, diag) = code_and_diagnostic(&answer(&c));
+    assert_eq!(code, 0x84, "4.04 Not Found: {diag}");
+    assert!(diag.contains("unknown device `plant/boiler`"), "{diag}");
+    assert_eq!(s.stats.undeclared.get(), 1);
+    assert_eq!(s.readings(), 0);
+    c.send(&post(true, 2, &["gh1", "door", "open"], &[], b"true"))
+        .unwrap();
+    assert_eq!(answer(&c)[1], 0x44, "a declared device is accepted");
+    assert_eq!(s.readings(), 1);
+
+    let mut s = start(
+        "{listen: '127.0.0.1:0', accept_undeclared_under: [coap/], devices: [{id: gh1/door}]}",
+        16,
+    );
+    let c = s.client();
+    c.send(&post(true, 1, &["coap", "th9", "t"], &[], b"1"))
+        .unwrap();
+    assert_eq!(answer(&c)[1], 0x44, "under the opened prefix");
+    c.send(&post(true, 2, &["coapx", "th9", "t"], &[], b"1"))
+        .unwrap();
+    assert_eq!(answer(&c)[1], 0x84, "only under it");
+    c.send(&post(true, 3, &["plant", "boiler", "t"], &[], b"1"))
+        .unwrap();
+    assert_eq!(answer(&c)[1], 0x84);
+    assert_eq!(s.stats.undeclared.get(), 2);
+    let got = s.take();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].device.as_str(), "coap/th9");
+}
+
+/// RFC 8428 names posted to a device: `bn` repeating the device gives plain points; a name that
+/// would add levels below the device or name another device is 4.00, counted, and the whole pack
+/// is refused.
+#[test]
+fn senml_names_map_to_one_device_and_one_point_or_are_refused() {
+    let mut s = start(
+        "{listen: '127.0.0.1:0', devices: [{id: aio/dev2}, {id: aio/dev3}]}",
+        16,
+    );
+    let c = s.client();
+    let senml = (12u16, vec![110u8]); // Content-Format: application/senml+json
+    c.send(&post(
+        true,
+        1,
+        &["aio", "dev2"],
+        std::slice::from_ref(&senml),
+        br#"[{"bn":"aio/dev2/","n":"pressure","v":1013.2},{"n":"temp","v":21}]"#,
+    ))
+    .unwrap();
+    assert_eq!(answer(&c)[1], 0x44);
+    let got = s.take();
+    let pts: Vec<(&str, &str)> = got
+        .iter()
+        .map(|r| (r.device.as_str(), r.point.as_str()))
+        .collect();
+    assert_eq!(pts, [("aio/dev2", "pressure"), ("aio/dev2", "temp")]);
+    for (mid, body) in [
+        (2u16, &br#"[{"bn":"aio/dev2/","n":"a/b","v":1}]"#[..]),
+        (
+            3,
+            br#"[{"n":"ok","v":1},{"bn":"aio/dev3/","n":"pressure","v":1}]"#,
+        ),
+    ] {
+        c.send(&post(
+            true,
+            mid,
+            &["aio", "dev2"],
+            std::slice::from_ref(&senml),
+            body,
+        ))
+        .unwrap();
+        let (code, diag) = code_and_diagnostic(&answer(&c));
+        assert_eq!(code, 0x80, "4.00: {diag}");
+        assert!(
+            diag.contains("does not map to one device and one point"),
+            "{diag}"
+        );
+    }
+    // RFC 8428 §4.5.1 characters.
+    c.send(&post(
+        true,
+        4,
+        &["aio", "dev2"],
+        std::slice::from_ref(&senml),
+        br#"[{"n":"two words","v":1}]"#,
+    ))
+    .unwrap();
+    assert_eq!(answer(&c)[1], 0x80);
+    assert_eq!(s.stats.bad_names.get(), 3);
+    assert_eq!(s.readings(), 0, "a refused pack puts nothing on the bus");
 }
