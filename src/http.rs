@@ -1,14 +1,20 @@
-//! The local Prometheus endpoint: `GET /metrics` in the text exposition format.
+//! The local endpoint: `GET /metrics` in the Prometheus text exposition format, and `GET /devices`,
+//! the device registry as JSON (what `weir devices` prints).
 //!
 //! A deliberately tiny HTTP/1.1 responder (one request per connection, `Connection: close`) for a
 //! scrape endpoint on loopback; it reads at most 8 KiB of request head and answers 404 for anything
-//! but `GET /metrics`.
+//! else.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use weir_core::{CancellationToken, Metrics};
+use weir_core::{CancellationToken, Metrics, Registry};
 
-pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    registry: Registry,
+    shutdown: CancellationToken,
+) {
     loop {
         let (mut sock, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -22,6 +28,7 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: Cancellati
             },
         };
         let metrics = metrics.clone();
+        let registry = registry.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 8192];
             let mut n = 0;
@@ -43,16 +50,24 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: Cancellati
                 return;
             }
             let head = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = if head.starts_with("GET /metrics ") {
-                ("200 OK", metrics.render_prometheus())
+            let (status, ctype, body) = if head.starts_with("GET /metrics ") {
+                (
+                    "200 OK",
+                    "text/plain; version=0.0.4",
+                    metrics.render_prometheus(),
+                )
+            } else if head.starts_with("GET /devices ") {
+                let doc = serde_json::json!({ "devices": registry.snapshot() });
+                ("200 OK", "application/json", format!("{doc}\n"))
             } else {
                 (
                     "404 Not Found",
-                    "only GET /metrics is served here\n".to_string(),
+                    "text/plain",
+                    "only GET /metrics and GET /devices are served here\n".to_string(),
                 )
             };
             let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = sock.write_all(resp.as_bytes()).await;

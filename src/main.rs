@@ -50,6 +50,14 @@ enum Cmd {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// List the devices of the running daemon (owner, points, availability), read from its local
+    /// endpoint (`metrics.listen`); `--json` prints the document as served at `/devices`.
+    Devices {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect or empty the store-and-forward outbox.
     Buffer {
         #[command(subcommand)]
@@ -118,7 +126,11 @@ fn init_logging() {
 }
 
 fn load(config: &std::path::Path) -> Result<weir::Loaded, ExitCode> {
-    weir::load(config).map_err(|e| {
+    load_for(config, weir::Need::All)
+}
+
+fn load_for(config: &std::path::Path, need: weir::Need) -> Result<weir::Loaded, ExitCode> {
+    weir::load_for(config, need).map_err(|e| {
         eprint!("{e}");
         ExitCode::from(1)
     })
@@ -132,7 +144,7 @@ fn main() -> ExitCode {
         Cmd::Check { config } => match load(&config) {
             Ok(l) => {
                 #[cfg(feature = "rules")]
-                let rules = match &l.rules {
+                let rules = match l.rules().filter(|s| !s.is_empty()) {
                     Some(set) => format!(
                         "; {} rule{}: {}",
                         set.len(),
@@ -150,7 +162,7 @@ fn main() -> ExitCode {
                     if l.sources.len() == 1 { "" } else { "s" },
                     l.sources
                         .iter()
-                        .map(|(n, b)| format!("{n} ({})", b.kind()))
+                        .map(|s| format!("{} ({})", s.name, s.kind))
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
@@ -158,6 +170,13 @@ fn main() -> ExitCode {
             }
             Err(c) => c,
         },
+        Cmd::Devices { config, json } => {
+            let loaded = match load_for(&config, weir::Need::Store) {
+                Ok(l) => l,
+                Err(c) => return c,
+            };
+            report(devices(&loaded.cfg, json))
+        }
         Cmd::Run { config } => {
             let loaded = match load(&config) {
                 Ok(l) => l,
@@ -168,7 +187,7 @@ fn main() -> ExitCode {
         Cmd::Buffer {
             cmd: BufferCmd::Stats { config },
         } => {
-            let loaded = match load(&config) {
+            let loaded = match load_for(&config, weir::Need::Store) {
                 Ok(l) => l,
                 Err(c) => return c,
             };
@@ -178,7 +197,7 @@ fn main() -> ExitCode {
         Cmd::Rules {
             cmd: RulesCmd::Test { config, input },
         } => {
-            let loaded = match load(&config) {
+            let loaded = match load_for(&config, weir::Need::Rules) {
                 Ok(l) => l,
                 Err(c) => return c,
             };
@@ -223,7 +242,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 #[cfg(feature = "rules")]
 fn rules_test(loaded: weir::Loaded, input: &std::path::Path) -> anyhow::Result<()> {
-    let Some(set) = loaded.rules else {
+    let Some(set) = loaded.rules().filter(|s| !s.is_empty()).cloned() else {
         anyhow::bail!("{}: no `rules:` section", loaded.cfg.file.display());
     };
     let reader: Box<dyn std::io::BufRead> = if input.as_os_str() == "-" {
@@ -236,6 +255,84 @@ fn rules_test(loaded: weir::Loaded, input: &std::path::Path) -> anyhow::Result<(
     let mut out = std::io::stdout().lock();
     weir_rules::replay::replay(set, reader, &mut out)
         .with_context(|| format!("{}", input.display()))?;
+    Ok(())
+}
+
+/// `weir devices`: the running daemon's registry from its local endpoint.
+fn devices(cfg: &weir_config::GatewayConfig, json: bool) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let Some(addr) = cfg.metrics.listen else {
+        anyhow::bail!(
+            "{}: `metrics.listen` is not set, so the daemon serves no device list; set it \
+             (e.g. 127.0.0.1:9898) and restart",
+            cfg.file.display()
+        );
+    };
+    let mut sock = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
+        .with_context(|| {
+        format!("cannot reach the daemon at {addr} (metrics.listen): is it running?")
+    })?;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(
+        sock,
+        "GET /devices HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    sock.read_to_string(&mut resp)
+        .with_context(|| format!("reading the answer from {addr}"))?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .context("the daemon's answer has no body")?;
+    if !resp.starts_with("HTTP/1.1 200") {
+        anyhow::bail!(
+            "{addr}/devices: {}",
+            resp.lines().next().unwrap_or_default()
+        );
+    }
+    if json {
+        print!("{body}");
+        return Ok(());
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(body).context("the device list is not JSON")?;
+    let now = weir_core::Timestamp::now().as_nanos();
+    let empty = Vec::new();
+    let list = doc["devices"].as_array().unwrap_or(&empty);
+    println!(
+        "{:<28} {:<12} {:<8} {:>9}  points",
+        "DEVICE", "OWNER", "STATE", "LAST SEEN"
+    );
+    for d in list {
+        let seen = d["last_seen_ns"]
+            .as_i64()
+            .map(|t| format!("{:.1}s ago", (now - t).max(0) as f64 / 1e9))
+            .unwrap_or_else(|| "never".into());
+        let points: Vec<String> = d["points"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .map(|p| {
+                let mut s = p["name"].as_str().unwrap_or_default().to_string();
+                if p["writable"].as_bool() == Some(true) {
+                    s.push_str(" (w)");
+                }
+                if p["stale"].as_bool() == Some(true) {
+                    s.push_str(" (stale)");
+                }
+                s
+            })
+            .collect();
+        println!(
+            "{:<28} {:<12} {:<8} {:>9}  {}",
+            d["id"].as_str().unwrap_or_default(),
+            d["owner"].as_str().unwrap_or_default(),
+            d["availability"].as_str().unwrap_or_default(),
+            seen,
+            points.join(", ")
+        );
+    }
+    println!("{} devices", list.len());
     Ok(())
 }
 
@@ -314,7 +411,7 @@ async fn run(loaded: weir::Loaded) -> anyhow::Result<()> {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading the rules");
+                    tracing::info!("SIGHUP: reloading the configuration");
                     reload_tx.notify_one();
                 }
             }

@@ -275,7 +275,7 @@ fn weir_pid(config: &std::path::Path) -> u32 {
 }
 
 #[test]
-fn sighup_reloads_rules_and_keeps_the_old_version_of_a_broken_one() {
+fn sighup_with_a_file_that_fails_check_changes_nothing_then_a_good_one_applies() {
     let broker = Mosquitto::start();
     let sub = Subscriber::connect(broker.port, "t/#");
     let dir = tempfile::tempdir().unwrap();
@@ -301,10 +301,15 @@ fn sighup_reloads_rules_and_keeps_the_old_version_of_a_broken_one() {
         )
         .unwrap();
     };
+    let hup = || {
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+    };
 
-    // A broken new version of `tag` and a new rule: `tag` keeps running as it was, `added` starts.
-    // The store section changes too (applies only on restart), into something `weir check`
-    // refuses: the reload says both, and keeps running.
+    // A broken new version of `tag`, a new rule and a store value `weir check` refuses: the file
+    // fails `weir check`, so nothing changes: `tag` keeps its version, `added` never starts.
     rewrite(config(
         broker.port,
         &rules(
@@ -314,34 +319,41 @@ fn sighup_reloads_rules_and_keeps_the_old_version_of_a_broken_one() {
         "",
         "  max_bytes: 100\n",
     ));
-    std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    wait_until("the added rule", Duration::from_secs(30), || {
-        sub.count(|m| m.topic == "t/gh1/climate/added") >= 3
+    hup();
+    wait_until("the reload is refused", Duration::from_secs(30), || {
+        gw.log()
+            .contains("does not pass `weir check`; nothing changed")
     });
+    let log = gw.log();
+    assert!(
+        log.contains("store.max_bytes: must be at least 65536 bytes"),
+        "the refusal names every error: {log}"
+    );
     let before = sub.count(|m| m.topic == "t/gh1/climate/v" && value_of(m) == Some(1));
     wait_until(
         "tag still at its old version",
         Duration::from_secs(30),
         || sub.count(|m| m.topic == "t/gh1/climate/v" && value_of(m) == Some(1)) >= before + 3,
     );
-    assert_eq!(
-        sub.count(|m| m.topic == "t/gh1/climate/v" && value_of(m) == Some(2)),
-        0
-    );
-    let log = gw.log();
-    assert!(log.contains("keeping the previous one"), "the log says so");
-    assert!(
-        log.contains("reload: store changed in") && log.contains("apply on restart"),
-        "the reload names the section that needs a restart: {log}"
-    );
-    assert!(
-        log.contains("the next start would refuse this file")
-            && log.contains("store.max_bytes: must be at least 65536 bytes"),
-        "and what `weir check` would say of it: {log}"
-    );
+    assert_eq!(sub.count(|m| m.topic == "t/gh1/climate/added"), 0);
+
+    // A valid file with the new rule and a changed store bound that applies live.
+    rewrite(config(
+        broker.port,
+        &rules(
+            "emit(\"v\", 1);",
+            "  - name: added\n    match: { point: temperature }\n    script: 'emit(\"added\", true);'\n",
+        ),
+        "",
+        "  max_bytes: 1000000\n",
+    ));
+    hup();
+    wait_until("the added rule", Duration::from_secs(30), || {
+        sub.count(|m| m.topic == "t/gh1/climate/added") >= 3
+    });
+    wait_until("store limits applied", Duration::from_secs(30), || {
+        gw.log().contains("reload: store limits applied")
+    });
 
     // The fixed version replaces it; the daemon never stopped.
     rewrite(config(broker.port, &rules("emit(\"v\", 2);", ""), "", ""));

@@ -29,7 +29,9 @@ pub use forwarder::{Forwarder, ForwarderConfig};
 #[derive(Debug, Clone)]
 pub struct OutboxWriter {
     outbox: Arc<Mutex<Outbox>>,
-    encoder: Encoder,
+    /// Swapped by a reload that changes topics or the publish mode (rows already stored keep
+    /// the encoding they were committed with).
+    encoder: Arc<std::sync::RwLock<Arc<Encoder>>>,
     wake: Arc<Notify>,
 }
 
@@ -37,9 +39,14 @@ impl OutboxWriter {
     pub fn new(outbox: Arc<Mutex<Outbox>>, encoder: Encoder, wake: Arc<Notify>) -> Self {
         OutboxWriter {
             outbox,
-            encoder,
+            encoder: Arc::new(std::sync::RwLock::new(Arc::new(encoder))),
             wake,
         }
+    }
+
+    /// Encode the next commits with `encoder` (shared by every clone of this writer).
+    pub fn set_encoder(&self, encoder: Encoder) {
+        *self.encoder.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(encoder);
     }
 
     /// Encode and commit in one transaction (one fsync); the readings are durable when this
@@ -55,9 +62,13 @@ impl OutboxWriter {
         readings: &[Reading],
         events: &[Event],
     ) -> Result<AppendReport, StoreError> {
+        let encoder = self
+            .encoder
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let report = forwarder::blocking(|| {
-            forwarder::lock(&self.outbox)
-                .append(|seqs| self.encoder.encode_all(readings, events, seqs))
+            forwarder::lock(&self.outbox).append(|seqs| encoder.encode_all(readings, events, seqs))
         })?;
         self.wake.notify_one();
         Ok(report)
