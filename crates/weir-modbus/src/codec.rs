@@ -27,6 +27,23 @@
 //!
 //! Engineering value = raw × `scale` + `offset`. A point with neither (scale 1, offset 0) of an
 //! integer type reads as an integer; anything scaled, and the float types, read as `f64`.
+//!
+//! # Decimals
+//!
+//! Values are published as the shortest decimal that means what the device sent, never as the
+//! binary expansion of an intermediate `f64`:
+//!
+//! * an `f32` reads as the shortest decimal that round-trips the `f32` ([`Value::from_f32`]):
+//!   231.7 is published as `231.7`, not `231.6999969482422`;
+//! * a scaled `f32` is computed in `f64` and then given the same treatment at `f32` precision
+//!   (the device's value has no more digits than that): 2317.0 × 0.1 is `231.7`;
+//! * a scaled integer is exact in decimal: its decimals are those of `scale` and `offset` as
+//!   written (at most 15), and the result is rounded to them: 216 × 0.1 is `21.6` and 3 × 0.1 is
+//!   `0.3`, not `0.30000000000000004`. A scale without a short decimal form (1/3) is not rounded;
+//! * an `f64` is published as it is (its shortest round-trip form is already what it prints).
+//!
+//! Writes take the value as the user sent it, and a value the point cannot hold is refused with
+//! that value and the point's range in the same (engineering) units.
 
 use std::fmt;
 use std::str::FromStr;
@@ -198,9 +215,15 @@ pub enum CodecError {
         expected: usize,
         got: usize,
     },
-    #[error("{value} is out of range for {ty}")]
-    OutOfRange { ty: DataType, value: String },
-    #[error("{ty} takes {expected}, got {got:?}")]
+    /// `value` as the user sent it; `min`/`max` in engineering units (after scale and offset).
+    #[error("{value} is out of range: {what} holds {min} to {max}")]
+    OutOfRange {
+        value: Value,
+        what: String,
+        min: Value,
+        max: Value,
+    },
+    #[error("{ty} takes {expected}, got {got}")]
     WrongType {
         ty: DataType,
         expected: &'static str,
@@ -244,7 +267,28 @@ fn from_be_bytes(bytes: &[u8], order: Order, is_string: bool) -> Vec<u16> {
 enum Raw {
     U(u64),
     I(i64),
+    F32(f32),
     F(f64),
+}
+
+/// The decimals of `x` as written: the smallest `k` ≤ 15 with `x` a multiple of 10⁻ᵏ, if any.
+fn decimals(x: f64) -> Option<i32> {
+    (0..=15).find(|&k| {
+        let p = 10f64.powi(k);
+        (x * p).round() / p == x
+    })
+}
+
+/// `v` rounded to `d` decimals: the `f64` nearest to that decimal (an integer divided by a power
+/// of ten is rounded once, correctly). Values too large to carry the decimals are left as they are.
+fn round_to(v: f64, d: i32) -> f64 {
+    let p = 10f64.powi(d);
+    let r = (v * p).round() / p;
+    if r.is_finite() && (v * p).abs() < 9.0e15 {
+        r
+    } else {
+        v
+    }
 }
 
 impl Codec {
@@ -265,7 +309,7 @@ impl Codec {
             DataType::I16 => Raw::I(i16::from_be_bytes([b[0], b[1]]) as i64),
             DataType::U32 => Raw::U(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as u64),
             DataType::I32 => Raw::I(i32::from_be_bytes([b[0], b[1], b[2], b[3]]) as i64),
-            DataType::F32 => Raw::F(f32::from_be_bytes([b[0], b[1], b[2], b[3]]) as f64),
+            DataType::F32 => Raw::F32(f32::from_be_bytes([b[0], b[1], b[2], b[3]])),
             DataType::U64 => Raw::U(u64::from_be_bytes(arr8(&b))),
             DataType::I64 => Raw::I(i64::from_be_bytes(arr8(&b))),
             DataType::F64 => Raw::F(f64::from_be_bytes(arr8(&b))),
@@ -291,20 +335,72 @@ impl Codec {
 
     fn scale_raw(&self, raw: Raw) -> Value {
         if !self.scaled() {
-            match raw {
-                Raw::U(u) => {
-                    return i64::try_from(u).map_or(Value::F64(u as f64), Value::I64);
-                }
-                Raw::I(i) => return Value::I64(i),
-                Raw::F(f) => return Value::F64(f),
-            }
+            return match raw {
+                Raw::U(u) => i64::try_from(u).map_or(Value::F64(u as f64), Value::I64),
+                Raw::I(i) => Value::I64(i),
+                Raw::F32(f) => Value::from_f32(f),
+                Raw::F(f) => Value::F64(f),
+            };
         }
-        let x = match raw {
-            Raw::U(u) => u as f64,
-            Raw::I(i) => i as f64,
-            Raw::F(f) => f,
+        match raw {
+            Raw::F32(f) => Value::from_f32((f as f64 * self.scale + self.offset) as f32),
+            Raw::F(f) => Value::F64(f * self.scale + self.offset),
+            Raw::U(_) | Raw::I(_) => Value::F64(self.engineering(as_f64(raw))),
+        }
+    }
+
+    /// `raw × scale + offset` for an integer raw value, rounded to the decimals of `scale` and
+    /// `offset` (see the module docs).
+    fn engineering(&self, raw: f64) -> f64 {
+        let v = raw * self.scale + self.offset;
+        match (decimals(self.scale), decimals(self.offset)) {
+            (Some(a), Some(b)) => round_to(v, a.max(b)),
+            _ => v,
+        }
+    }
+
+    /// What a point of this codec is, for messages: `u16`, `i32 with scale 0.1 and offset -40`.
+    fn describe(&self) -> String {
+        let mut s = self.ty.to_string();
+        if self.scale != 1.0 {
+            s.push_str(&format!(" with scale {}", self.scale));
+        }
+        if self.offset != 0.0 {
+            s.push_str(&format!(
+                "{} offset {}",
+                if self.scale != 1.0 { " and" } else { " with" },
+                self.offset
+            ));
+        }
+        s
+    }
+
+    /// The out-of-range error for `v`, with the range of raw values `lo..=hi` in engineering
+    /// units.
+    fn out_of_range(&self, v: &Value, lo: f64, hi: f64) -> CodecError {
+        let (min, max) = if !self.scaled() {
+            let int = |x: f64| {
+                if self.ty.is_integer() && x.abs() < 9.2e18 {
+                    Value::I64(x as i64)
+                } else {
+                    Value::F64(x)
+                }
+            };
+            if self.ty == DataType::F32 {
+                (Value::from_f32(lo as f32), Value::from_f32(hi as f32))
+            } else {
+                (int(lo), int(hi))
+            }
+        } else {
+            let (a, b) = (self.engineering(lo), self.engineering(hi));
+            (Value::F64(a.min(b)), Value::F64(a.max(b)))
         };
-        Value::F64(x * self.scale + self.offset)
+        CodecError::OutOfRange {
+            value: v.clone(),
+            what: self.describe(),
+            min,
+            max,
+        }
     }
 
     /// Decode a bit (coil or discrete input).
@@ -371,25 +467,17 @@ impl Codec {
             }
         };
         let raw = x;
-        let range = |value: String| CodecError::OutOfRange { ty: self.ty, value };
         let bytes: Vec<u8> = match self.ty {
-            DataType::F32 => (as_f64(raw) as f32).to_be_bytes().to_vec(),
+            DataType::F32 => {
+                let f = as_f64(raw);
+                let narrow = f as f32;
+                if f.is_finite() && !narrow.is_finite() {
+                    return Err(self.out_of_range(v, f32::MIN as f64, f32::MAX as f64));
+                }
+                narrow.to_be_bytes().to_vec()
+            }
             DataType::F64 => as_f64(raw).to_be_bytes().to_vec(),
             t => {
-                let i: i128 = match raw {
-                    Raw::I(i) => i as i128,
-                    Raw::U(u) => u as i128,
-                    Raw::F(f) => {
-                        if !f.is_finite() {
-                            return Err(range(f.to_string()));
-                        }
-                        let r = f.round();
-                        if r.abs() > 1.9e19 {
-                            return Err(range(f.to_string()));
-                        }
-                        r as i128
-                    }
-                };
                 let (lo, hi): (i128, i128) = match t {
                     DataType::U16 => (0, u16::MAX as i128),
                     DataType::I16 => (i16::MIN as i128, i16::MAX as i128),
@@ -398,8 +486,21 @@ impl Codec {
                     DataType::U64 => (0, u64::MAX as i128),
                     _ => (i64::MIN as i128, i64::MAX as i128),
                 };
+                let range = || self.out_of_range(v, lo as f64, hi as f64);
+                let i: i128 = match raw {
+                    Raw::I(i) => i as i128,
+                    Raw::U(u) => u as i128,
+                    Raw::F32(f) => f.round() as i128,
+                    Raw::F(f) => {
+                        let r = f.round();
+                        if !r.is_finite() || r.abs() > 1.9e19 {
+                            return Err(range());
+                        }
+                        r as i128
+                    }
+                };
                 if i < lo || i > hi {
-                    return Err(range(i.to_string()));
+                    return Err(range());
                 }
                 let be = (i as u64).to_be_bytes();
                 let n = self.registers() as usize * 2;
@@ -414,6 +515,7 @@ fn as_f64(r: Raw) -> f64 {
     match r {
         Raw::U(u) => u as f64,
         Raw::I(i) => i as f64,
+        Raw::F32(f) => f as f64,
         Raw::F(f) => f,
     }
 }
@@ -444,7 +546,11 @@ mod tests {
         ];
         for (o, regs) in cases {
             let v = c(DataType::F32, o).decode_registers(&regs).unwrap();
-            assert_eq!(v, Value::F64(123.456f32 as f64), "{o}");
+            assert_eq!(
+                v,
+                Value::F64(123.456),
+                "{o}: the shortest decimal of the f32"
+            );
             assert_eq!(
                 c(DataType::F32, o)
                     .encode_registers(&Value::F64(123.456f32 as f64), None)
@@ -481,6 +587,80 @@ mod tests {
             k.encode_registers(&Value::F64(1e9), None),
             Err(CodecError::OutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn published_values_are_short_decimals() {
+        // 231.7 as f32 (0x4367B333), as meters send it.
+        let f = c(DataType::F32, Order::ABCD);
+        let v = f.decode_registers(&[0x4367, 0xB333]).unwrap();
+        assert_eq!(v, Value::F64(231.7));
+        assert_eq!(serde_json::to_string(&v.as_f64()).unwrap(), "231.7");
+        // A scaled f32: 2317.0 × 0.1, at f32 precision.
+        let mut k = f.clone();
+        k.scale = 0.1;
+        let regs = k.encode_registers(&Value::F64(231.7), None).unwrap();
+        assert_eq!(regs, vec![0x4510, 0xD000], "2317.0f32");
+        assert_eq!(k.decode_registers(&regs).unwrap(), Value::F64(231.7));
+        // Scaled integers carry the decimals of scale and offset, exactly.
+        let mut k = c(DataType::U16, Order::ABCD);
+        k.scale = 0.1;
+        assert_eq!(k.decode_registers(&[3]).unwrap(), Value::F64(0.3));
+        assert_ne!(3.0 * 0.1, 0.3, "what the plain product would publish");
+        assert_eq!(k.decode_registers(&[2317]).unwrap(), Value::F64(231.7));
+        k.scale = 0.01;
+        k.offset = -40.5;
+        assert_eq!(k.decode_registers(&[6153]).unwrap(), Value::F64(21.03));
+        // No short decimal form: not rounded.
+        k.scale = 1.0 / 3.0;
+        k.offset = 0.0;
+        assert_eq!(k.decode_registers(&[1]).unwrap(), Value::F64(1.0 / 3.0));
+        // f64 is published as it is.
+        let d = c(DataType::F64, Order::ABCD);
+        let regs = d.encode_registers(&Value::F64(0.1 + 0.2), None).unwrap();
+        assert_eq!(d.decode_registers(&regs).unwrap(), Value::F64(0.1 + 0.2));
+    }
+
+    #[test]
+    fn refusals_name_the_value_sent_and_the_range_in_user_units() {
+        let msg = |k: &Codec, v: Value| k.encode_registers(&v, None).unwrap_err().to_string();
+        let mut k = c(DataType::U16, Order::ABCD);
+        assert_eq!(
+            msg(&k, Value::I64(70_000)),
+            "70000 is out of range: u16 holds 0 to 65535"
+        );
+        k.scale = 0.1;
+        assert_eq!(
+            msg(&k, Value::I64(99_999)),
+            "99999 is out of range: u16 with scale 0.1 holds 0 to 6553.5"
+        );
+        let mut t = c(DataType::I16, Order::ABCD);
+        t.scale = 0.1;
+        t.offset = -40.0;
+        assert_eq!(
+            msg(&t, Value::F64(5000.5)),
+            "5000.5 is out of range: i16 with scale 0.1 and offset -40 holds -3316.8 to 3236.7"
+        );
+        t.scale = -0.5;
+        t.offset = 0.0;
+        assert_eq!(
+            msg(&t, Value::I64(-20_000)),
+            "-20000 is out of range: i16 with scale -0.5 holds -16383.5 to 16384"
+        );
+        let f = c(DataType::F32, Order::ABCD);
+        assert!(
+            msg(&f, Value::F64(1e39)).starts_with("1000000000000000000000000000000000000000 is out of range: f32 holds -340282350000000000000000000000000000000 to 3402823"),
+            "{}",
+            msg(&f, Value::F64(1e39))
+        );
+        assert_eq!(
+            msg(&k, Value::from("abc")),
+            "u16 takes a number, got \"abc\""
+        );
+        assert_eq!(
+            msg(&c(DataType::Bool, Order::ABCD), Value::I64(7)),
+            "bool takes true/false, got 7"
+        );
     }
 
     #[test]
@@ -576,8 +756,11 @@ mod tests {
             let k = c(DataType::F64, o);
             prop_assert_eq!(k.decode_registers(&k.encode_registers(&Value::F64(f), None).unwrap()).unwrap(), Value::F64(f));
             let k = c(DataType::F32, o);
-            let v = Value::F64(g as f64);
-            prop_assert_eq!(k.decode_registers(&k.encode_registers(&v, None).unwrap()).unwrap(), v);
+            let regs = k.encode_registers(&Value::F64(g as f64), None).unwrap();
+            let v = k.decode_registers(&regs).unwrap();
+            prop_assert_eq!(&v, &Value::from_f32(g));
+            // What is published writes back as the very same registers.
+            prop_assert_eq!(k.encode_registers(&v, None).unwrap(), regs);
         }
 
         #[test]

@@ -10,9 +10,7 @@ use crate::codec::Codec;
 use crate::config::Parity;
 use crate::pdu::{Request, Response, Table};
 use crate::source::{encode_write, WriteError};
-use crate::transport::{
-    inter_frame_delay, open_serial, SerialSettings, TcpTransport, TransactError, Transport,
-};
+use crate::transport::{inter_frame_delay, open_serial, TcpTransport, TransactError, Transport};
 
 /// Where the device is.
 #[derive(Debug, Clone)]
@@ -37,6 +35,8 @@ pub enum CommissionError {
         what: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Serial(weir_serial::OpenError),
     #[error(transparent)]
     Transact(#[from] TransactError),
     #[error(transparent)]
@@ -77,19 +77,13 @@ pub async fn open(
             parity,
             stop_bits,
         } => {
-            let bits = 1 + 8 + (*parity != Parity::None) as u32 + *stop_bits as u32;
-            let settings = SerialSettings {
-                baud: *baud,
+            let settings = weir_serial::SerialSettings {
                 parity: *parity,
-                data_bits: 8,
                 stop_bits: *stop_bits,
+                ..weir_serial::SerialSettings::new(port, *baud)
             };
-            open_serial(port, settings, inter_frame_delay(*baud, bits)).map_err(|e| {
-                CommissionError::Open {
-                    what: port.display().to_string(),
-                    source: e,
-                }
-            })
+            let gap = inter_frame_delay(*baud, settings.bits_per_char());
+            open_serial(&settings, gap).map_err(CommissionError::Serial)
         }
     }
 }

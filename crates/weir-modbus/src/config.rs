@@ -156,15 +156,8 @@ pub struct ProfileFile {
     pub groups: Vec<GroupConfig>,
 }
 
-/// Serial parity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Parity {
-    #[default]
-    None,
-    Even,
-    Odd,
-}
+/// Serial parity (shared with every serial adapter).
+pub use weir_serial::Parity;
 
 /// `rtu:` — one RS485/RS232 port with the slaves on it.
 #[derive(Debug, Clone, Deserialize)]
@@ -188,9 +181,20 @@ pub struct RtuLine {
 }
 
 impl RtuLine {
+    /// The port and its line settings.
+    pub fn serial(&self) -> weir_serial::SerialSettings {
+        weir_serial::SerialSettings {
+            port: self.port.clone(),
+            baud: self.baud,
+            parity: self.parity,
+            data_bits: self.data_bits,
+            stop_bits: self.stop_bits,
+            flow_control: weir_serial::FlowControl::None,
+        }
+    }
     /// Bits per character on the wire: start + data + parity + stop.
     pub fn bits_per_char(&self) -> u32 {
-        1 + self.data_bits as u32 + (self.parity != Parity::None) as u32 + self.stop_bits as u32
+        self.serial().bits_per_char()
     }
     pub fn inter_frame(&self) -> Duration {
         match self.inter_frame_delay_ms {
@@ -326,11 +330,7 @@ pub struct Device {
 #[derive(Debug, Clone)]
 pub enum LineKind {
     Rtu {
-        port: PathBuf,
-        baud: u32,
-        parity: Parity,
-        data_bits: u8,
-        stop_bits: u8,
+        serial: weir_serial::SerialSettings,
         inter_frame: Duration,
     },
     Tcp {
@@ -433,14 +433,8 @@ impl ModbusConfig {
         let mut labels: HashSet<String> = HashSet::new();
         for (i, l) in self.rtu.iter().enumerate() {
             let at = format!("rtu[{i}]");
-            if l.baud == 0 {
-                err(format!("{at}.baud"), "must be positive".into());
-            }
-            if !(5..=8).contains(&l.data_bits) {
-                err(format!("{at}.data_bits"), "must be 5–8".into());
-            }
-            if !(1..=2).contains(&l.stop_bits) {
-                err(format!("{at}.stop_bits"), "must be 1 or 2".into());
+            for (key, msg) in l.serial().validate() {
+                err(format!("{at}.{key}"), msg);
             }
             if l.response_timeout_ms == 0 {
                 err(
@@ -467,11 +461,7 @@ impl ModbusConfig {
             lines.push(Line {
                 label,
                 kind: LineKind::Rtu {
-                    port: l.port.clone(),
-                    baud: l.baud,
-                    parity: l.parity,
-                    data_bits: l.data_bits,
-                    stop_bits: l.stop_bits,
+                    serial: l.serial(),
                     inter_frame: l.inter_frame(),
                 },
                 response_timeout: Duration::from_millis(l.response_timeout_ms),

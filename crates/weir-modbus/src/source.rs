@@ -43,9 +43,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use weir_core::{
-    BuildError, BusSender, CancellationToken, Command, Counter, DeviceId, DeviceInfo, Gauge,
-    Metrics, PointId, Quality, Reading, Source, SourceBuilder, SourceContext, SourceError,
-    Timestamp, Value,
+    BuildError, BusSender, CancellationToken, Command, Counter, DeviceId, DeviceInfo, DeviceSpec,
+    Gauge, Metrics, PointId, PointSpec, Quality, Reading, Source, SourceBuilder, SourceContext,
+    SourceError, Timestamp, Value, ValueType,
 };
 
 use crate::config::{Device, Framing, Line, LineKind, Point, Resolved};
@@ -89,6 +89,21 @@ impl SourceBuilder for ModbusBuilder {
             .collect()
     }
 
+    /// Every point, with its unit, value type, poll interval (the registry's expected period) and
+    /// a class hint from its unit (a writable coil is a `switch`).
+    fn device_specs(&self) -> Vec<DeviceSpec> {
+        self.resolved
+            .lines
+            .iter()
+            .flat_map(|l| &l.devices)
+            .map(|d| DeviceSpec {
+                id: DeviceId::new(&d.id),
+                points: d.points.iter().map(point_spec).collect(),
+                meta: Default::default(),
+            })
+            .collect()
+    }
+
     fn build(&self, name: &str, metrics: &Metrics) -> Result<Box<dyn Source>, BuildError> {
         Ok(Box::new(ModbusSource {
             name: Arc::from(name),
@@ -96,6 +111,34 @@ impl SourceBuilder for ModbusBuilder {
             metrics: metrics.clone(),
         }))
     }
+}
+
+/// How the registry describes a point.
+fn point_spec(p: &Point) -> PointSpec {
+    use crate::codec::DataType;
+    let value_type = match p.codec.ty {
+        DataType::Bool => ValueType::Bool,
+        DataType::String => ValueType::Text,
+        t if t.is_integer() && p.codec.scale == 1.0 && p.codec.offset == 0.0 => ValueType::Int,
+        _ => ValueType::Float,
+    };
+    let class = match p.unit.as_deref() {
+        _ if p.table == Table::Coil && p.writable => Some("switch"),
+        Some("°C" | "°F" | "K") => Some("temperature"),
+        Some("V" | "kV" | "mV") => Some("voltage"),
+        Some("A" | "mA") => Some("current"),
+        Some("W" | "kW" | "MW") => Some("power"),
+        Some("Wh" | "kWh" | "MWh") => Some("energy"),
+        Some("Hz") => Some("frequency"),
+        Some("Pa" | "hPa" | "kPa" | "bar" | "mbar") => Some("pressure"),
+        _ => None,
+    };
+    PointSpec::new(PointId::new(&p.name))
+        .unit(p.unit.as_deref())
+        .value_type(value_type)
+        .writable(p.writable)
+        .class(class)
+        .period_ms(Some(p.interval.as_millis() as u64))
 }
 
 /// The running source.
@@ -268,58 +311,46 @@ impl LineTask {
         }
     }
 
+    /// Open the line; the error names the port or the host and port.
     async fn open(&self) -> std::io::Result<Box<dyn Transport>> {
         match &self.line.kind {
             LineKind::Rtu {
-                port,
-                baud,
-                parity,
-                data_bits,
-                stop_bits,
+                serial,
                 inter_frame,
-            } => crate::transport::open_serial(
-                port,
-                crate::transport::SerialSettings {
-                    baud: *baud,
-                    parity: *parity,
-                    data_bits: *data_bits,
-                    stop_bits: *stop_bits,
-                },
-                *inter_frame,
-            ),
+            } => Ok(crate::transport::open_serial(serial, *inter_frame)?),
             LineKind::Tcp {
                 host,
                 port,
                 framing,
                 connect_timeout,
-            } => {
-                let addr = tokio::time::timeout(
-                    *connect_timeout,
-                    tokio::net::lookup_host((host.as_str(), *port)),
-                )
+            } => Self::connect(host, *port, *framing, *connect_timeout)
                 .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "resolve timeout"))??
-                .next()
-                .ok_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host}: no address"))
-                })?;
-                match framing {
-                    Framing::Mbap => Ok(Box::new(
-                        TcpTransport::connect(addr, *connect_timeout).await?,
-                    )),
-                    Framing::Rtu => {
-                        let s = tokio::time::timeout(
-                            *connect_timeout,
-                            tokio::net::TcpStream::connect(addr),
-                        )
-                        .await
-                        .map_err(|_| {
-                            std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout")
-                        })??;
-                        s.set_nodelay(true)?;
-                        Ok(Box::new(RtuTransport::new(s, Duration::ZERO)))
-                    }
-                }
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot connect to {host}:{port}: {e}"))
+                }),
+        }
+    }
+
+    async fn connect(
+        host: &str,
+        port: u16,
+        framing: Framing,
+        timeout: Duration,
+    ) -> std::io::Result<Box<dyn Transport>> {
+        use std::io::{Error, ErrorKind};
+        let addr = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| Error::new(ErrorKind::TimedOut, "name resolution timed out"))??
+            .next()
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, "the name has no address"))?;
+        match framing {
+            Framing::Mbap => Ok(Box::new(TcpTransport::connect(addr, timeout).await?)),
+            Framing::Rtu => {
+                let s = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| Error::new(ErrorKind::TimedOut, "connect timeout"))??;
+                s.set_nodelay(true)?;
+                Ok(Box::new(RtuTransport::new(s, Duration::ZERO)))
             }
         }
     }
@@ -440,10 +471,11 @@ impl LineTask {
                 }
             };
             if let Some(e) = fatal {
-                tracing::warn!(line = %self.line.label, "connection lost: {e}; reopening");
+                let reason = e.reason();
+                tracing::warn!(line = %self.line.label, "{reason}; reopening");
                 transport = None;
                 let mut out = Vec::new();
-                self.mark_line_bad(&format!("connection_lost: {e}"), &mut out);
+                self.mark_line_bad(&reason, &mut out);
                 self.send(out, &stop).await?;
                 // Reopen after a first backoff step so a flapping port is not hammered.
                 let delay = jittered(self.reconnect.0, self.reconnect.1, 0);

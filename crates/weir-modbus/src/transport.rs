@@ -204,127 +204,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for RtuTransport<S> {
     }
 }
 
-/// Serial line settings for [`open_serial`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SerialSettings {
-    pub baud: u32,
-    pub parity: crate::config::Parity,
-    pub data_bits: u8,
-    pub stop_bits: u8,
-}
-
-/// Open a serial port with its line settings, as an RTU transport.
-///
-/// When the kernel (or a user-mode emulator such as qemu) does not implement the serial ioctls
-/// (`ENOSYS`), the port is opened as it is, without line settings ([`RawTty`]) and a warning is
-/// logged: a pty (the test line) needs none; a real UART always implements them.
+/// Open a serial port with its line settings (through [`weir_serial`], which also handles
+/// emulators without the serial ioctls), as an RTU transport. The error names the port.
 pub fn open_serial(
-    path: &std::path::Path,
-    s: SerialSettings,
+    s: &weir_serial::SerialSettings,
     inter_frame: Duration,
-) -> io::Result<Box<dyn Transport>> {
-    use crate::config::Parity;
-    use tokio_serial::SerialPortBuilderExt;
-    let b = tokio_serial::new(path.to_string_lossy(), s.baud)
-        .parity(match s.parity {
-            Parity::None => tokio_serial::Parity::None,
-            Parity::Even => tokio_serial::Parity::Even,
-            Parity::Odd => tokio_serial::Parity::Odd,
-        })
-        .data_bits(match s.data_bits {
-            5 => tokio_serial::DataBits::Five,
-            6 => tokio_serial::DataBits::Six,
-            7 => tokio_serial::DataBits::Seven,
-            _ => tokio_serial::DataBits::Eight,
-        })
-        .stop_bits(if s.stop_bits == 2 {
-            tokio_serial::StopBits::Two
-        } else {
-            tokio_serial::StopBits::One
-        });
-    match b.open_native_async().map_err(io::Error::from) {
-        Ok(port) => Ok(Box::new(RtuTransport::new(port, inter_frame))),
-        Err(e) if is_enosys(&e) => {
-            tracing::warn!(
-                port = %path.display(),
-                "serial line settings are not supported here ({e}); using the port as it is"
-            );
-            Ok(Box::new(RtuTransport::new(
-                RawTty::open(path)?,
-                inter_frame,
-            )))
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// serialport reports `ENOSYS` as an error of unknown kind carrying nix's description of it.
-fn is_enosys(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::Unsupported
-        || e.raw_os_error() == Some(libc::ENOSYS)
-        || e.to_string() == "Function not implemented"
-}
-
-/// A terminal device used without changing its settings: non-blocking reads and writes through
-/// the runtime's reactor.
-#[derive(Debug)]
-pub struct RawTty {
-    rx: tokio::net::unix::pipe::Receiver,
-    tx: tokio::net::unix::pipe::Sender,
-}
-
-impl RawTty {
-    pub fn open(path: &std::path::Path) -> io::Result<RawTty> {
-        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(path)?;
-        if !file.metadata()?.file_type().is_char_device() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is not a terminal device", path.display()),
-            ));
-        }
-        let other = file.try_clone()?;
-        Ok(RawTty {
-            rx: tokio::net::unix::pipe::Receiver::from_file_unchecked(file)?,
-            tx: tokio::net::unix::pipe::Sender::from_file_unchecked(other)?,
-        })
-    }
-}
-
-impl AsyncRead for RawTty {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.rx).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for RawTty {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.tx).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.tx).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.tx).poll_shutdown(cx)
-    }
+) -> Result<Box<dyn Transport>, weir_serial::OpenError> {
+    Ok(Box::new(RtuTransport::new(s.open()?, inter_frame)))
 }
 
 /// Modbus TCP (MBAP header, Modbus Messaging on TCP/IP Implementation Guide V1.0b §3.1.3) through

@@ -147,7 +147,25 @@ fn a_vanished_port_is_reopened_when_it_comes_back() {
             .and_then(|r| r.quality.reason().map(|s| s.starts_with("connection_lost")))
             == Some(true)
     });
-    std::thread::sleep(Duration::from_secs(1));
+    // While the port is gone, reopening fails: the reason names the port, once, and says what
+    // happened without repeating itself (`connection_lost: connection lost: …` before).
+    let gone = format!(
+        "connection_lost: cannot open serial port {}: ",
+        socat.b.display()
+    );
+    wait_until("a failed reopen", Duration::from_secs(10), || {
+        src.latest("m7", "value")
+            .and_then(|r| r.quality.reason().map(|s| s.starts_with(&gone)))
+            == Some(true)
+    });
+    for s in src.of("m7") {
+        if let Some(reason) = s.r.quality.reason() {
+            assert!(
+                !reason.to_lowercase()["connection_lost".len()..].contains("connection lost"),
+                "{reason}"
+            );
+        }
+    }
     socat.start_again();
     let mut peer = Peer::rtu(&socat.a, "7");
     peer.ok("set 7 h 0 2");

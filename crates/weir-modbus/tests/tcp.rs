@@ -25,7 +25,8 @@ const ORDERS: [&str; 4] = ["ABCD", "CDAB", "BADC", "DCBA"];
 fn expected(ty: &str, text: &str) -> Value {
     match ty {
         "string" => Value::from(text),
-        "f32" => Value::F64(text.parse::<f32>().unwrap() as f64),
+        // An f32 is published as its shortest decimal: `123.456`, not 123.45600128173828.
+        "f32" => Value::F64(text.parse().unwrap()),
         "f64" => Value::F64(text.parse().unwrap()),
         _ => Value::I64(text.parse().unwrap()),
     }
@@ -190,18 +191,27 @@ tcp:
         || src.latest("plant/pump", "setpoint").map(|r| r.value) == Some(Value::I64(4321)),
     );
     // Refused: not writable (router), out of range and wrong type (codec) — nothing sent.
-    assert!(src
+    let e = src
         .write("plant/pump", "status", Value::I64(1))
-        .unwrap_err()
-        .contains("not declared writable"));
-    let e = src
-        .write("plant/pump", "setpoint", Value::I64(70_000))
         .unwrap_err();
-    assert!(e.contains("out of range"), "{e}");
-    let e = src
-        .write("plant/pump", "relay", Value::from("on"))
-        .unwrap_err();
-    assert!(e.contains("true/false"), "{e}");
+    assert!(e.contains("read-only"), "{e}");
+    // The refusals name the value as it was sent and the point's range in its own units.
+    assert_eq!(
+        src.write("plant/pump", "setpoint", Value::I64(70_000)),
+        Err("70000 is out of range: u16 holds 0 to 65535".to_string())
+    );
+    assert_eq!(
+        src.write("plant/pump", "temp_sp", Value::F64(3e8)),
+        Err("300000000 is out of range: i32 with scale 0.1 and offset -40 holds -214748404.8 to 214748324.7".to_string())
+    );
+    assert_eq!(
+        src.write("plant/pump", "relay", Value::from("on")),
+        Err("bool takes true/false, got \"on\"".to_string())
+    );
+    assert_eq!(
+        src.write("plant/pump", "setpoint", Value::from("abc")),
+        Err("u16 takes a number, got \"abc\"".to_string())
+    );
     assert_eq!(peer.get(1, "h", 0, 1), vec![4321]);
     src.stop();
 }

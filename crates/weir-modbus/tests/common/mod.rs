@@ -232,7 +232,11 @@ impl Running {
             .build()
             .unwrap();
         let router = CommandRouter::new();
-        let inbox = router.register("mb", &builder.devices(), 16);
+        // Every point is declared, as the daemon does, so the router tells read-only from unknown.
+        for spec in builder.device_specs() {
+            router.registry().claim("mb", spec).unwrap();
+        }
+        let inbox = router.inbox("mb", 16);
         let (tx, mut rx) = bus(1024, &metrics);
         let token = CancellationToken::new();
         let seen = Arc::new(Mutex::new(Vec::new()));
