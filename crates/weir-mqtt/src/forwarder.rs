@@ -6,28 +6,51 @@
 //!    `online` also means commands sent from now on are heard;
 //! 2. read rows after a cursor in id order (a page at a time) and hand them to rumqttc while fewer
 //!    than `max_inflight` messages are unacknowledged;
-//! 3. match `Outgoing::Publish(pkid)` events to the rows in the order they were handed over
-//!    (`order`), then `PubAck(pkid)` to the row (`inflight`), and delete acknowledged rows in
-//!    batches.
+//! 3. match `Outgoing::Publish(pkid)` events and `PubAck(pkid)` to rows with the I/O-free
+//!    [`Inflight`] tracker, and delete acknowledged rows in batches;
+//! 4. every `max_age / 4` (1 s to 60 s) drop rows past `store.max_age_s`, during a session as
+//!    between sessions.
 //!
 //! When the connection fails the session is dropped whole and, after a jittered exponential
-//! backoff, a new one starts from the oldest row still in the outbox. At-least-once: the only
-//! duplicates are rows that were in flight when the connection broke. A row the broker refuses
-//! (an MQTT 5 PUBACK with an error reason, e.g. 135 not authorized) or that can never be published
-//! (an invalid topic) is deleted and counted in `weir_mqtt_rejected_total` rather than blocking
-//! the queue forever.
+//! backoff ([`weir_core::Backoff`]), a new one starts from the oldest row still in the outbox.
+//! At-least-once: the only duplicates are rows that were in flight when the connection broke.
+//!
+//! Rows that cannot be delivered never block the queue: a row the broker refuses (an MQTT 5 PUBACK
+//! with an error reason, e.g. 135 not authorized) or that can never be published (an invalid
+//! topic) is moved to the outbox's dead-letter table (kept, listed by `weir buffer stats`,
+//! requeued by `weir buffer requeue`) and counted in `weir_mqtt_rejected_total`.
+//!
+//! # A publish that ends the connection
+//!
+//! Some brokers punish a publish by closing the connection, often before the PUBACK with the
+//! reason is read (mosquitto 2.0.11 does for an ACL-denied QoS 1 publish from an MQTT 5 client).
+//! Replaying from the oldest row would hit the same row again and again: a reconnect storm that
+//! stalls everything behind it. So:
+//!
+//! * the backoff is reset only by a session that made progress (resolved a row) or stayed up for
+//!   [`STABLE_SESSION`]; a connection that keeps dying right after it is made waits longer and
+//!   longer (up to `reconnect_max`);
+//! * after a session died with rows unresolved, the next session *probes*: it sends only the
+//!   oldest unresolved row (window 1) until that row is resolved, so the culprit is known exactly
+//!   (and, with nothing else in flight, the broker's PUBACK usually arrives before its close);
+//! * a probed row whose publish was followed by the end of the connection (within
+//!   [`STRIKE_WINDOW`]) [`QUARANTINE_AFTER`] times in a row is moved to the dead-letter table and
+//!   counted in `weir_mqtt_quarantined_total` (and `weir_mqtt_rejected_total`). Strikes live in
+//!   memory: a restart starts them again.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
-use weir_core::{CancellationToken, CommandOrigin, CommandRouter, Metrics, Timestamp, Value};
+use weir_core::{
+    Backoff, CancellationToken, CommandOrigin, CommandRouter, Metrics, Timestamp, Value,
+};
 use weir_store::{Outbox, StoredMessage};
 
 use crate::conn::{ConnectOptions, Ev, PublishError, Session};
+use crate::inflight::{Ack, Inflight, Sent};
 
 /// Rows read from the outbox per query.
 const PAGE: usize = 1000;
@@ -37,6 +60,12 @@ const DELETE_BATCH: usize = 1000;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for acknowledgements of messages already in flight.
 const SHUTDOWN_ACK_WAIT: Duration = Duration::from_secs(2);
+/// A probed row whose publish ended the connection this many times in a row is quarantined.
+pub const QUARANTINE_AFTER: u32 = 3;
+/// A connection lost this soon after the probed row was written counts as that row's strike.
+pub const STRIKE_WINDOW: Duration = Duration::from_secs(5);
+/// A session that lasted this long resets the reconnect backoff even without progress.
+pub const STABLE_SESSION: Duration = Duration::from_secs(30);
 
 /// Everything the forwarder needs.
 #[derive(Debug, Clone)]
@@ -47,7 +76,8 @@ pub struct ForwarderConfig {
     pub reconnect_max: Duration,
     pub commands: bool,
     pub status_interval: Duration,
-    /// Outbox rows older than this are dropped (checked once a minute).
+    /// Outbox rows older than this are dropped (checked every `max_age / 4`, 1 s to 60 s,
+    /// during sessions and between them).
     pub max_age: Duration,
     /// Return once the outbox is empty and everything is acknowledged (`weir buffer drain`).
     pub exit_when_empty: bool,
@@ -84,15 +114,55 @@ struct Counters {
     published: weir_core::Counter,
     acked: weir_core::Counter,
     rejected: weir_core::Counter,
+    quarantined: weir_core::Counter,
     reconnects: weir_core::Counter,
     connected: weir_core::Gauge,
     commands: weir_core::Counter,
     outbox_rows: weir_core::Gauge,
     outbox_bytes: weir_core::Gauge,
     outbox_oldest_age_s: weir_core::Gauge,
-    dropped_space: weir_core::Gauge,
-    dropped_age: weir_core::Gauge,
+    dropped_space: weir_core::Counter,
+    dropped_age: weir_core::Counter,
+    dead_letters: weir_core::Gauge,
     fs_available: weir_core::Gauge,
+}
+
+/// Raise a counter to a persisted total (the outbox keeps its drop counts across restarts).
+fn raise_to(c: &weir_core::Counter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.add(total - now);
+    }
+}
+
+/// What the forwarder remembers across sessions about rows that may end the connection.
+#[derive(Debug, Default)]
+struct Suspects {
+    /// Consecutive connection losses right after the probed row was written, per row.
+    strikes: HashMap<i64, u32>,
+    /// Send only this row (window 1) until it is resolved.
+    probe: Option<i64>,
+}
+
+/// State the run loop keeps across sessions.
+#[derive(Debug)]
+struct Across {
+    last_error: Option<String>,
+    next_age_check: Instant,
+    suspects: Suspects,
+}
+
+/// What a session leaves behind for the next one.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Some row was resolved (delivered, refused, set aside).
+    progress: bool,
+    /// How long the connection was up.
+    lasted: Duration,
+    /// Rows requested and not resolved when the connection ended, ascending.
+    unresolved: Vec<i64>,
+    /// When the probed row was written, if it was and is unresolved.
+    probe_sent: Option<Instant>,
 }
 
 /// How a session ended.
@@ -104,6 +174,17 @@ enum End {
 
 /// A result to publish on `…/set/result`.
 type Outgoing = (String, Vec<u8>);
+
+/// Rows resolved in a session and not yet written to the outbox.
+#[derive(Debug, Default)]
+struct Done {
+    /// Acknowledged: delete.
+    acked: Vec<i64>,
+    /// Refused or unpublishable: set aside, with the reason.
+    dead: Vec<(i64, String)>,
+    /// When the probed row was written (cleared once it is resolved).
+    probe_sent: Option<Instant>,
+}
 
 impl Forwarder {
     pub fn new(
@@ -117,14 +198,16 @@ impl Forwarder {
             published: metrics.counter("weir_mqtt_published_total", &[]),
             acked: metrics.counter("weir_mqtt_acked_total", &[]),
             rejected: metrics.counter("weir_mqtt_rejected_total", &[]),
+            quarantined: metrics.counter("weir_mqtt_quarantined_total", &[]),
             reconnects: metrics.counter("weir_mqtt_reconnects_total", &[]),
             connected: metrics.gauge("weir_mqtt_connected", &[]),
             commands: metrics.counter("weir_commands_total", &[]),
             outbox_rows: metrics.gauge("weir_outbox_rows", &[]),
             outbox_bytes: metrics.gauge("weir_outbox_bytes", &[]),
             outbox_oldest_age_s: metrics.gauge("weir_outbox_oldest_age_seconds", &[]),
-            dropped_space: metrics.gauge("weir_outbox_dropped_total", &[("reason", "space")]),
-            dropped_age: metrics.gauge("weir_outbox_dropped_total", &[("reason", "age")]),
+            dropped_space: metrics.counter("weir_outbox_dropped_total", &[("reason", "space")]),
+            dropped_age: metrics.counter("weir_outbox_dropped_total", &[("reason", "age")]),
+            dead_letters: metrics.gauge("weir_outbox_dead_letters", &[]),
             fs_available: metrics.gauge("weir_outbox_fs_available_bytes", &[]),
         };
         Forwarder {
@@ -140,39 +223,48 @@ impl Forwarder {
     /// Run until `shutdown` (or, with `exit_when_empty`, until the outbox is delivered).
     pub async fn run(self, shutdown: CancellationToken) {
         let (results_tx, mut results_rx) = mpsc::channel::<Outgoing>(256);
-        let mut attempt: u32 = 0;
-        let mut last_error: Option<String> = None;
-        let mut next_age_check = Instant::now();
+        let mut backoff = Backoff::new(self.cfg.reconnect_min, self.cfg.reconnect_max);
+        let mut across = Across {
+            last_error: None,
+            next_age_check: Instant::now(),
+            suspects: Suspects::default(),
+        };
         loop {
-            if Instant::now() >= next_age_check {
+            if Instant::now() >= across.next_age_check {
                 self.enforce_age();
-                next_age_check = Instant::now() + Duration::from_secs(60);
+                across.next_age_check = Instant::now() + self.age_check_interval();
             }
+            let mut outcome = Outcome::default();
             let end = self
                 .session(
                     &shutdown,
                     &results_tx,
                     &mut results_rx,
-                    &mut attempt,
-                    &mut last_error,
+                    &mut across,
+                    &mut outcome,
                 )
                 .await;
             self.m.connected.set(0);
+            if matches!(end, End::Lost(_)) && self.judge(&mut across.suspects, &outcome) {
+                outcome.progress = true;
+            }
+            if outcome.progress || outcome.lasted >= STABLE_SESSION {
+                backoff.reset();
+            }
             match end {
                 End::Shutdown | End::Drained => return,
                 End::Lost(e) => {
                     self.m.reconnects.inc();
                     let target = format!("{}:{}", self.cfg.connect.host, self.cfg.connect.port);
-                    if last_error.as_deref() != Some(e.as_str()) {
+                    if across.last_error.as_deref() != Some(e.as_str()) {
                         tracing::warn!(broker = %target, "mqtt: {e}; buffering in the outbox and retrying");
                     } else {
                         tracing::debug!(broker = %target, "mqtt: {e}");
                     }
-                    last_error = Some(e);
+                    across.last_error = Some(e);
                 }
             }
-            let delay = backoff(self.cfg.reconnect_min, self.cfg.reconnect_max, attempt);
-            attempt = attempt.saturating_add(1);
+            let delay = backoff.next_delay();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
@@ -180,12 +272,73 @@ impl Forwarder {
         }
     }
 
-    fn enforce_age(&self) {
+    /// How often rows past `max_age` are looked for: a quarter of it, 1 s to 60 s.
+    fn age_check_interval(&self) -> Duration {
+        (self.cfg.max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
+    /// Drops rows past `max_age`; returns how many went.
+    fn enforce_age(&self) -> u64 {
         let now = Timestamp::now().as_nanos();
         match blocking(|| lock(&self.outbox).enforce_age(now)) {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(dropped = n, "outbox: dropped rows older than max_age"),
-            Err(e) => tracing::error!("outbox: age check failed: {e}"),
+            Ok(0) => 0,
+            Ok(n) => {
+                tracing::warn!(dropped = n, "outbox: dropped rows older than max_age");
+                n
+            }
+            Err(e) => {
+                tracing::error!("outbox: age check failed: {e}");
+                0
+            }
+        }
+    }
+
+    /// After a lost connection: strike the probed row if its publish was followed by the loss,
+    /// quarantine it after [`QUARANTINE_AFTER`] strikes, or start probing the oldest unresolved
+    /// row. Returns whether a row was quarantined (progress).
+    fn judge(&self, suspects: &mut Suspects, outcome: &Outcome) -> bool {
+        match suspects.probe {
+            Some(row) if outcome.unresolved.contains(&row) => {
+                let struck = outcome
+                    .probe_sent
+                    .is_some_and(|t| t.elapsed() <= STRIKE_WINDOW);
+                if !struck {
+                    return false;
+                }
+                let n = suspects.strikes.entry(row).or_insert(0);
+                *n += 1;
+                let n = *n;
+                if n < QUARANTINE_AFTER {
+                    tracing::warn!(
+                        row,
+                        strikes = n,
+                        "mqtt: the connection ended right after this row was published"
+                    );
+                    return false;
+                }
+                suspects.strikes.remove(&row);
+                suspects.probe = None;
+                let reason = format!(
+                    "its publish ended the connection {n} times in a row (the broker closes it \
+                     instead of accepting the message)"
+                );
+                tracing::error!(row, "mqtt: {reason}; setting it aside as a dead letter");
+                match blocking(|| lock(&self.outbox).dead_letter(&[(row, reason)])) {
+                    Ok(_) => {
+                        self.m.quarantined.inc();
+                        self.m.rejected.inc();
+                    }
+                    Err(e) => tracing::error!("outbox: could not set row {row} aside: {e}"),
+                }
+                true
+            }
+            // Probing, but the connection ended before the probed row went out: keep probing it.
+            Some(_) if outcome.unresolved.is_empty() => false,
+            // Nothing probed (or the probed row is gone): probe the oldest row left, if any.
+            _ => {
+                suspects.probe = outcome.unresolved.first().copied();
+                false
+            }
         }
     }
 
@@ -212,8 +365,11 @@ impl Forwarder {
                     .map(|t| (now - t).max(0) / 1_000_000_000)
                     .unwrap_or(0);
                 self.m.outbox_oldest_age_s.set(age);
-                self.m.dropped_space.set(s.dropped_for_space_total as i64);
-                self.m.dropped_age.set(s.dropped_for_age_total as i64);
+                raise_to(&self.m.dropped_space, s.dropped_for_space_total);
+                raise_to(&self.m.dropped_age, s.dropped_for_age_total);
+                self.m
+                    .dead_letters
+                    .set(i64::try_from(s.dead_letter_rows).unwrap_or(i64::MAX));
                 if let Some(b) = fs_available {
                     self.m
                         .fs_available
@@ -228,6 +384,7 @@ impl Forwarder {
                         "oldest_age_s": age,
                         "dropped_for_space_total": s.dropped_for_space_total,
                         "dropped_for_age_total": s.dropped_for_age_total,
+                        "dead_letter_rows": s.dead_letter_rows,
                         "fs_available_bytes": fs_available,
                     }),
                 );
@@ -254,9 +411,14 @@ impl Forwarder {
         shutdown: &CancellationToken,
         results_tx: &mpsc::Sender<Outgoing>,
         results_rx: &mut mpsc::Receiver<Outgoing>,
-        attempt: &mut u32,
-        last_error: &mut Option<String>,
+        across: &mut Across,
+        outcome: &mut Outcome,
     ) -> End {
+        let Across {
+            last_error,
+            next_age_check,
+            suspects,
+        } = across;
         let max_inflight = self.cfg.connect.max_inflight as usize;
         let status_topic = format!("{}/status", self.cfg.prefix);
         let metrics_topic = format!("{}/status/metrics", self.cfg.prefix);
@@ -271,7 +433,7 @@ impl Forwarder {
             Ok(other) => return End::Lost(format!("unexpected first event {other:?}")),
             Err(e) => return End::Lost(e),
         }
-        *attempt = 0;
+        let connected_at = Instant::now();
         if last_error.take().is_some() {
             tracing::info!(broker = %format!("{}:{}", self.cfg.connect.host, self.cfg.connect.port), "mqtt: connected again");
         } else {
@@ -279,12 +441,13 @@ impl Forwarder {
         }
         self.m.connected.set(1);
 
-        // `None` stands for a message that is not an outbox row (status, command results).
-        let mut order: VecDeque<Option<i64>> = VecDeque::new();
-        let mut inflight: HashMap<u16, i64> = HashMap::new();
+        let mut inflight = Inflight::new();
         let mut buffer: VecDeque<StoredMessage> = VecDeque::new();
         let mut cursor: i64 = 0;
-        let mut acked: Vec<i64> = Vec::new();
+        // The last row handed to the client: the read cursor goes back here when the read-ahead
+        // buffer is discarded (rows in it may have been dropped for age).
+        let mut last_requested: i64 = 0;
+        let mut done = Done::default();
         let mut exhausted = false;
         let mut stopping: Option<Instant> = None;
 
@@ -292,34 +455,42 @@ impl Forwarder {
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_status = Instant::now() + self.cfg.status_interval;
 
-        let send_other = |s: &Session,
-                          order: &mut VecDeque<Option<i64>>,
-                          topic: &str,
-                          retain: bool,
-                          payload: Vec<u8>| {
-            match s.publish(topic, 1, retain, payload) {
-                Ok(()) => order.push_back(None),
-                Err(e) => tracing::warn!(topic, "mqtt: could not queue message: {e}"),
-            }
-        };
-        if self.cfg.commands {
-            // Device ids have one to four levels (`gh1/climate`): `<prefix>/<device…>/<point>/set`.
-            // Subscribed before `online` is published: the broker handles one connection's
-            // packets in order, so whoever sees `online` can send a command and it is heard.
-            for depth in 1..=4 {
-                let filter = format!("{}/{}+/set", self.cfg.prefix, "+/".repeat(depth));
-                if let Err(e) = s.subscribe(&filter) {
-                    tracing::warn!("mqtt: could not subscribe to {filter}: {e}");
+        let send_other =
+            |s: &Session, inflight: &mut Inflight, topic: &str, retain: bool, payload: Vec<u8>| {
+                match s.publish(topic, 1, retain, payload) {
+                    Ok(()) => inflight.request(None),
+                    Err(e) => tracing::warn!(topic, "mqtt: could not queue message: {e}"),
                 }
-            }
+            };
+        // One subscription per device with a writable point, whatever the depth of its id
+        // (`<prefix>/<device…>/+/set`); devices added at run time are subscribed when the registry
+        // announces them. Subscribed before `online` is published: the broker handles one
+        // connection's packets in order, so whoever sees `online` can send a command and it is
+        // heard.
+        let mut reg_changes = self.router.registry().changes();
+        let mut subscribed = std::collections::HashSet::new();
+        if self.cfg.commands {
+            self.subscribe_commands(&s, &mut subscribed);
         }
-        send_other(&s, &mut order, &status_topic, true, b"online".to_vec());
-        send_other(&s, &mut order, &metrics_topic, true, self.status_document());
+        send_other(&s, &mut inflight, &status_topic, true, b"online".to_vec());
+        send_other(
+            &s,
+            &mut inflight,
+            &metrics_topic,
+            true,
+            self.status_document(),
+        );
 
         let end = loop {
             // Fill the window from the outbox.
             let mut queue_full = false;
-            while stopping.is_none() && order.len() + inflight.len() < max_inflight {
+            // While probing, only the probed row goes out (nothing else in flight).
+            let window = if suspects.probe.is_some() {
+                1
+            } else {
+                max_inflight
+            };
+            while stopping.is_none() && inflight.len() < window {
                 if buffer.is_empty() {
                     if exhausted {
                         break;
@@ -342,18 +513,23 @@ impl Forwarder {
                     }
                 }
                 let Some(m) = buffer.pop_front() else { break };
+                last_requested = m.id;
                 match s.publish(&m.topic, m.qos, m.retain, m.payload) {
                     Ok(()) => {
-                        order.push_back(Some(m.id));
+                        inflight.request(Some(m.id));
                         self.m.published.inc();
                     }
                     Err(PublishError::InvalidTopic(t)) => {
                         tracing::error!(
                             row = m.id,
-                            "mqtt: cannot publish to invalid topic `{t}`; dropping the row"
+                            "mqtt: cannot publish to invalid topic `{t}`; setting the row aside \
+                             as a dead letter"
                         );
                         self.m.rejected.inc();
-                        acked.push(m.id);
+                        done.dead.push((m.id, format!("invalid topic `{t}`")));
+                        if suspects.probe.is_some_and(|p| m.id >= p) {
+                            suspects.probe = None;
+                        }
                     }
                     Err(PublishError::Full) => {
                         queue_full = true;
@@ -364,16 +540,11 @@ impl Forwarder {
             if queue_full {
                 break End::Lost("rumqttc request queue full".into());
             }
-            if acked.len() >= DELETE_BATCH {
-                self.delete(&mut acked);
+            if done.acked.len() >= DELETE_BATCH {
+                self.flush(&mut done, outcome);
             }
-            if self.cfg.exit_when_empty
-                && exhausted
-                && buffer.is_empty()
-                && order.is_empty()
-                && inflight.is_empty()
-            {
-                self.delete(&mut acked);
+            if self.cfg.exit_when_empty && exhausted && buffer.is_empty() && inflight.is_empty() {
+                self.flush(&mut done, outcome);
                 // Rows may have been committed since the last read.
                 exhausted = false;
                 if blocking(|| lock(&self.outbox).read_after(cursor, 1))
@@ -385,49 +556,63 @@ impl Forwarder {
                 continue;
             }
             if let Some(deadline) = stopping {
-                if inflight.is_empty() && order.is_empty() || Instant::now() >= deadline {
+                if inflight.is_empty() || Instant::now() >= deadline {
                     break End::Shutdown;
                 }
             }
-            let idle =
-                buffer.is_empty() && exhausted && order.len() + inflight.len() < max_inflight;
+            let idle = buffer.is_empty() && exhausted && inflight.len() < window;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if stopping.is_none() => {
                     stopping = Some(Instant::now() + SHUTDOWN_ACK_WAIT);
                 }
                 ev = s.poll() => match ev {
-                    Ok(ev) => self.on_event(ev, &mut order, &mut inflight, &mut acked, results_tx),
+                    Ok(ev) => self.on_event(ev, &mut inflight, &mut done, suspects, results_tx),
                     Err(e) => {
                         for ev in s.leftover() {
-                            self.on_event(ev, &mut order, &mut inflight, &mut acked, results_tx);
+                            self.on_event(ev, &mut inflight, &mut done, suspects, results_tx);
                         }
                         break End::Lost(format!("connection lost: {e}"));
                     }
                 },
                 Some((topic, payload)) = results_rx.recv() => {
-                    send_other(&s, &mut order, &topic, false, payload);
+                    send_other(&s, &mut inflight, &topic, false, payload);
+                }
+                Ok(()) = reg_changes.changed(), if self.cfg.commands => {
+                    self.subscribe_commands(&s, &mut subscribed);
                 }
                 _ = self.wake.notified(), if idle => {
                     exhausted = false;
                 }
                 _ = housekeeping.tick() => {
-                    self.delete(&mut acked);
+                    self.flush(&mut done, outcome);
                     // New rows may have arrived without a wake-up reaching us (a wake is one permit).
                     if buffer.is_empty() { exhausted = false; }
+                    if Instant::now() >= *next_age_check {
+                        *next_age_check = Instant::now() + self.age_check_interval();
+                        if self.enforce_age() > 0 {
+                            // The read-ahead may hold rows that are gone now: read again.
+                            buffer.clear();
+                            cursor = last_requested;
+                            exhausted = false;
+                        }
+                    }
                     if Instant::now() >= next_status {
                         next_status = Instant::now() + self.cfg.status_interval;
                         let doc = self.status_document();
-                        send_other(&s, &mut order, &metrics_topic, true, doc);
+                        send_other(&s, &mut inflight, &metrics_topic, true, doc);
                     }
                 }
             }
         };
-        self.delete(&mut acked);
+        self.flush(&mut done, outcome);
+        outcome.lasted = connected_at.elapsed();
+        outcome.probe_sent = done.probe_sent;
+        outcome.unresolved = inflight.clear();
         if matches!(end, End::Shutdown | End::Drained) {
             // A clean goodbye: the retained status says offline (the will only fires on a lost
             // connection), then DISCONNECT.
-            send_other(&s, &mut order, &status_topic, true, b"offline".to_vec());
+            send_other(&s, &mut inflight, &status_topic, true, b"offline".to_vec());
             s.disconnect();
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
                 while s.poll().await.is_ok() {}
@@ -437,56 +622,116 @@ impl Forwarder {
         end
     }
 
-    /// Match an event to outbox rows: `Sent(pkid)` to the next handed-over message, `Acked(pkid)`
-    /// to its row.
+    /// Feed a client event to the in-flight tracker and act on what it resolved.
     fn on_event(
         &self,
         ev: Ev,
-        order: &mut VecDeque<Option<i64>>,
-        inflight: &mut HashMap<u16, i64>,
-        acked: &mut Vec<i64>,
+        inflight: &mut Inflight,
+        done: &mut Done,
+        suspects: &mut Suspects,
         results_tx: &mpsc::Sender<Outgoing>,
     ) {
-        match ev {
-            Ev::Sent(pkid) => match order.pop_front() {
-                Some(Some(id)) if pkid == 0 => {
-                    acked.push(id);
+        let resolved = match ev {
+            Ev::Sent(pkid) => match inflight.sent(pkid) {
+                Sent::Delivered(id) => {
                     self.m.acked.inc();
+                    done.acked.push(id);
+                    Some(id)
                 }
-                Some(Some(id)) => {
-                    inflight.insert(pkid, id);
-                }
-                Some(None) => {}
-                None => tracing::warn!(pkid, "mqtt: publish event without a queued message"),
-            },
-            Ev::Acked(pkid, r) => {
-                if let Some(id) = inflight.remove(&pkid) {
-                    if let Err(reason) = r {
-                        self.m.rejected.inc();
-                        tracing::error!(
-                            row = id,
-                            "mqtt: broker refused the message ({reason}); dropping it"
-                        );
-                    } else {
-                        self.m.acked.inc();
+                Sent::Awaiting(id) => {
+                    if suspects.probe == Some(id) {
+                        done.probe_sent = Some(Instant::now());
                     }
-                    acked.push(id);
+                    None
                 }
+                Sent::Reused { previous, .. } => {
+                    tracing::warn!(
+                        pkid,
+                        row = previous,
+                        "mqtt: packet id reused while awaiting its ack; the row is sent again later"
+                    );
+                    None
+                }
+                Sent::NotARow => None,
+                Sent::Unmatched => {
+                    tracing::warn!(pkid, "mqtt: publish event without a queued message");
+                    None
+                }
+            },
+            Ev::Acked(pkid, r) => match inflight.acked(pkid, r) {
+                Ack::Delivered(id) => {
+                    self.m.acked.inc();
+                    done.acked.push(id);
+                    Some(id)
+                }
+                Ack::Refused(id, reason) => {
+                    self.m.rejected.inc();
+                    tracing::error!(
+                        row = id,
+                        "mqtt: broker refused the message ({reason}); setting it aside as a dead \
+                         letter"
+                    );
+                    done.dead
+                        .push((id, format!("refused by the broker: {reason}")));
+                    Some(id)
+                }
+                Ack::NotARow | Ack::Unknown => None,
+            },
+            Ev::Message { topic, payload } => {
+                self.on_command(&topic, &payload, results_tx);
+                None
             }
-            Ev::Message { topic, payload } => self.on_command(&topic, &payload, results_tx),
-            Ev::Connected | Ev::Other => {}
+            Ev::Connected | Ev::Other => None,
+        };
+        if let Some(id) = resolved {
+            suspects.strikes.remove(&id);
+            // Rows go out in id order from the oldest: a row at or past the probed one resolved
+            // means the probed row is resolved or gone (dropped for age).
+            if suspects.probe.is_some_and(|p| id >= p) {
+                suspects.probe = None;
+                done.probe_sent = None;
+            }
         }
     }
 
-    fn delete(&self, acked: &mut Vec<i64>) {
-        if acked.is_empty() {
-            return;
+    /// Delete the acknowledged rows and set the refused ones aside, each in one transaction.
+    fn flush(&self, done: &mut Done, outcome: &mut Outcome) {
+        if !done.acked.is_empty() {
+            outcome.progress = true;
+            if let Err(e) = blocking(|| lock(&self.outbox).delete(&done.acked)) {
+                // Rows stay and are sent again later: a duplicate, never a loss.
+                tracing::error!("outbox: delete of acknowledged rows failed: {e}");
+            }
+            done.acked.clear();
         }
-        if let Err(e) = blocking(|| lock(&self.outbox).delete(acked)) {
-            // Rows stay and are sent again later: a duplicate, never a loss.
-            tracing::error!("outbox: delete of acknowledged rows failed: {e}");
+        if !done.dead.is_empty() {
+            outcome.progress = true;
+            if let Err(e) = blocking(|| lock(&self.outbox).dead_letter(&done.dead)) {
+                // They stay in the outbox and are offered to the broker again.
+                tracing::error!("outbox: could not set refused rows aside: {e}");
+            }
+            done.dead.clear();
         }
-        acked.clear();
+    }
+
+    /// Subscribe `<prefix>/<device>/+/set` for every commandable device not subscribed yet.
+    fn subscribe_commands(
+        &self,
+        s: &Session,
+        subscribed: &mut std::collections::HashSet<weir_core::DeviceId>,
+    ) {
+        for d in self.router.registry().commandable() {
+            if subscribed.contains(&d) {
+                continue;
+            }
+            let filter = format!("{}/{}/+/set", self.cfg.prefix, d);
+            match s.subscribe(&filter) {
+                Ok(()) => {
+                    subscribed.insert(d);
+                }
+                Err(e) => tracing::warn!("mqtt: could not subscribe to {filter}: {e}"),
+            }
+        }
     }
 
     fn on_command(&self, topic: &str, payload: &[u8], results: &mpsc::Sender<Outgoing>) {
@@ -574,12 +819,10 @@ pub fn parse_command_value(payload: &[u8]) -> Result<Value, String> {
     }
 }
 
-/// Jittered exponential backoff: a delay drawn from [d/2, d] with d = min(max, min·2^attempt).
+/// Jittered exponential backoff: a delay drawn from [d/2, d] with d = min(max, min·2^attempt),
+/// never above `max`. A thin wrapper over [`weir_core::Backoff::delay`], kept for callers.
 pub fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
-    let d = min.saturating_mul(1u32 << attempt.min(16)).min(max);
-    let lo = d / 2;
-    let ms = rand::rng().random_range(lo.as_millis() as u64..=d.as_millis().max(1) as u64);
-    Duration::from_millis(ms)
+    Backoff::delay(min, max, attempt)
 }
 
 #[cfg(test)]
@@ -610,5 +853,85 @@ mod tests {
             let cap = (min * (1 << a.min(16))).min(max);
             assert!(d >= cap / 2 && d <= cap, "attempt {a}: {d:?} vs {cap:?}");
         }
+        // Below a millisecond the old formula waited 1 ms, above the configured max.
+        let tiny = Duration::from_micros(300);
+        for a in 0..5 {
+            assert!(backoff(tiny, tiny, a) <= tiny);
+        }
+    }
+
+    #[test]
+    fn dropped_totals_are_counters_that_follow_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = weir_store::Limits {
+            max_bytes: 200,
+            max_age: Duration::from_secs(3600),
+            synchronous_full: false,
+            min_free_bytes: 0,
+        };
+        let outbox = Arc::new(Mutex::new(
+            Outbox::open(&dir.path().join("o.db"), limits).unwrap(),
+        ));
+        let metrics = Metrics::new();
+        let cfg = ForwarderConfig {
+            connect: ConnectOptions {
+                host: "127.0.0.1".into(),
+                port: 1,
+                client_id: "t".into(),
+                v5: false,
+                keepalive: Duration::from_secs(30),
+                connect_timeout: Duration::from_secs(1),
+                credentials: None,
+                tls: None,
+                max_inflight: 10,
+                will: ("t/status".into(), b"offline".to_vec()),
+                max_packet_bytes: 1 << 20,
+            },
+            prefix: "t".into(),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(1),
+            commands: false,
+            status_interval: Duration::from_secs(1),
+            max_age: Duration::from_secs(3600),
+            exit_when_empty: false,
+        };
+        let f = Forwarder::new(
+            cfg,
+            outbox.clone(),
+            Arc::new(Notify::new()),
+            CommandRouter::new(),
+            metrics.clone(),
+        );
+        let append = |n: usize| {
+            lock(&outbox)
+                .append(|_| {
+                    (0..n)
+                        .map(|_| weir_store::NewMessage {
+                            topic: "t".into(),
+                            payload: vec![0; 50],
+                            qos: 1,
+                            retain: false,
+                        })
+                        .collect()
+                })
+                .unwrap()
+        };
+        append(5); // 5 × 83 bytes against 200: 3 dropped
+        f.status_document();
+        let text = metrics.render_prometheus();
+        assert!(
+            text.contains("# TYPE weir_outbox_dropped_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_outbox_dropped_total{reason=\"space\"} 3"),
+            "{text}"
+        );
+        append(1);
+        f.status_document();
+        f.status_document();
+        assert!(metrics
+            .render_prometheus()
+            .contains("weir_outbox_dropped_total{reason=\"space\"} 4"));
     }
 }
