@@ -273,12 +273,9 @@ impl DeviceClient {
         res.chain(pend).min().unwrap_or(far).min(far)
     }
 
+    /// Jittered exponential from `ack_timeout`, never above `backoff_max` ([`weir_core::Backoff`]).
     fn backoff(&self) -> Duration {
-        let exp = self
-            .ack_timeout
-            .saturating_mul(2u32.saturating_pow(self.failures.min(20)));
-        let jitter = 0.75 + rand::random::<f64>() * 0.5;
-        exp.min(self.backoff_max).mul_f64(jitter)
+        weir_core::Backoff::delay(self.ack_timeout, self.backoff_max, self.failures)
     }
 
     fn fresh_token(&mut self) -> Vec<u8> {
