@@ -115,3 +115,78 @@ fn version_is_printed() {
     assert_eq!(code, 0);
     assert!(out.starts_with("weir "), "{out}");
 }
+
+/// `weir check` reports every mistake of a section, not serde's first: five mistakes in three
+/// sections, five errors, each with file:line and YAML path.
+#[test]
+fn check_reports_every_mistake_of_a_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("five.yaml");
+    std::fs::write(
+        &cfg,
+        "gateway:\n  id: gh\nmqtt:\n  port: \"1883x\"\n  keepalive_secs: 30\n  qos: 2\nstore:\n  synchronous: fast\nmetrics:\n  listen: nowhere\n",
+    )
+    .unwrap();
+    let f = cfg.to_str().unwrap();
+    let (code, out, err) = weir(&["check", "-c", f], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("{f}: 5 errors in the configuration")),
+        "{err}"
+    );
+    for want in [
+        ":4: mqtt.port: invalid type: string \"1883x\", expected u16",
+        ":5: mqtt.keepalive_secs: unknown field `keepalive_secs`",
+        ":6: mqtt.qos: 2 is not supported",
+        ":8: store.synchronous: unknown variant `fast`",
+        ":10: metrics.listen: invalid socket address syntax",
+    ] {
+        assert!(
+            err.contains(&format!("{f}{want}")),
+            "missing {want:?} in\n{err}"
+        );
+    }
+}
+
+/// A password from the environment stays text whatever it looks like, and a value from the
+/// environment never appears in `weir check`'s output, even where it does not fit.
+#[test]
+fn check_keeps_substituted_secrets_text_and_never_prints_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_str().unwrap();
+    let ok = dir.path().join("ok.yaml");
+    std::fs::write(
+        &ok,
+        "gateway:\n  id: gh\n  state_dir: ${WEIR_STATE_DIR}\nmqtt:\n  port: ${WEIR_MQTT_PORT:-}\n  username: u\n  password: ${WEIR_MQTT_PASSWORD}\nsources:\n  - sim: {}\n",
+    )
+    .unwrap();
+    for pw in ["123456", "true", "0042"] {
+        let (code, out, err) = weir(
+            &["check", "-c", ok.to_str().unwrap()],
+            &[("WEIR_MQTT_PASSWORD", pw), ("WEIR_STATE_DIR", state)],
+        );
+        assert_eq!(code, 0, "password {pw}: {out}{err}");
+    }
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "gateway:\n  id: gh\nmqtt:\n  port: ${WEIR_MQTT_PASSWORD}\n  username: u\n  password: 987654321\n",
+    )
+    .unwrap();
+    let (code, out, err) = weir(
+        &["check", "-c", bad.to_str().unwrap()],
+        &[("WEIR_MQTT_PASSWORD", "0042424242")],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(":4: mqtt.port: the value of `${WEIR_MQTT_PASSWORD}` does not fit here"),
+        "{err}"
+    );
+    assert!(
+        err.contains(":6: mqtt.password: a secret must be a string"),
+        "{err}"
+    );
+    for secret in ["42424242", "987654321"] {
+        assert!(!out.contains(secret) && !err.contains(secret), "{out}{err}");
+    }
+}
