@@ -22,6 +22,7 @@ mod backoff;
 mod bus;
 mod command;
 mod event;
+mod fanout;
 mod metrics;
 mod reading;
 mod registry;
@@ -33,6 +34,7 @@ pub use command::{
     Command, CommandError, CommandInbox, CommandOrigin, CommandOutcome, CommandRouter, DeviceInfo,
 };
 pub use event::{events, Alert, CommandResult, Event, EventReceiver, EventSender};
+pub use fanout::{CommandFanout, FanoutError};
 pub use metrics::{Counter, Gauge, Metrics};
 pub use reading::{Batch, DeviceId, PointId, Quality, Reading, Timestamp, Value};
 pub use registry::{

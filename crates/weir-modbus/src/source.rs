@@ -5,7 +5,10 @@
 //! Each line task owns its transport and keeps, per device, the next due time of every planned
 //! request. It repeatedly takes the earliest due request, runs it (waiting at most the response
 //! timeout), and reschedules it one interval later, keeping its phase (missed periods are skipped,
-//! not caught up in a burst). Commands for the line's devices are taken between transactions.
+//! not caught up in a burst). Commands for the line's devices are taken between transactions:
+//! the source's one command inbox is fanned out to one bounded queue per line
+//! ([`weir_core::CommandFanout`]), so a full or stopped line answers `busy` / not served at once
+//! and never holds up the commands of the other lines.
 //!
 //! # Fault isolation
 //!
@@ -33,7 +36,6 @@
 //! `weir_modbus_line_*`, per line; per line also `weir_modbus_line_garbage_bytes_total` and
 //! `weir_modbus_line_reconnects_total`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,9 +45,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use weir_core::{
-    BuildError, BusSender, CancellationToken, Command, Counter, DeviceId, DeviceInfo, DeviceSpec,
-    Gauge, Metrics, PointId, PointSpec, Quality, Reading, Source, SourceBuilder, SourceContext,
-    SourceError, Timestamp, Value, ValueType,
+    BuildError, BusSender, CancellationToken, Command, CommandFanout, Counter, DeviceId,
+    DeviceInfo, DeviceSpec, Gauge, Metrics, PointId, PointSpec, Quality, Reading, Source,
+    SourceBuilder, SourceContext, SourceError, Timestamp, Value, ValueType,
 };
 
 use crate::config::{Device, Framing, Line, LineKind, Point, Resolved};
@@ -153,13 +155,10 @@ pub struct ModbusSource {
 impl Source for ModbusSource {
     async fn run(&mut self, ctx: SourceContext) -> Result<(), SourceError> {
         let mut tasks = JoinSet::new();
-        let mut route: HashMap<Arc<str>, mpsc::Sender<Command>> = HashMap::new();
+        let mut fanout = CommandFanout::new(&self.name);
         let stop = ctx.shutdown.child_token();
         for line in &self.resolved.lines {
-            let (tx, rx) = mpsc::channel(16);
-            for d in &line.devices {
-                route.insert(d.id.clone(), tx.clone());
-            }
+            let rx = fanout.add_queue(line.devices.iter().map(|d| DeviceId::new(&d.id)), 16);
             let task = LineTask::new(
                 line.clone(),
                 self.name.clone(),
@@ -186,13 +185,8 @@ impl Source for ModbusSource {
                 // A closed inbox (no router) would be ready forever: stop polling it.
                 cmd = ctx.commands.recv(), if commands_open => {
                     let Some(cmd) = cmd else { commands_open = false; continue };
-                    match route.get(cmd.device.as_str()) {
-                        None => { let _ = cmd.reply.send(Err(format!("no modbus device `{}`", cmd.device))); }
-                        Some(tx) => if let Err(e) = tx.try_send(cmd) {
-                            let cmd = match e { mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c };
-                            let _ = cmd.reply.send(Err("busy: the line's command queue is full".into()));
-                        }
-                    }
+                    // Answered here when it cannot be handed to its line (unknown, busy, gone).
+                    let _ = fanout.route(cmd);
                 }
             }
         };
