@@ -147,10 +147,10 @@ impl Diagnostics {
     /// Deserialize `value` (found at `path`) into `T`, recording every error on failure.
     ///
     /// serde stops at the first error, so after each one the offending key is removed (for a
-    /// missing field: the mapping that lacks it) and the value is read again, until it reads or
-    /// the error cannot be stepped over (the section itself, a sequence item). A "missing field"
-    /// caused by such a removal is not reported twice. Returns `Some` only when the value read
-    /// without any error.
+    /// missing field: the mapping that lacks it; for a bad list item: the item) and the value is
+    /// read again, until it reads or the error is the section's own. Later errors keep their
+    /// paths in the file's coordinates. A "missing field" caused by such a removal is not
+    /// reported twice. Returns `Some` only when the value read without any error.
     ///
     /// Values that came from `${VAR}` are read as numbers or booleans where the field is one, as
     /// text everywhere else, and their errors never show them (see [`crate::de`]).
@@ -174,6 +174,9 @@ impl Diagnostics {
         path: &str,
     ) -> Option<Partial<T>> {
         let mut skipped: Vec<String> = Vec::new();
+        // Sequence items removed so far: the sequence's original path → original indices, so
+        // that errors in later items keep their place in the file.
+        let mut dropped: HashMap<String, Vec<usize>> = HashMap::new();
         for _ in 0..MAX_ERRORS_PER_PARSE {
             let node = Node::new(value.clone(), path, &self.substituted);
             let e = match serde_path_to_error::deserialize::<_, T>(node) {
@@ -181,30 +184,22 @@ impl Diagnostics {
                 Err(e) => e,
             };
             let segments: Vec<Segment> = e.path().iter().cloned().collect();
-            let inner = e.path().to_string();
-            let full = if inner == "." || inner.is_empty() {
-                path.to_string()
-            } else {
-                join(path, &inner)
-            };
+            let (full, item) = original_path(path, &segments, &dropped);
             let mut message = e.into_inner().to_string();
-            if let Some(field) = missing_field(&message) {
-                let at = join(&full, field);
-                if skipped.contains(&at) {
-                    // A consequence of an earlier removal: step over the mapping silently.
-                    if !remove(&mut value, &segments) {
-                        return None;
-                    }
-                    skipped.push(full);
-                    continue;
-                }
-                if let Some(vars) = self.substituted.get(&at) {
-                    message = format!("{message} ({vars} is empty, which counts as not given)");
-                }
+            let missing = missing_field(&message).map(|field| join(&full, field));
+            let consequence = missing.as_ref().is_some_and(|at| skipped.contains(at));
+            if let Some(vars) = missing.and_then(|at| self.substituted.get(&at)) {
+                message = format!("{message} ({vars} is empty, which counts as not given)");
             }
-            self.error(&full, message);
+            // A missing field caused by an earlier removal is stepped over silently.
+            if !consequence {
+                self.error(&full, message);
+            }
             if !remove(&mut value, &segments) {
                 return None;
+            }
+            if let Some((seq, index)) = item {
+                dropped.entry(seq).or_default().push(index);
             }
             skipped.push(full);
         }
@@ -230,10 +225,45 @@ fn missing_field(message: &str) -> Option<&str> {
     message.strip_prefix("missing field `")?.split('`').next()
 }
 
-/// Remove the mapping entry at `segments` (relative to `root`); false when the path does not end
-/// in a mapping key (the root itself, a sequence item) or is not there.
+/// The full YAML path of `segments` (relative to `base`, in the current value) in the file's
+/// coordinates, given the sequence items `dropped` so far; and, when it names a sequence item,
+/// that sequence's path and the item's original index.
+fn original_path(
+    base: &str,
+    segments: &[Segment],
+    dropped: &HashMap<String, Vec<usize>>,
+) -> (String, Option<(String, usize)>) {
+    let mut p = base.to_string();
+    let mut item = None;
+    for s in segments {
+        item = None;
+        match s {
+            Segment::Seq { index } => {
+                let mut i = *index;
+                if let Some(gone) = dropped.get(&p) {
+                    let mut gone = gone.clone();
+                    gone.sort_unstable();
+                    for g in gone {
+                        if g <= i {
+                            i += 1;
+                        }
+                    }
+                }
+                item = Some((p.clone(), i));
+                p = format!("{p}[{i}]");
+            }
+            Segment::Map { key } => p = join(&p, key),
+            Segment::Enum { variant } => p = join(&p, variant),
+            Segment::Unknown => p = join(&p, "?"),
+        }
+    }
+    (p, item)
+}
+
+/// Remove the mapping entry or sequence item at `segments` (relative to `root`); false when the
+/// path is the root itself or is not there.
 fn remove(root: &mut serde_yaml::Value, segments: &[Segment]) -> bool {
-    let Some((Segment::Map { key }, parents)) = segments.split_last() else {
+    let Some((last, parents)) = segments.split_last() else {
         return false;
     };
     let mut v = root;
@@ -252,8 +282,12 @@ fn remove(root: &mut serde_yaml::Value, segments: &[Segment]) -> bool {
             None => return false,
         }
     }
-    match v {
-        serde_yaml::Value::Mapping(m) => m.remove(key.as_str()).is_some(),
+    match (last, v) {
+        (Segment::Map { key }, serde_yaml::Value::Mapping(m)) => m.remove(key.as_str()).is_some(),
+        (Segment::Seq { index }, serde_yaml::Value::Sequence(q)) if *index < q.len() => {
+            q.remove(*index);
+            true
+        }
         _ => false,
     }
 }

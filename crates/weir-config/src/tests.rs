@@ -353,3 +353,49 @@ fn a_removed_required_key_is_not_reported_twice() {
     assert!(!s.contains("missing field"), "{s}");
     assert_eq!(e.errors.len(), 3, "{s}");
 }
+
+/// Adapters parse their sections through the same collector: every bad list item is reported
+/// at its own index and line, even after earlier items were dropped.
+#[test]
+fn every_bad_list_item_is_reported_in_place() {
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Point {
+        name: String,
+        #[serde(default)]
+        scale: f64,
+    }
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Device {
+        points: Vec<Point>,
+    }
+    let text = "\
+dev:
+  points:
+    - {name: a, scale: x}
+    - {scale: 1}
+    - 3
+    - {name: d, sclae: 1}
+    - {name: e}
+    - name: f
+      scale: [1]
+";
+    let root: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
+    let mut d = Diagnostics::new(Path::new("gw.yaml"), PathIndex::build(text));
+    assert!(d.parse::<Device>(root["dev"].clone(), "dev").is_none());
+    let e = d.finish().unwrap_err();
+    let s = e.to_string();
+    for want in [
+        "gw.yaml:3: dev.points[0].scale: invalid type: string \"x\", expected f64",
+        "gw.yaml:4: dev.points[1]: missing field `name`",
+        "gw.yaml:5: dev.points[2]: invalid type: integer `3`",
+        "gw.yaml:6: dev.points[3].sclae: unknown field `sclae`",
+        "gw.yaml:9: dev.points[5].scale: invalid type: sequence, expected f64",
+    ] {
+        assert!(s.contains(want), "missing {want:?} in\n{s}");
+    }
+    assert_eq!(e.errors.len(), 5, "{s}");
+}
