@@ -118,8 +118,12 @@ pub struct MqttSection {
     /// `"3.1.1"` (default) or `"5"`.
     #[serde(default)]
     pub protocol: MqttProtocol,
+    /// Seconds between pings when nothing else is sent; the broker drops the client after 1.5×
+    /// this without traffic. 0: no keep alive (sent as 0 in CONNECT), else at least 5.
     #[serde(default = "default_keepalive_s")]
     pub keepalive_s: u64,
+    /// How long one connection attempt may take, TCP connect, TLS handshake and CONNACK
+    /// together, in milliseconds (at least 1).
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     pub username: Option<String>,
@@ -498,6 +502,12 @@ fn validate_mqtt(p: &Partial<MqttSection>, d: &mut Diagnostics) {
     }
     if m.keepalive_s != 0 && m.keepalive_s < 5 {
         d.error("mqtt.keepalive_s", "must be 0 (off) or at least 5");
+    }
+    if m.keepalive_s > u64::from(u16::MAX) {
+        d.error("mqtt.keepalive_s", "must be at most 65535 (MQTT's limit)");
+    }
+    if m.connect_timeout_ms == 0 {
+        d.error("mqtt.connect_timeout_ms", "must be at least 1");
     }
     if (m.reconnect_min_ms == 0 || m.reconnect_min_ms > m.reconnect_max_ms)
         && !p.skipped("mqtt.reconnect_min_ms")

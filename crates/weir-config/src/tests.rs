@@ -71,8 +71,17 @@ colour: blue
 
 #[test]
 fn range_checks_name_their_key() {
-    let text = "gateway:\n  id: 'gh 1'\nmqtt:\n  qos: 2\n  telemetry_topic: 'x/{device}'\n";
+    let text = "gateway:\n  id: 'gh 1'\nmqtt:\n  qos: 2\n  telemetry_topic: 'x/{device}'\n  keepalive_s: 65536\n  connect_timeout_ms: 0\n";
     let s = errors(text).to_string();
+    // rumqttc writes keep alive as `secs as u16`: 65536 would silently become 0 (off)
+    assert!(
+        s.contains("gw.yaml:6: mqtt.keepalive_s: must be at most 65535"),
+        "{s}"
+    );
+    assert!(
+        s.contains("gw.yaml:7: mqtt.connect_timeout_ms: must be at least 1"),
+        "{s}"
+    );
     assert!(s.contains("gw.yaml:2: gateway.id:"), "{s}");
     assert!(s.contains("gw.yaml:4: mqtt.qos: 2 is not supported"), "{s}");
     assert!(
