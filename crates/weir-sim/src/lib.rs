@@ -3,10 +3,22 @@
 //! Each greenhouse `gh<N>` has
 //! * `gh<N>/climate` — `temperature` (°C), `humidity` (%), `light` (lx), following a day/night curve
 //!   with noise;
-//! * `gh<N>/bed<M>` — `moisture` (%), drying slowly, raised while irrigation runs;
+//! * `gh<N>/bed<M>` — `moisture` (%), drying (faster in sunlight), raised while irrigation runs;
 //! * `gh<N>/actuators` — `vent` (bool), `irrigation` (bool), `shade` (0–100 %), all writable: a
 //!   command changes the simulated state (an open vent cools the air) and the new state is reported
 //!   as a reading.
+//!
+//! The model, in simulated time (a day lasts `day_length_s` of real time; the clock starts at
+//! `start_hour`, or follows the wall clock): `sun` = sin over the day, -1 at midnight, +1 at noon.
+//! * temperature = night + (noon − night)·(sun + 1)/2, minus [`VENT_COOLING_C`] while the vent is
+//!   open, minus [`SHADE_COOLING_C`]·shade/100, ± 0.2 noise;
+//! * light = 55,000 lx · max(sun, 0) · (1 − [`SHADE_LIGHT_CUT`]·shade/100), ± 50 noise;
+//! * moisture falls by `drying_pct_per_h` per simulated hour at noon (half of it at night) and
+//!   rises by `irrigation_pct_per_h` while irrigation runs, kept within 5–95 %, ± 0.3 noise.
+//!
+//! The effects are smaller than the greenhouse example's hysteresis bands (an open vent takes
+//! 1.5 °C off, the 24–26 °C band is 2 °C wide; a 60 % shade takes 30 % off the light, the
+//! 25,000–40,000 lx band is 37.5 % wide), so the rules do not chatter.
 //!
 //! Rate: every sensor point is reported once per `interval_ms`, or, when `readings_per_s` is set,
 //! points are reported round-robin at that total rate (the load generator). Readings leave in one
@@ -58,7 +70,32 @@ pub struct SimConfig {
     /// Greenhouse id prefix (`gh` → `gh1`, `gh2`, …).
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// Simulated time of day when the source starts, in hours (0 ≤ h < 24; `6.5` is 06:30).
+    /// Absent: the simulated day follows the wall clock (aligned to the Unix epoch).
+    pub start_hour: Option<f64>,
+    /// Air temperature at midnight with the vent closed and no shade.
+    #[serde(default = "default_night_temperature_c")]
+    pub night_temperature_c: f64,
+    /// Air temperature at noon with the vent closed and no shade.
+    #[serde(default = "default_noon_temperature_c")]
+    pub noon_temperature_c: f64,
+    /// Soil moisture of every bed at start.
+    #[serde(default = "default_start_moisture_pct")]
+    pub start_moisture_pct: f64,
+    /// Soil moisture lost per simulated hour at noon (half of it at night).
+    #[serde(default = "default_drying_pct_per_h")]
+    pub drying_pct_per_h: f64,
+    /// Soil moisture gained per simulated hour while irrigation runs.
+    #[serde(default = "default_irrigation_pct_per_h")]
+    pub irrigation_pct_per_h: f64,
 }
+
+/// Degrees an open vent takes off the air temperature.
+pub const VENT_COOLING_C: f64 = 1.5;
+/// Degrees a fully closed shade takes off the air temperature (proportional to the shade).
+pub const SHADE_COOLING_C: f64 = 2.0;
+/// Fraction of the light a fully closed shade cuts (proportional to the shade).
+pub const SHADE_LIGHT_CUT: f64 = 0.5;
 
 fn one() -> u32 {
     1
@@ -80,6 +117,21 @@ fn default_day_length_s() -> u64 {
 }
 fn default_prefix() -> String {
     "gh".into()
+}
+fn default_night_temperature_c() -> f64 {
+    11.0
+}
+fn default_noon_temperature_c() -> f64 {
+    25.0
+}
+fn default_start_moisture_pct() -> f64 {
+    45.0
+}
+fn default_drying_pct_per_h() -> f64 {
+    1.0
+}
+fn default_irrigation_pct_per_h() -> f64 {
+    20.0
 }
 
 impl SimConfig {
@@ -111,6 +163,36 @@ impl SimConfig {
                 "prefix",
                 "must be non-empty, without `/`, `+`, `#`".to_string(),
             ));
+        }
+        if let Some(h) = self.start_hour {
+            if !(0.0..24.0).contains(&h) {
+                e.push(("start_hour", format!("{h} must be 0 or more and below 24")));
+            }
+        }
+        for (key, v) in [
+            ("night_temperature_c", self.night_temperature_c),
+            ("noon_temperature_c", self.noon_temperature_c),
+        ] {
+            if !(-50.0..=80.0).contains(&v) {
+                e.push((key, format!("{v} must be -50 … 80")));
+            }
+        }
+        if self.night_temperature_c > self.noon_temperature_c {
+            e.push((
+                "noon_temperature_c",
+                "must not be below night_temperature_c".to_string(),
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.start_moisture_pct) {
+            e.push(("start_moisture_pct", "must be 0 … 100".to_string()));
+        }
+        for (key, v) in [
+            ("drying_pct_per_h", self.drying_pct_per_h),
+            ("irrigation_pct_per_h", self.irrigation_pct_per_h),
+        ] {
+            if !(0.0..=1000.0).contains(&v) {
+                e.push((key, format!("{v} must be 0 … 1000")));
+            }
         }
         e
     }
@@ -170,6 +252,8 @@ struct GhState {
     irrigation: bool,
     shade: f64,
     moisture: Vec<f64>,
+    /// When each bed's moisture was last advanced (ns).
+    moisture_at: Vec<Option<i64>>,
 }
 
 /// The running simulator.
@@ -182,6 +266,8 @@ pub struct Greenhouse {
     rng: SmallRng,
     cursor: usize,
     produced: u64,
+    /// Time of the first sample (ns): the simulated clock's `start_hour`.
+    started_at: Option<i64>,
 }
 
 impl std::fmt::Debug for Greenhouse {
@@ -225,7 +311,8 @@ impl Greenhouse {
                 });
             }
             state.push(GhState {
-                moisture: vec![45.0; cfg.beds as usize],
+                moisture: vec![cfg.start_moisture_pct; cfg.beds as usize],
+                moisture_at: vec![None; cfg.beds as usize],
                 ..Default::default()
             });
             actuator_ids.push(DeviceId::from(format!("{}/actuators", cfg.gh(g))));
@@ -241,7 +328,20 @@ impl Greenhouse {
             rng: SmallRng::seed_from_u64(seed),
             cursor: 0,
             produced: 0,
+            started_at: None,
             cfg,
+        }
+    }
+
+    /// Fraction of the simulated day at `ts` (0 = midnight).
+    fn phase(&mut self, ts: i64) -> f64 {
+        let day = self.cfg.day_length_s as f64 * 1e9;
+        match self.cfg.start_hour {
+            None => (ts as f64 % day) / day,
+            Some(h) => {
+                let t0 = *self.started_at.get_or_insert(ts);
+                (h / 24.0 + (ts - t0) as f64 / day).rem_euclid(1.0)
+            }
         }
     }
 
@@ -253,29 +353,35 @@ impl Greenhouse {
     }
 
     fn sample(&mut self, i: usize, ts: Timestamp) -> Reading {
-        let day = self.cfg.day_length_s as f64 * 1e9;
-        let phase = (ts.as_nanos() as f64 % day) / day; // 0 = midnight
+        let phase = self.phase(ts.as_nanos()); // 0 = midnight
         let sun = (2.0 * PI * (phase - 0.25)).sin(); // -1 at midnight, +1 at noon
+                                                     // Simulated hours per real nanosecond.
+        let sim_h_per_ns = 24.0 / (self.cfg.day_length_s as f64 * 1e9);
+        let (night, noon) = (self.cfg.night_temperature_c, self.cfg.noon_temperature_c);
+        let (drying, irrigation) = (self.cfg.drying_pct_per_h, self.cfg.irrigation_pct_per_h);
         let p = &self.points[i];
         let st = &mut self.state[p.gh];
         let noise: f64 = self.rng.random_range(-1.0..1.0);
         let value = match p.kind {
             Kind::Temperature => {
-                let vent = if st.vent { -3.0 } else { 0.0 };
-                let shade = -2.0 * st.shade / 100.0;
-                18.0 + 7.0 * sun + vent + shade + 0.2 * noise
+                let vent = if st.vent { VENT_COOLING_C } else { 0.0 };
+                let shade = SHADE_COOLING_C * st.shade / 100.0;
+                night + (noon - night) * (sun + 1.0) / 2.0 - vent - shade + 0.2 * noise
             }
             Kind::Humidity => 70.0 - 12.0 * sun + if st.vent { -5.0 } else { 0.0 } + 0.5 * noise,
-            Kind::Light => {
-                (sun.max(0.0) * 55_000.0 * (1.0 - 0.7 * st.shade / 100.0) + 50.0 * noise).max(0.0)
-            }
+            Kind::Light => (sun.max(0.0) * 55_000.0 * (1.0 - SHADE_LIGHT_CUT * st.shade / 100.0)
+                + 50.0 * noise)
+                .max(0.0),
             Kind::Moisture(b) => {
+                let now = ts.as_nanos();
+                let hours =
+                    st.moisture_at[b].map_or(0.0, |t| (now - t).max(0) as f64 * sim_h_per_ns);
+                st.moisture_at[b] = Some(now);
                 let m = &mut st.moisture[b];
-                *m += if st.irrigation {
-                    0.5
-                } else {
-                    -0.01 - 0.01 * sun.max(0.0)
-                };
+                *m -= drying * (0.5 + 0.5 * sun.max(0.0)) * hours;
+                if st.irrigation {
+                    *m += irrigation * hours;
+                }
                 *m = m.clamp(5.0, 95.0);
                 *m + 0.3 * noise
             }
@@ -489,6 +595,45 @@ mod tests {
         task.await.unwrap().unwrap();
     }
 
+    /// The model the demo relies on: the day starts at `start_hour`, the temperature follows the
+    /// configured night/noon curve, an open vent cools by [`VENT_COOLING_C`], moisture dries and
+    /// irrigates per simulated hour.
+    #[test]
+    fn climate_follows_the_configured_day() {
+        let c = cfg("{beds: 1, day_length_s: 240, start_hour: 12, night_temperature_c: 10, noon_temperature_c: 30, start_moisture_pct: 40, drying_pct_per_h: 6, irrigation_pct_per_h: 16, seed: 4}");
+        let mut g = Greenhouse::new(c, "sim");
+        let t0 = 1_000_000_000_000_000_000i64; // any wall time: the clock starts at noon
+        let v = |g: &mut Greenhouse, i: usize, t: i64| {
+            g.sample(i, Timestamp(t)).value.as_f64().unwrap()
+        };
+        // points: 0 temperature, 1 humidity, 2 light, 3 bed1 moisture
+        let noon = v(&mut g, 0, t0);
+        assert!((noon - 30.0).abs() <= 0.2, "{noon}");
+        assert!(v(&mut g, 2, t0) > 50_000.0);
+        let m0 = v(&mut g, 3, t0);
+        assert!((m0 - 40.0).abs() <= 0.3, "{m0}");
+        // One simulated hour later (10 s of a 240 s day): 13:00, 6 %/h of drying near noon.
+        let h = 10 * 1_000_000_000;
+        let m1 = v(&mut g, 3, t0 + h);
+        assert!(
+            (m1 - (40.0 - 6.0 * (0.5 + 0.5 * (PI / 12.0).cos()))).abs() <= 0.6,
+            "{m1}"
+        );
+        // Vent open: 1.5 °C cooler; irrigation: +16 %/h.
+        g.state[0].vent = true;
+        g.state[0].irrigation = true;
+        let cooled = v(&mut g, 0, t0 + h);
+        let expect =
+            10.0 + 20.0 * ((2.0 * PI * (13.0 / 24.0 - 0.25)).sin() + 1.0) / 2.0 - VENT_COOLING_C;
+        assert!((cooled - expect).abs() <= 0.2, "{cooled} vs {expect}");
+        let m2 = v(&mut g, 3, t0 + 2 * h);
+        assert!(m2 > m1 + 8.0, "{m1} -> {m2}");
+        // Midnight, 12 simulated hours after the start: night temperature, no light.
+        let night = v(&mut g, 0, t0 + 12 * h);
+        assert!((night - (10.0 - VENT_COOLING_C)).abs() <= 0.2, "{night}");
+        assert!(v(&mut g, 2, t0 + 12 * h) <= 50.0, "dark but for the noise");
+    }
+
     #[test]
     fn validation_names_keys() {
         let c = cfg("{greenhouses: 0, readings_per_s: -1}");
@@ -496,5 +641,18 @@ mod tests {
         assert_eq!(e[0].0, "greenhouses");
         assert_eq!(e[1].0, "readings_per_s");
         assert!(c.build("x", &Metrics::new()).is_err());
+        let e = cfg("{start_hour: 24, night_temperature_c: 30, noon_temperature_c: 20, start_moisture_pct: 101, drying_pct_per_h: -1}").validate();
+        let keys: Vec<&str> = e.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            keys,
+            [
+                "start_hour",
+                "noon_temperature_c",
+                "start_moisture_pct",
+                "drying_pct_per_h"
+            ],
+            "{e:?}"
+        );
+        assert!(cfg("{start_hour: 6.5}").validate().is_empty());
     }
 }
