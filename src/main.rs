@@ -94,14 +94,21 @@ enum RulesCmd {
 
 #[derive(Subcommand, Debug)]
 enum BufferCmd {
-    /// Print the outbox's rows, bytes, oldest age and drop counts as JSON (safe while running).
+    /// Print the outbox's rows, bytes, oldest age, drop counts and dead letters (rows the broker
+    /// refused or that kept ending the connection) as JSON (safe while running).
     Stats {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Publish everything in the outbox to the configured broker and exit when it is empty
-    /// (with the daemon stopped).
+    /// Publish everything in the outbox to the configured broker and exit when it is empty.
+    /// Refused while `weir run` holds the outbox (they would fight over the MQTT session).
     Drain {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Move every dead letter back to the end of the outbox, to be sent again (after fixing
+    /// what made the broker refuse them, e.g. its ACL). Run it with the daemon stopped.
+    Requeue {
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -113,9 +120,12 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Under systemd, journald adds its own timestamps.
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    // Colours only on a terminal: a log file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false);
     // `init` also installs the `log` → `tracing` bridge, so rumqttc's records show up.
     if under_journald {
@@ -219,6 +229,15 @@ fn main() -> ExitCode {
                 Err(c) => return c,
             };
             report(runtime().and_then(|rt| rt.block_on(drain(loaded.cfg))))
+        }
+        Cmd::Buffer {
+            cmd: BufferCmd::Requeue { config },
+        } => {
+            let loaded = match load_for(&config, weir::Need::Store) {
+                Ok(l) => l,
+                Err(c) => return c,
+            };
+            report(requeue(&loaded.cfg))
         }
     }
 }
@@ -350,8 +369,32 @@ fn stats(cfg: &weir_config::GatewayConfig) -> anyhow::Result<()> {
         "dropped_for_space_total": s.dropped_for_space_total,
         "dropped_for_age_total": s.dropped_for_age_total,
         "fs_available_bytes": o.fs_available_bytes().ok(),
+        "dead_letter_rows": s.dead_letter_rows,
+        "dead_letter_bytes": s.dead_letter_bytes,
+        "dead_letters": o.dead_letters(DEAD_LETTERS_SHOWN)?
+            .iter()
+            .map(|d| serde_json::json!({
+                "id": d.message.id,
+                "topic": d.message.topic,
+                "reason": d.reason,
+                "age_s": (now - d.message.enqueued_ns).max(0) as f64 / 1e9,
+            }))
+            .collect::<Vec<_>>(),
     });
     println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}
+
+/// Dead letters listed by `weir buffer stats` (the oldest; the count covers all of them).
+const DEAD_LETTERS_SHOWN: usize = 20;
+
+fn requeue(cfg: &weir_config::GatewayConfig) -> anyhow::Result<()> {
+    let mut o = weir::open_outbox(cfg)?;
+    let n = o.requeue_dead_letters()?;
+    println!(
+        "requeued {n} dead letter{}; `weir run` or `weir buffer drain` sends them",
+        if n == 1 { "" } else { "s" }
+    );
     Ok(())
 }
 
@@ -383,11 +426,18 @@ async fn drain(cfg: weir_config::GatewayConfig) -> anyhow::Result<()> {
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
         .stats()?;
-    println!(
+    let set_aside = after
+        .dead_letter_rows
+        .saturating_sub(before.dead_letter_rows);
+    print!(
         "drained {} rows; {} left",
-        before.rows - after.rows,
+        (before.rows - after.rows).saturating_sub(set_aside),
         after.rows
     );
+    if set_aside > 0 {
+        print!("; {set_aside} set aside as dead letters (see `weir buffer stats`)");
+    }
+    println!();
     Ok(())
 }
 

@@ -551,3 +551,80 @@ fn a_full_disk_holds_readings_and_loses_none() {
         started.elapsed()
     );
 }
+
+/// `weir buffer drain` delivers a backlog to the broker and exits; while a `weir run` holds the
+/// outbox, both `drain` and a second `run` are refused naming the lock (they would fight over
+/// the MQTT session and publish rows twice), and `buffer stats` still answers.
+#[test]
+fn buffer_drain_delivers_the_backlog_and_is_refused_while_weir_runs() {
+    let broker = Mosquitto::start();
+    let dead_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let total = 500;
+    let mut gw = Gateway::start(
+        dir.path(),
+        &config(
+            dead_port,
+            &format!("      readings_per_s: 2000\n      total_readings: {total}\n"),
+            "",
+            "",
+        ),
+    );
+    wait_until("the backlog in the outbox", Duration::from_secs(30), || {
+        let (_, out, _) = gw.cli(&["buffer", "stats"]);
+        out.contains(&format!("\"rows\": {total}"))
+    });
+    let lock = gw.outbox_path().with_file_name("outbox.db.lock");
+
+    let (code, _, err) = gw.cli(&["buffer", "drain"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("in use") && err.contains(&lock.display().to_string()),
+        "{err}"
+    );
+    let second = weir_cmd()
+        .args(["run", "-c"])
+        .arg(&gw.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{err}");
+    assert!(
+        err.contains("another weir") && err.contains(&lock.display().to_string()),
+        "{err}"
+    );
+    assert!(gw.is_running());
+    let (code, out, _) = gw.cli(&["buffer", "stats"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("\"rows\": {total}")), "{out}");
+
+    // Daemon stopped, broker configured: drain delivers every row and exits.
+    assert!(gw.terminate().success());
+    let text = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(
+        &gw.config,
+        text.replace(
+            &format!("port: {dead_port}\n"),
+            &format!("port: {}\n", broker.port),
+        ),
+    )
+    .unwrap();
+    let sub = Subscriber::connect(broker.port, &format!("{PREFIX}/#"));
+    let (code, out, err) = gw.cli(&["buffer", "drain"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("drained {total} rows; 0 left")),
+        "{out}"
+    );
+    wait_until("every drained reading", Duration::from_secs(20), || {
+        seqs_by_device(&sub.snapshot(), PREFIX)
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+            >= total
+    });
+    let (unique, _dups) = check_complete(&seqs_by_device(&sub.snapshot(), PREFIX));
+    assert_eq!(unique, total);
+    let (_, out, _) = gw.cli(&["buffer", "stats"]);
+    assert!(out.contains("\"rows\": 0"), "{out}");
+}
