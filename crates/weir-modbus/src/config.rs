@@ -24,13 +24,20 @@
 //! [`ModbusConfig::resolve`], which loads profile files, merges profile and device points, checks
 //! every value and plans the requests. Every problem comes back with the path of the key at fault,
 //! relative to the source's section.
+//!
+//! Every problem is reported, not only the first: each device and each point is parsed on its own
+//! ([`Item`]), so two bad points give two errors, and a bad point does not hide the checks of the
+//! others. A profile file that cannot be used is reported once (with its file and line) and its
+//! devices get no follow-on errors (no false "no profile" or "no points"); points of a profile
+//! file are reported at `profiles.<name>.file` with `file:line: points[k].key` in the message.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 
 use crate::codec::{Codec, DataType, Order};
 use crate::pdu::{Table, MAX_READ_REGISTERS};
@@ -110,6 +117,49 @@ fn default_tcp_port() -> u16 {
     502
 }
 
+/// A list item parsed on its own: an item that does not parse is kept as its error, so every bad
+/// item of a list is reported (serde alone stops at the first error of the whole section).
+#[derive(Debug, Clone)]
+pub enum Item<T> {
+    Ok(T),
+    /// `path` is relative to the item (`type`, or empty for the item itself).
+    Bad {
+        path: String,
+        message: String,
+    },
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Item<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_yaml::Value::deserialize(d)?;
+        Ok(match serde_path_to_error::deserialize::<_, T>(v) {
+            Ok(t) => Item::Ok(t),
+            Err(e) => {
+                let path = e.path().to_string();
+                Item::Bad {
+                    path: if path == "." { String::new() } else { path },
+                    message: e.into_inner().to_string(),
+                }
+            }
+        })
+    }
+}
+
+impl<T> From<T> for Item<T> {
+    fn from(t: T) -> Self {
+        Item::Ok(t)
+    }
+}
+
+/// `a.b`, or `a` when `b` is empty.
+fn join(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (_, true) => a.to_string(),
+        (true, false) => b.to_string(),
+        _ => format!("{a}.{b}"),
+    }
+}
+
 /// A profile: a file, or the points inline.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,7 +168,7 @@ pub struct ProfileRef {
     pub file: Option<PathBuf>,
     pub poll_ms: Option<u64>,
     #[serde(default)]
-    pub points: Vec<PointConfig>,
+    pub points: Vec<Item<PointConfig>>,
     #[serde(default)]
     pub groups: Vec<GroupConfig>,
 }
@@ -128,19 +178,45 @@ pub struct ProfileRef {
 #[serde(deny_unknown_fields)]
 pub struct GroupConfig {
     pub poll_ms: u64,
-    pub points: Vec<PointConfig>,
+    pub points: Vec<Item<PointConfig>>,
 }
 
-/// Points and groups flattened: each group's interval becomes its points' default.
-fn flatten(points: &[PointConfig], groups: &[GroupConfig]) -> Vec<PointConfig> {
-    let mut out = points.to_vec();
-    for g in groups {
-        out.extend(g.points.iter().map(|p| PointConfig {
-            poll_ms: p.poll_ms.or(Some(g.poll_ms)),
-            ..p.clone()
-        }));
+/// Points and groups flattened, each group's interval becoming its points' default: the good
+/// points with their paths (`points[k]`, `groups[g].points[k]`), and the bad ones as (path,
+/// message).
+#[allow(clippy::type_complexity)]
+fn flatten(
+    points: &[Item<PointConfig>],
+    groups: &[GroupConfig],
+) -> (Vec<(PointConfig, String)>, Vec<(String, String)>) {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    let mut take = |item: &Item<PointConfig>, at: String, group_poll: Option<u64>| match item {
+        Item::Ok(p) => good.push((
+            PointConfig {
+                poll_ms: p.poll_ms.or(group_poll),
+                ..p.clone()
+            },
+            at,
+        )),
+        Item::Bad { path, message } => bad.push((join(&at, path), message.clone())),
+    };
+    for (k, p) in points.iter().enumerate() {
+        take(p, format!("points[{k}]"), None);
     }
-    out
+    for (g, gc) in groups.iter().enumerate() {
+        for (k, p) in gc.points.iter().enumerate() {
+            take(p, format!("groups[{g}].points[{k}]"), Some(gc.poll_ms));
+        }
+    }
+    (good, bad)
+}
+
+/// A usable profile: its interval and its good points, each with where it was written.
+#[derive(Debug)]
+struct Profile {
+    poll_ms: Option<u64>,
+    points: Vec<(PointConfig, String)>,
 }
 
 /// The contents of a profile file.
@@ -151,7 +227,7 @@ pub struct ProfileFile {
     pub description: Option<String>,
     pub poll_ms: Option<u64>,
     #[serde(default)]
-    pub points: Vec<PointConfig>,
+    pub points: Vec<Item<PointConfig>>,
     #[serde(default)]
     pub groups: Vec<GroupConfig>,
 }
@@ -177,7 +253,7 @@ pub struct RtuLine {
     /// How long a slave may take to answer.
     #[serde(default = "default_response_timeout_ms")]
     pub response_timeout_ms: u64,
-    pub devices: Vec<DeviceConfig>,
+    pub devices: Vec<Item<DeviceConfig>>,
 }
 
 impl RtuLine {
@@ -228,7 +304,7 @@ pub struct TcpLine {
     pub connect_timeout_ms: u64,
     #[serde(default = "default_response_timeout_ms")]
     pub response_timeout_ms: u64,
-    pub devices: Vec<DeviceConfig>,
+    pub devices: Vec<Item<DeviceConfig>>,
 }
 
 /// One slave.
@@ -245,7 +321,7 @@ pub struct DeviceConfig {
     /// Default poll interval of this device's points.
     pub poll_ms: Option<u64>,
     #[serde(default)]
-    pub points: Vec<PointConfig>,
+    pub points: Vec<Item<PointConfig>>,
     /// Points polled together at their own interval.
     #[serde(default)]
     pub groups: Vec<GroupConfig>,
@@ -397,11 +473,11 @@ impl ModbusConfig {
                 "needs at least one `rtu:` line or `tcp:` connection".into(),
             );
         }
-        // Profiles.
-        let mut profiles: BTreeMap<&str, (Option<u64>, Vec<PointConfig>, String)> = BTreeMap::new();
+        // Profiles: `None` for one that cannot be used (its problems are reported here, once).
+        let mut profiles: BTreeMap<&str, Option<Profile>> = BTreeMap::new();
         for (name, r) in &self.profiles {
             let at = format!("profiles.{name}");
-            match (&r.file, r.points.is_empty() && r.groups.is_empty()) {
+            let profile = match (&r.file, r.points.is_empty() && r.groups.is_empty()) {
                 (Some(f), true) => {
                     let path = if f.is_absolute() {
                         f.clone()
@@ -409,24 +485,46 @@ impl ModbusConfig {
                         base_dir.join(f)
                     };
                     match load_profile(&path) {
-                        Ok(pf) => {
-                            profiles.insert(
-                                name,
-                                (
-                                    r.poll_ms.or(pf.poll_ms),
-                                    flatten(&pf.points, &pf.groups),
-                                    path.display().to_string(),
-                                ),
-                            );
+                        Ok((pf, index)) => {
+                            let shown = path.display().to_string();
+                            let place = |p: &str| match index.line_of(p) {
+                                Some(l) => format!("{shown}:{l}: {p}"),
+                                None => format!("{shown}: {p}"),
+                            };
+                            let (good, bad) = flatten(&pf.points, &pf.groups);
+                            for (p, m) in bad {
+                                err(format!("{at}.file"), format!("{}: {m}", place(&p)));
+                            }
+                            Some(Profile {
+                                poll_ms: r.poll_ms.or(pf.poll_ms),
+                                points: good.into_iter().map(|(pc, p)| (pc, place(&p))).collect(),
+                            })
                         }
-                        Err(e) => err(format!("{at}.file"), e),
+                        Err(e) => {
+                            err(format!("{at}.file"), e);
+                            None
+                        }
                     }
                 }
                 (None, false) => {
-                    profiles.insert(name, (r.poll_ms, flatten(&r.points, &r.groups), at.clone()));
+                    let (good, bad) = flatten(&r.points, &r.groups);
+                    for (p, m) in bad {
+                        err(format!("{at}.{p}"), m);
+                    }
+                    Some(Profile {
+                        poll_ms: r.poll_ms,
+                        points: good
+                            .into_iter()
+                            .map(|(pc, p)| (pc, format!("{at}: {p}")))
+                            .collect(),
+                    })
                 }
-                _ => err(at, "give either `file:` or `points:`/`groups:`".into()),
-            }
+                _ => {
+                    err(at, "give either `file:` or `points:`/`groups:`".into());
+                    None
+                }
+            };
+            profiles.insert(name, profile);
         }
         let mut ids: HashSet<String> = HashSet::new();
         let mut lines = Vec::new();
@@ -522,10 +620,10 @@ impl ModbusConfig {
     #[allow(clippy::type_complexity)]
     fn devices(
         &self,
-        devs: &[DeviceConfig],
+        devs: &[Item<DeviceConfig>],
         at: &str,
         rtu: bool,
-        profiles: &BTreeMap<&str, (Option<u64>, Vec<PointConfig>, String)>,
+        profiles: &BTreeMap<&str, Option<Profile>>,
         ids: &mut HashSet<String>,
         err: &mut impl FnMut(String, String),
     ) -> Vec<Device> {
@@ -536,6 +634,13 @@ impl ModbusConfig {
         let mut units = HashSet::new();
         for (j, d) in devs.iter().enumerate() {
             let dat = format!("{at}.devices[{j}]");
+            let d = match d {
+                Item::Ok(d) => d,
+                Item::Bad { path, message } => {
+                    err(join(&dat, path), message.clone());
+                    continue;
+                }
+            };
             if d.id.is_empty()
                 || d.id.contains(['+', '#'])
                 || d.id.starts_with('/')
@@ -568,40 +673,37 @@ impl ModbusConfig {
             // Profile points first; device points replace same-named ones.
             let mut merged: Vec<(PointConfig, String)> = Vec::new();
             let mut default_poll = d.poll_ms.unwrap_or(self.poll_ms);
+            // Problems already reported make the device's own "no points" check moot.
+            let mut reported = false;
             if let Some(name) = &d.profile {
                 match profiles.get(name.as_str()) {
-                    Some((poll, pts, origin)) => {
+                    Some(Some(profile)) => {
                         if d.poll_ms.is_none() {
-                            default_poll = poll.unwrap_or(self.poll_ms);
+                            default_poll = profile.poll_ms.unwrap_or(self.poll_ms);
                         }
-                        for (k, pc) in pts.iter().enumerate() {
-                            merged.push((
-                                pc.clone(),
-                                format!("{dat}.profile({origin}: points[{k}])"),
-                            ));
+                        for (pc, origin) in &profile.points {
+                            merged.push((pc.clone(), format!("{dat}.profile({origin})")));
                         }
                     }
-                    None => err(
-                        format!("{dat}.profile"),
-                        format!("no profile `{name}` in `profiles:`"),
-                    ),
+                    Some(None) => reported = true,
+                    None => {
+                        reported = true;
+                        err(
+                            format!("{dat}.profile"),
+                            format!("no profile `{name}` in `profiles:`"),
+                        )
+                    }
                 }
             }
-            let mut device_points: Vec<(PointConfig, String)> = d
-                .points
-                .iter()
-                .enumerate()
-                .map(|(k, pc)| (pc.clone(), format!("{dat}.points[{k}]")))
+            let (good, bad) = flatten(&d.points, &d.groups);
+            for (p, m) in bad {
+                reported = true;
+                err(format!("{dat}.{p}"), m);
+            }
+            let device_points: Vec<(PointConfig, String)> = good
+                .into_iter()
+                .map(|(pc, p)| (pc, format!("{dat}.{p}")))
                 .collect();
-            for (g, gc) in d.groups.iter().enumerate() {
-                for (k, pc) in gc.points.iter().enumerate() {
-                    let pc = PointConfig {
-                        poll_ms: pc.poll_ms.or(Some(gc.poll_ms)),
-                        ..pc.clone()
-                    };
-                    device_points.push((pc, format!("{dat}.groups[{g}].points[{k}]")));
-                }
-            }
             let mut from_device: HashSet<&str> = HashSet::new();
             for (pc, path) in &device_points {
                 let path = path.clone();
@@ -631,11 +733,7 @@ impl ModbusConfig {
                     points.push(pt);
                 }
             }
-            let profile_missing = d
-                .profile
-                .as_ref()
-                .is_some_and(|n| !profiles.contains_key(n.as_str()));
-            if points.is_empty() && !profile_missing && merged.is_empty() {
+            if points.is_empty() && !reported && merged.is_empty() {
                 err(
                     format!("{dat}.points"),
                     "the device has no points (give `points:` or a `profile:`)".into(),
@@ -668,18 +766,20 @@ impl ModbusConfig {
     }
 }
 
-fn load_profile(path: &Path) -> Result<ProfileFile, String> {
+/// A profile file and where each of its paths is (its points are checked one by one later).
+fn load_profile(path: &Path) -> Result<(ProfileFile, weir_config::PathIndex), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let de = serde_yaml::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize::<_, ProfileFile>(de).map_err(|e| {
+    let pf = serde_path_to_error::deserialize::<_, ProfileFile>(de).map_err(|e| {
         let line = e
             .inner()
             .location()
             .map(|l| format!(":{}", l.line()))
             .unwrap_or_default();
         format!("{}{line}: {}: {}", path.display(), e.path(), e.inner())
-    })
+    })?;
+    Ok((pf, weir_config::PathIndex::build(&text)))
 }
 
 fn point(
@@ -958,6 +1058,132 @@ rtu:
             "{}",
             p[0].1
         );
+    }
+
+    #[test]
+    fn every_bad_point_and_device_is_reported() {
+        // Two points serde refuses in one device, one the checks refuse, a device with a typo'd
+        // key, and a device after them that is fine: four problems, each at its own path.
+        let c = parse(
+            r#"
+tcp:
+  - host: h
+    devices:
+      - id: a
+        points:
+          - { name: v, table: input, address: 0, type: f33 }
+          - { name: w, table: input, adress: 2 }
+          - { name: x, table: input, address: 4, type: bool, bit: 99 }
+          - { name: ok, table: input, address: 6 }
+      - { id: b, unti: 2, points: [ { name: v, table: input, address: 0 } ] }
+      - id: c
+        unit: 3
+        groups:
+          - poll_ms: 100
+            points: [ { name: g, table: holding, address: 0, scale: zero } ]
+      - { id: d, unit: 4, points: [ { name: v, table: input, address: 0 } ] }
+"#,
+        );
+        let p = c.resolve(Path::new(".")).unwrap_err();
+        let paths: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "tcp[0].devices[0].points[0].type",
+                "tcp[0].devices[0].points[1].adress",
+                "tcp[0].devices[0].points[2].bit",
+                "tcp[0].devices[1].unti",
+                "tcp[0].devices[2].groups[0].points[0].scale",
+            ],
+            "{p:#?}"
+        );
+        assert!(p[0].1.contains("unknown variant `f33`"), "{}", p[0].1);
+        assert!(p[1].1.contains("unknown field `adress`"), "{}", p[1].1);
+        // Device `c` lost its only point to an error: no extra "has no points" for it.
+        assert!(!p.iter().any(|(_, m)| m.contains("no points")), "{p:#?}");
+    }
+
+    #[test]
+    fn a_broken_profile_file_is_one_error_and_hides_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not YAML a profile can be: one error, with its line.
+        std::fs::write(
+            dir.path().join("meter.yaml"),
+            "points:
+  - { name: v
+",
+        )
+        .unwrap();
+        // Two bad points in a file: two errors, each with its line.
+        std::fs::write(
+            dir.path().join("pump.yaml"),
+            "points:
+  - { name: a, table: holding, address: 0 }
+  - { name: b, table: holdin, address: 1 }
+  - { name: c, table: holding, address: 2, type: u16, bit: 3 }
+  - { name: d, table: holding, adress: 3 }
+",
+        )
+        .unwrap();
+        let c = parse(
+            r#"
+profiles:
+  meter: { file: meter.yaml }
+  pump: { file: pump.yaml }
+tcp:
+  - host: h
+    devices:
+      - { id: m1, unit: 1, profile: meter }
+      - { id: p1, unit: 2, profile: pump }
+      - { id: m2, unit: 3, profile: meter, points: [ { name: x, table: coil, address: 0, type: u16 } ] }
+"#,
+        );
+        let p = c.resolve(dir.path()).unwrap_err();
+        for (k, m) in &p {
+            eprintln!("{k}: {m}");
+        }
+        let at = |path: &str| p.iter().filter(|(k, _)| k == path).count();
+        assert_eq!(at("profiles.meter.file"), 1);
+        assert_eq!(at("profiles.pump.file"), 2);
+        let pump: Vec<&str> = p
+            .iter()
+            .filter(|(k, _)| k == "profiles.pump.file")
+            .map(|(_, m)| m.as_str())
+            .collect();
+        assert!(
+            pump[0].contains("pump.yaml:3: points[1].table"),
+            "{}",
+            pump[0]
+        );
+        assert!(
+            pump[1].contains("pump.yaml:5: points[3].adress"),
+            "{}",
+            pump[1]
+        );
+        let meter = &p
+            .iter()
+            .find(|(k, _)| k == "profiles.meter.file")
+            .unwrap()
+            .1;
+        assert!(meter.contains("meter.yaml:"), "{meter}");
+        // The checks still run on what did parse: point c of the pump profile, used by p1...
+        assert!(
+            p.iter()
+                .any(|(k, m)| k.starts_with("tcp[0].devices[1].profile(")
+                    && k.contains("pump.yaml:4: points[2]")
+                    && k.ends_with(".bit")
+                    && m.contains("needs type bool")),
+            "{p:#?}"
+        );
+        // ... and the device after the broken profile is still checked.
+        assert_eq!(at("tcp[0].devices[2].points[0].type"), 1, "{p:#?}");
+        // No false "no profile `meter`" and no "has no points" for the devices using it.
+        assert!(
+            !p.iter()
+                .any(|(_, m)| m.contains("no profile") || m.contains("no points")),
+            "{p:#?}"
+        );
+        assert_eq!(p.len(), 5, "{p:#?}");
     }
 
     #[test]
