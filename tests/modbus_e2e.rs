@@ -153,6 +153,74 @@ fn pymodbus_to_mqtt_and_set_back_to_a_holding_register() {
     assert_eq!(peer.cmd("get 2 c 0 1"), "0");
 }
 
+/// A float32 register holding 231.7 is published as `231.7`, not as the f32's binary expansion
+/// `231.6999969482422`; so are a scaled float32 and a scaled integer that mean 231.7.
+#[test]
+fn float32_values_are_published_as_their_short_decimal() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let mport = free_port();
+    let mut peer = Peer::tcp(mport, "1");
+    peer.cmd("setv 1 i 0 f32 ABCD 231.7");
+    peer.cmd("setv 1 i 20 f32 ABCD 2317.0");
+    peer.cmd("setv 1 i 30 u32 CDAB 23170");
+    let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/profiles/energy-meter.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let sources = format!(
+        r#"sources:
+  - modbus:
+      name: plant
+      profiles:
+        meter: {{ file: {profile} }}
+      tcp:
+        - host: 127.0.0.1
+          port: {mport}
+          devices:
+            - id: plant/meter
+              unit: 1
+              profile: meter
+              poll_ms: 200
+              points:
+                - {{ name: scaled_f32, table: input, address: 20, type: f32, scale: 0.1, unit: V }}
+                - {{ name: scaled_u32, table: input, address: 30, type: u32, order: CDAB, scale: 0.01, unit: V }}
+"#,
+        profile = profile.display(),
+    );
+    let cfg = config_with(broker.port, "", "", &sources);
+    let gw = Gateway::start(dir.path(), &cfg);
+    let topics = [
+        "t/plant/meter/voltage_l1",
+        "t/plant/meter/scaled_f32",
+        "t/plant/meter/scaled_u32",
+    ];
+    let raw = |topic: &str| {
+        sub.snapshot()
+            .into_iter()
+            .rev()
+            .find(|m| m.topic == topic)
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+    };
+    wait_until(
+        "the three values over MQTT",
+        Duration::from_secs(20),
+        || topics.iter().all(|t| raw(t).is_some()),
+    );
+    for t in topics {
+        let payload = raw(t).unwrap();
+        let j: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(
+            j["value"].to_string(),
+            "231.7",
+            "{t}: {payload}\n{}",
+            gw.log()
+        );
+        assert!(
+            payload.contains("231.7") && !payload.contains("231.69"),
+            "{t}: {payload}"
+        );
+    }
+}
+
 #[test]
 fn weir_modbus_read_and_write_commission_a_device() {
     let port = free_port();
@@ -280,6 +348,58 @@ sources:
     );
 }
 
+/// `weir check` promises every error at once: two bad points of one device are two errors, each
+/// with its path and line; a broken profile file is its own error, adds no false "no profile",
+/// and the errors after it are still reported.
+#[test]
+fn weir_check_reports_every_modbus_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    std::fs::write(dir.path().join("meter.yaml"), "points:\n  - { name: v\n").unwrap();
+    std::fs::write(
+        &cfg,
+        r#"gateway:
+  id: t
+mqtt:
+  host: 127.0.0.1
+sources:
+  - modbus:
+      name: plant
+      profiles:
+        meter: { file: meter.yaml }
+      tcp:
+        - host: 127.0.0.1
+          devices:
+            - { id: m1, unit: 1, profile: meter }
+            - id: pump
+              unit: 2
+              points:
+                - { name: a, table: holding, address: 0, type: f33 }
+                - { name: b, table: holdng, address: 1 }
+                - { name: c, table: input, address: 2, writable: true }
+"#,
+    )
+    .unwrap();
+    let out = weir_cmd().args(["check", "-c"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let at = "sources[0].modbus";
+    for want in [
+        format!(":9: {at}.profiles.meter.file: "),
+        format!(":17: {at}.tcp[0].devices[1].points[0].type: unknown variant `f33`"),
+        format!(":18: {at}.tcp[0].devices[1].points[1].table: unknown variant `holdng`"),
+        format!(":19: {at}.tcp[0].devices[1].points[2].writable: "),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    assert!(
+        err.contains("meter.yaml:"),
+        "the profile error names its file:\n{err}"
+    );
+    assert!(!err.contains("no profile"), "{err}");
+    assert!(err.contains("4 errors"), "{err}");
+}
+
 /// The commented-out `modbus` example in the reference gateway.yaml, uncommented, passes
 /// `weir check` (with the serial port named there replaced by one that exists everywhere).
 #[test]
@@ -382,7 +502,13 @@ rules:
         sub.last_json("t/plant/boiler/temperature")
             .is_some_and(|j| j["value"] == 65.0)
     });
-    std::thread::sleep(Duration::from_millis(600));
+    // Several readings between the thresholds went through the rule (a reading is published
+    // after the rule has seen it): none of them switched the fan.
+    let at_65 =
+        || sub.count(|m| m.topic == "t/plant/boiler/temperature" && m.json()["value"] == 65.0);
+    wait_until("three readings at 65 °C", Duration::from_secs(10), || {
+        at_65() >= 3
+    });
     assert_eq!(peer.cmd("get 2 c 0 1"), "1", "hysteresis holds the fan on");
     // At the low threshold: off again.
     peer.cmd("setv 1 i 0 f32 ABCD 60.0");
@@ -393,7 +519,7 @@ rules:
     // 75 °C, off at 60 °C; none while the temperature sat between the thresholds.
     let log = gw.log();
     let sent = |v: &str| {
-        log.matches(&format!("command plant/fan/running <- Bool({v}) sent"))
+        log.matches(&format!("command plant/fan/running <- {v} sent"))
             .count()
     };
     assert_eq!((sent("true"), sent("false")), (1, 2), "{log}");

@@ -45,8 +45,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use weir_core::{
-    BuildError, BusSender, CancellationToken, Command, CommandFanout, Counter, DeviceId,
-    DeviceInfo, DeviceSpec, Gauge, Metrics, PointId, PointSpec, Quality, Reading, Source,
+    BuildError, BusSender, CancellationToken, Command, CommandFanout, CommandOrigin, Counter,
+    DeviceId, DeviceInfo, DeviceSpec, Gauge, Metrics, PointId, PointSpec, Quality, Reading, Source,
     SourceBuilder, SourceContext, SourceError, Timestamp, Value, ValueType,
 };
 
@@ -686,7 +686,12 @@ impl LineTask {
         let r = self.transact(t, d, &req).await;
         match r {
             Ok(_) => {
-                tracing::info!(device = %cmd.device, point = %cmd.point, value = ?cmd.value, origin = ?cmd.origin, "written");
+                let origin = match &cmd.origin {
+                    CommandOrigin::Mqtt => "mqtt".to_string(),
+                    CommandOrigin::Rule(r) => format!("rule {r}"),
+                    CommandOrigin::Cli => "cli".to_string(),
+                };
+                tracing::info!(device = %cmd.device, point = %cmd.point, value = %cmd.value, %origin, "written");
                 let _ = cmd.reply.send(Ok(()));
                 // Read the point back at once so the new value is reported.
                 let now = Instant::now();
