@@ -351,6 +351,21 @@ impl Gateway {
         c.wait().unwrap()
     }
 
+    /// SIGHUP: reload the configuration file.
+    pub fn hup(&self) {
+        signal(self.child.as_ref().expect("running").id(), "-HUP");
+    }
+
+    /// Rewrite the configuration file (with `{state}` replaced as in [`Gateway::start`]).
+    pub fn rewrite(&self, config: &str) {
+        let state = self.dir.join("state");
+        std::fs::write(
+            &self.config,
+            config.replace("{state}", &state.display().to_string()),
+        )
+        .unwrap();
+    }
+
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
             Some(c) => c.try_wait().unwrap().is_none(),

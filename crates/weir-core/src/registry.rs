@@ -315,7 +315,13 @@ struct Inner {
     devices: RwLock<HashMap<DeviceId, Arc<Slot>>>,
     version: watch::Sender<u64>,
     metrics: Metrics,
+    /// Per source: when a refusal was last logged and how many since (logged at most every
+    /// [`REFUSAL_LOG_INTERVAL`]).
+    refusal_logged: std::sync::Mutex<HashMap<Arc<str>, (Option<std::time::Instant>, u64)>>,
 }
+
+/// Refused readings are counted always and logged at most this often per source.
+pub const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The registry; cloning shares it.
 #[derive(Clone, Debug)]
@@ -336,6 +342,7 @@ impl Registry {
                 devices: RwLock::new(HashMap::new()),
                 version: watch::channel(0).0,
                 metrics: metrics.clone(),
+                refusal_logged: Default::default(),
             }),
         }
     }
@@ -598,6 +605,24 @@ impl Registry {
 
     fn log_refused(&self, batch: &Batch, refused: &[usize]) {
         let r = &batch[refused[0]];
+        let now = std::time::Instant::now();
+        let since_last = {
+            let mut logged = self
+                .inner
+                .refusal_logged
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let e = logged.entry(r.source.clone()).or_insert((None, 0));
+            e.1 += refused.len() as u64;
+            if e.0
+                .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_INTERVAL)
+            {
+                return;
+            }
+            let n = e.1;
+            *e = (Some(now), 0);
+            n
+        };
         let owner = self
             .owner(r.device.as_str())
             .unwrap_or_else(|| Arc::from("?"));
@@ -605,9 +630,10 @@ impl Registry {
             source = %r.source,
             device = %r.device,
             owner = %owner,
-            refused = refused.len(),
-            "refused readings for a device another source owns \
-             (counted in weir_readings_refused_total)"
+            refused = since_last,
+            "refused readings for a device another source owns (logged at most every {:?}; \
+             all counted in weir_readings_refused_total)",
+            REFUSAL_LOG_INTERVAL
         );
     }
 

@@ -218,6 +218,59 @@ impl SourceBuilder for SimConfig {
             .collect()
     }
 
+    /// Every simulated device with its points, units, class hints and the period each point
+    /// reports at (so a stalled simulator shows as stale), actuators writable.
+    fn device_specs(&self) -> Vec<weir_core::DeviceSpec> {
+        use weir_core::{DeviceSpec, PointSpec, ValueType};
+        let sensors = self.greenhouses as u64 * (3 + self.beds as u64);
+        let period_ms = match self.readings_per_s {
+            Some(r) if r > 0.0 => (sensors as f64 * 1000.0 / r).ceil().max(1.0) as u64,
+            _ => self.interval_ms,
+        };
+        let sensor = |name: &str, unit: &str, class: &str| {
+            PointSpec::new(name)
+                .unit(Some(unit))
+                .value_type(ValueType::Float)
+                .class(Some(class))
+                .period_ms(Some(period_ms))
+        };
+        let mut out = Vec::new();
+        for g in 1..=self.greenhouses {
+            out.push(
+                DeviceSpec::new(format!("{}/climate", self.gh(g)))
+                    .point(sensor("temperature", "°C", "temperature"))
+                    .point(sensor("humidity", "%", "humidity"))
+                    .point(sensor("light", "lx", "illuminance")),
+            );
+            for b in 1..=self.beds {
+                out.push(
+                    DeviceSpec::new(format!("{}/bed{b}", self.gh(g)))
+                        .point(sensor("moisture", "%", "moisture")),
+                );
+            }
+            let mut act = DeviceSpec::new(format!("{}/actuators", self.gh(g)));
+            for p in ACTUATOR_POINTS {
+                let (t, class) = if p == "shade" {
+                    (ValueType::Float, "shade")
+                } else {
+                    (ValueType::Bool, "switch")
+                };
+                act = act.point(
+                    PointSpec::new(p)
+                        .writable(true)
+                        .value_type(t)
+                        .class(Some(class)),
+                );
+            }
+            out.push(act);
+        }
+        for d in &mut out {
+            d.meta.manufacturer = Some("Weir".into());
+            d.meta.model = Some("greenhouse simulator".into());
+        }
+        out
+    }
+
     fn build(&self, name: &str, _metrics: &Metrics) -> Result<Box<dyn Source>, BuildError> {
         if let Some((key, msg)) = self.validate().into_iter().next() {
             return Err(BuildError {

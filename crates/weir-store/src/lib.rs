@@ -928,6 +928,22 @@ impl Outbox {
         Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
+    /// Change the limits of an open read-write outbox (a configuration reload): the byte bound
+    /// applies from the next append, the free-space reserve from the next check. Whether commits
+    /// are `synchronous = FULL` is fixed while open (it is a connection setting) and is kept.
+    /// Returns false on a read-only outbox.
+    pub fn update_limits(&mut self, f: impl FnOnce(&mut Limits)) -> bool {
+        match &mut self.limits {
+            Some(l) => {
+                let sync = l.synchronous_full;
+                f(l);
+                l.synchronous_full = sync;
+                true
+            }
+            None => false,
+        }
+    }
+
     fn limits(&self, op: &'static str) -> Result<Limits, StoreError> {
         self.limits.ok_or_else(|| StoreError::ReadOnly {
             path: self.path.clone(),
