@@ -39,7 +39,26 @@ pub fn peer_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peer/modbus_peer.py")
 }
 
+/// How much slower the machine may be: `WEIR_TEST_TIME_SCALE` if set, else 4 when tests run
+/// under an emulator (`WEIR_TEST_EXEC_PREFIX` set, as the workspace's tests/common does), else 1.
+/// Waits and the intervals configured by timing-sensitive tests are multiplied by it.
+pub fn time_scale() -> u32 {
+    if let Some(n) = std::env::var("WEIR_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|n| *n > 0)
+    {
+        return n;
+    }
+    match std::env::var("WEIR_TEST_EXEC_PREFIX") {
+        Ok(p) if !p.is_empty() => 4,
+        _ => 1,
+    }
+}
+
+/// Poll `f` every 20 ms until it holds; panic naming `what` after `timeout` × [`time_scale`].
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let timeout = timeout * time_scale();
     let end = Instant::now() + timeout;
     while Instant::now() < end {
         if f() {
