@@ -11,6 +11,11 @@
 //!
 //! Invariant: at most one transaction is in flight on a line (serial port or TCP connection);
 //! it is owned by exactly one task.
+//!
+//! Layering (imports point down only, no cycles): `codec`, `pdu` → `plan`, `transport` →
+//! `config` → `source` → `commission`. Opening a serial port (line settings, the emulator/pty
+//! fallback) is the `weir-serial` crate's, shared with the other serial adapters; commands are
+//! fanned out to the lines with `weir_core::CommandFanout`.
 
 pub mod codec;
 pub mod commission;
