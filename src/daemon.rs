@@ -195,8 +195,6 @@ pub async fn run_with_reload(
         .run(),
     );
 
-    let mut fwd = start_forwarder(&cfg, &parts)?;
-
     let http_token = CancellationToken::new();
     if let Some(addr) = cfg.metrics.listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -221,6 +219,9 @@ pub async fn run_with_reload(
     for s in sources {
         srcs.start(s);
     }
+    // After the sources claimed their devices: the forwarder subscribes their command topics
+    // before it publishes `online`.
+    let mut fwd = start_forwarder(&cfg, &parts)?;
     ready();
     tracing::info!(gateway = %cfg.gateway.id, "weir running");
 

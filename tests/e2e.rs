@@ -308,9 +308,15 @@ fn commands_over_mqtt_reach_the_simulated_actuators_and_get_results() {
     let broker = Mosquitto::start();
     let sub = Subscriber::connect(broker.port, "t/#");
     let dir = tempfile::tempdir().unwrap();
+    // A greenhouse whose device ids are six levels deep: commands are heard at any depth.
     let _gw = Gateway::start(
         dir.path(),
-        &config(broker.port, "      interval_ms: 60000\n", "", ""),
+        &config(
+            broker.port,
+            "      interval_ms: 60000\n  - sim:\n      name: deep\n      seed: 8\n      prefix: site/north/hall/bay/gh\n      interval_ms: 60000\n",
+            "",
+            "",
+        ),
     );
     wait_until("the gateway online", Duration::from_secs(20), || {
         sub.count(|m| m.topic == "t/status" && m.payload == b"online") > 0
@@ -320,30 +326,44 @@ fn commands_over_mqtt_reach_the_simulated_actuators_and_get_results() {
     sub.publish("t/gh1/actuators/shade/set", br#"{"value": 250}"#);
     sub.publish("t/gh9/pump/speed/set", b"3");
     sub.publish("t/gh1/climate/temperature/set", b"3");
-    wait_until("four command results", Duration::from_secs(20), || {
-        sub.count(|m| m.topic.ends_with("/set/result")) >= 4
+    sub.publish("t/gh1/actuators/speed/set", b"3");
+    sub.publish(
+        "t/site/north/hall/bay/gh1/actuators/irrigation/set",
+        b"true",
+    );
+    wait_until("five command results", Duration::from_secs(20), || {
+        sub.count(|m| m.topic.ends_with("/set/result")) >= 5
     });
     let msgs = sub.snapshot();
     let result = |t: &str| msgs.iter().find(|m| m.topic == t).unwrap().json();
     assert_eq!(result("t/gh1/actuators/vent/set/result")["ok"], true);
+    assert_eq!(
+        result("t/site/north/hall/bay/gh1/actuators/irrigation/set/result")["ok"],
+        true
+    );
     let shade = result("t/gh1/actuators/shade/set/result");
     assert_eq!(shade["ok"], false);
     assert!(
         shade["error"].as_str().unwrap().contains("0–100"),
         "{shade}"
     );
-    let unknown = result("t/gh9/pump/speed/set/result");
-    assert!(
-        unknown["error"]
-            .as_str()
-            .unwrap()
-            .contains("unknown device `gh9/pump`"),
-        "{unknown}"
-    );
     let ro = result("t/gh1/climate/temperature/set/result");
-    assert!(
-        ro["error"].as_str().unwrap().contains("unknown device"),
+    assert_eq!(
+        ro["error"], "point `temperature` of device `gh1/climate` is read-only",
         "{ro}"
+    );
+    let no_point = result("t/gh1/actuators/speed/set/result");
+    assert_eq!(
+        no_point["error"],
+        "device `gh1/actuators` has no point `speed` (writable: vent, irrigation, shade)",
+        "{no_point}"
+    );
+    // A device the registry does not know is not listened for (only known devices are
+    // subscribed, so our own telemetry never echoes back): no answer at all.
+    assert_eq!(
+        sub.count(|m| m.topic == "t/gh9/pump/speed/set/result"),
+        0,
+        "the three answered commands were sent after it"
     );
     wait_until(
         "the vent state as telemetry",

@@ -483,6 +483,13 @@ impl Registry {
         v
     }
 
+    /// Every device id, sorted.
+    pub fn ids(&self) -> Vec<DeviceId> {
+        let mut v: Vec<DeviceId> = self.read().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     pub fn len(&self) -> usize {
         self.read().len()
     }

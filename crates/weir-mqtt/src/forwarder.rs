@@ -462,9 +462,10 @@ impl Forwarder {
                     Err(e) => tracing::warn!(topic, "mqtt: could not queue message: {e}"),
                 }
             };
-        // One subscription per device with a writable point, whatever the depth of its id
-        // (`<prefix>/<device…>/+/set`); devices added at run time are subscribed when the registry
-        // announces them. Subscribed before `online` is published: the broker handles one
+        // One subscription per device the registry knows, whatever the depth of its id
+        // (`<prefix>/<device…>/+/set`): a write to a read-only point is answered as such; devices
+        // added at run time are subscribed when the registry announces them. A device nobody owns
+        // is not listened for (no broad wildcard that would echo our own telemetry back). Subscribed before `online` is published: the broker handles one
         // connection's packets in order, so whoever sees `online` can send a command and it is
         // heard.
         let mut reg_changes = self.router.registry().changes();
@@ -714,13 +715,13 @@ impl Forwarder {
         }
     }
 
-    /// Subscribe `<prefix>/<device>/+/set` for every commandable device not subscribed yet.
+    /// Subscribe `<prefix>/<device>/+/set` for every known device not subscribed yet.
     fn subscribe_commands(
         &self,
         s: &Session,
         subscribed: &mut std::collections::HashSet<weir_core::DeviceId>,
     ) {
-        for d in self.router.registry().commandable() {
+        for d in self.router.registry().ids() {
             if subscribed.contains(&d) {
                 continue;
             }

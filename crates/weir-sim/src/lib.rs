@@ -67,7 +67,7 @@ pub struct SimConfig {
     pub day_length_s: u64,
     /// Seed for the noise; default: from the clock.
     pub seed: Option<u64>,
-    /// Greenhouse id prefix (`gh` → `gh1`, `gh2`, …).
+    /// Greenhouse id prefix (`gh` → `gh1`, `gh2`, …); may have levels (`site/north/gh`).
     #[serde(default = "default_prefix")]
     pub prefix: String,
     /// Simulated time of day when the source starts, in hours (0 ≤ h < 24; `6.5` is 06:30).
@@ -158,10 +158,15 @@ impl SimConfig {
         if self.day_length_s == 0 {
             e.push(("day_length_s", "must be at least 1".to_string()));
         }
-        if self.prefix.is_empty() || self.prefix.contains(['/', '+', '#']) {
+        // `site/north/gh` is fine: device ids may have any depth (`site/north/gh1/climate`).
+        if weir_core::validate_device_id(&format!("{}1", self.prefix)).is_err()
+            || self.prefix.ends_with('/')
+        {
             e.push((
                 "prefix",
-                "must be non-empty, without `/`, `+`, `#`".to_string(),
+                "must be non-empty, without `+`, `#` or an empty level (`a//b`, a leading or \
+                 trailing `/`)"
+                    .to_string(),
             ));
         }
         if let Some(h) = self.start_hour {
