@@ -891,6 +891,65 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn every_point_is_declared_with_type_unit_period_and_class() {
+        let c: crate::ModbusConfig = serde_yaml::from_str(
+            r#"
+tcp:
+  - host: h
+    devices:
+      - id: d
+        poll_ms: 250
+        points:
+          - { name: t, table: input, address: 0, type: i16, scale: 0.1, unit: °C }
+          - { name: n, table: input, address: 1, type: u32 }
+          - { name: relay, table: coil, address: 0, writable: true }
+          - { name: label, table: holding, address: 4, type: string, length: 2 }
+"#,
+        )
+        .unwrap();
+        let b = ModbusBuilder::new(c.resolve(std::path::Path::new(".")).unwrap());
+        let specs = b.device_specs();
+        assert_eq!(specs.len(), 1);
+        let p = &specs[0].points;
+        let row = |i: usize| {
+            (
+                p[i].name.as_str(),
+                p[i].value_type,
+                p[i].unit.as_deref(),
+                p[i].writable,
+                p[i].class.as_deref(),
+                p[i].expected_period_ms,
+            )
+        };
+        assert_eq!(
+            row(0),
+            (
+                "t",
+                ValueType::Float,
+                Some("°C"),
+                false,
+                Some("temperature"),
+                Some(250)
+            )
+        );
+        assert_eq!(row(1), ("n", ValueType::Int, None, false, None, Some(250)));
+        assert_eq!(
+            row(2),
+            (
+                "relay",
+                ValueType::Bool,
+                None,
+                true,
+                Some("switch"),
+                Some(250)
+            )
+        );
+        assert_eq!(row(3).1, ValueType::Text);
+        // The writable points are the same as the router's older view.
+        assert_eq!(b.devices()[0].writable_points, vec![PointId::new("relay")]);
+    }
+
     #[tokio::test]
     async fn writes_pick_the_function_and_read_modify_write_bits() {
         let p = point(false, 0.0);
