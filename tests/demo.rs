@@ -137,3 +137,31 @@ fn the_demo_config_checks_and_its_rules_act_within_the_first_minute() {
             .join(", ")
     );
 }
+
+/// The review's example through the CLI: the greenhouse summary's mean of 23.1, 25.2 and 26.4 °C
+/// prints as 24.9, not 24.899999999999995.
+#[test]
+fn the_greenhouse_summary_prints_window_means_as_short_decimals() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/greenhouse");
+    let state = tempfile::tempdir().unwrap();
+    let out = weir_cmd()
+        .args(["rules", "test", "-c", &format!("{root}/gateway.yaml")])
+        .args(["--input", &format!("{root}/readings.jsonl")])
+        .env("WEIR_STATE_DIR", state.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("[summary] emit    gh1/climate temperature/mean = 24.9 °C\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[summary] emit    gh1/bed2 moisture/mean = 30.65 %\n"),
+        "{text}"
+    );
+}
