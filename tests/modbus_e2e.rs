@@ -1,6 +1,5 @@
 //! End to end: a pymodbus device → the `weir` binary (modbus source) → mosquitto → a subscriber;
 //! and back: MQTT `…/set` → weir → a holding register the pymodbus server then holds.
-#![cfg(feature = "modbus")]
 
 mod common;
 
