@@ -8,7 +8,8 @@
 //! # Invariants
 //!
 //! 1. **Atomic batches.** Every mutation ([`Outbox::append`], [`Outbox::delete`],
-//!    [`Outbox::enforce_age`]) is exactly one `BEGIN IMMEDIATE … COMMIT` transaction: one WAL commit and,
+//!    [`Outbox::enforce_age`], [`Outbox::dead_letter`], [`Outbox::requeue_dead_letters`]) is exactly
+//!    one `BEGIN IMMEDIATE … COMMIT` transaction: one WAL commit and,
 //!    with `synchronous = FULL`, one fsync. After a crash (`kill -9`, abort, power loss with FULL) the
 //!    outbox holds exactly the committed batches, never part of one.
 //! 2. **Ids are strictly increasing and never reused**, even after the table was emptied and the db
