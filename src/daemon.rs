@@ -91,6 +91,14 @@ fn start_forwarder(cfg: &GatewayConfig, p: &Parts) -> anyhow::Result<RunningForw
 }
 
 impl RunningForwarder {
+    /// A placeholder for a forwarder that is not running.
+    fn stopped() -> RunningForwarder {
+        RunningForwarder {
+            token: CancellationToken::new(),
+            task: tokio::spawn(async {}),
+        }
+    }
+
     async fn stop(self) {
         self.token.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
@@ -270,12 +278,25 @@ pub async fn run_with_reload(
                         "reload: sources applied; the others kept running"
                     );
                 }
-                "mqtt" => {
-                    writer.set_encoder(Encoder::from_config(&new.cfg));
-                    let old = std::mem::replace(&mut fwd, start_forwarder(&new.cfg, &parts)?);
-                    old.stop().await;
-                    tracing::info!("reload: mqtt changed; reconnected with the new settings");
-                }
+                "mqtt" => match weir_mqtt::forwarder_config(&new.cfg) {
+                    Ok(_) => {
+                        // The old session ends first: one client id, one session at a time (two
+                        // would take each other's session over and publish the same rows).
+                        let old = std::mem::replace(&mut fwd, RunningForwarder::stopped());
+                        old.stop().await;
+                        writer.set_encoder(Encoder::from_config(&new.cfg));
+                        match start_forwarder(&new.cfg, &parts) {
+                            Ok(f) => fwd = f,
+                            Err(e) => {
+                                tracing::error!("reload: cannot start the new MQTT connection: {e}")
+                            }
+                        }
+                        tracing::info!("reload: mqtt changed; reconnected with the new settings");
+                    }
+                    Err(e) => {
+                        tracing::error!("reload: mqtt changed but cannot apply ({e}); keeping the running connection");
+                    }
+                },
                 "store" => {
                     let (a, b) = (&cfg.store, &new.cfg.store);
                     let applied = weir_mqtt::forwarder::lock(&outbox).update_limits(|l| {

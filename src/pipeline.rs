@@ -159,7 +159,9 @@ impl Pipeline {
                     None => break,
                 }
             }
-            self.registry.admit(&mut batch);
+            for d in self.registry.admit(&mut batch) {
+                tracing::info!(device = %d.device, "heard again: device back online");
+            }
             for s in self.stages.iter_mut() {
                 s.process(&mut batch);
                 s.take_events(&mut ev);

@@ -499,12 +499,13 @@ impl Registry {
 
     /// Admit a batch fresh from the bus: readings from a source that does not own their device are
     /// removed and counted; the rest mark their device and point as heard. Devices and points first
-    /// heard are added (owned by the reading's source; points read-only). Returns the devices whose
-    /// availability changed (they came back online).
+    /// heard are added (owned by the reading's source; points read-only). Returns the devices that
+    /// were offline and are back online.
     pub fn admit(&self, batch: &mut Batch) -> Vec<AvailabilityChange> {
         let mut learn: Vec<usize> = Vec::new();
         let mut refused: Vec<usize> = Vec::new();
         let mut back = Vec::new();
+        let mut announce = false;
         {
             let devices = self.read();
             for (i, r) in batch.iter().enumerate() {
@@ -529,10 +530,13 @@ impl Registry {
                     .availability
                     .swap(Availability::Online.as_u8(), Ordering::Relaxed);
                 if was != Availability::Online.as_u8() {
-                    back.push(AvailabilityChange {
-                        device: r.device.clone(),
-                        availability: Availability::Online,
-                    });
+                    announce = true;
+                    if was == Availability::Offline.as_u8() {
+                        back.push(AvailabilityChange {
+                            device: r.device.clone(),
+                            availability: Availability::Online,
+                        });
+                    }
                 }
             }
         }
@@ -597,7 +601,7 @@ impl Registry {
                 keep
             });
         }
-        if !back.is_empty() {
+        if announce {
             self.changed();
         }
         back
