@@ -337,6 +337,9 @@ impl Forwarder {
             // Nothing probed (or the probed row is gone): probe the oldest row left, if any.
             _ => {
                 suspects.probe = outcome.unresolved.first().copied();
+                // Strikes only count for the probed row ("in a row"); forget rows gone since.
+                let probe = suspects.probe;
+                suspects.strikes.retain(|id, _| Some(*id) == probe);
                 false
             }
         }
