@@ -317,8 +317,11 @@ struct Inner {
     metrics: Metrics,
     /// Per source: when a refusal was last logged and how many since (logged at most every
     /// [`REFUSAL_LOG_INTERVAL`]).
-    refusal_logged: std::sync::Mutex<HashMap<Arc<str>, (Option<std::time::Instant>, u64)>>,
+    refusal_logged: std::sync::Mutex<HashMap<Arc<str>, RefusalLog>>,
 }
+
+/// When refusals were last logged for a source, and how many since.
+type RefusalLog = (Option<std::time::Instant>, u64);
 
 /// Refused readings are counted always and logged at most this often per source.
 pub const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
