@@ -12,6 +12,12 @@
 //!    section every key in error is reported ([`Diagnostics::parse`]);
 //! 5. cross-field checks (ranges, TLS files present, duplicate source names) add their errors.
 //!
+//! A command that needs only some sections loads the file with [`load_file_for`] and a
+//! [`Sections`] list: the whole text is still parsed as YAML and its top-level keys checked, but
+//! only the listed sections are `${VAR}`-expanded, read (secret files included) and validated;
+//! the others are not looked at, so an unset variable or a missing TLS or secret file in them is
+//! no error. This is what lets `weir rules test` run on a laptop with the production file.
+//!
 //! Adapter sections (`sources[i].<kind>`) are parsed by the adapter's own crate through
 //! [`Diagnostics::parse`], so their errors look the same. The binary's explicit, feature-gated match
 //! on [`SourceEntry::kind`] decides which kinds exist in a build.
@@ -343,10 +349,40 @@ const TOP_KEYS: &[&str] = &[
     "inference",
 ];
 
-/// Read and validate a file; see [`load_str`].
+/// Which top-level sections of the file to expand, read and validate.
+///
+/// Invariant: a section not listed is neither `${VAR}`-expanded nor parsed nor validated, and its
+/// [`GatewayConfig`] field holds the section's default (`sources` and `stages` are empty, no
+/// `mqtt_password`). Whatever the list, the text must be YAML, a mapping, and use known top-level
+/// keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sections<'a> {
+    /// The whole file (`run`, `check`, `buffer drain`).
+    All,
+    /// Only these sections, by top-level key (`gateway`, `store`, `rules` …). `gateway` is
+    /// required only when listed.
+    Only(&'a [&'a str]),
+}
+
+impl Sections<'_> {
+    /// Whether the section `name` is loaded.
+    pub fn wants(&self, name: &str) -> bool {
+        match self {
+            Sections::All => true,
+            Sections::Only(names) => names.contains(&name),
+        }
+    }
+}
+
+/// Read and validate a whole file; see [`load_str`].
 pub fn load_file(path: &Path) -> (Option<GatewayConfig>, Diagnostics) {
+    load_file_for(path, &Sections::All)
+}
+
+/// Read a file and validate only the `sections` listed; see [`load_str_for`].
+pub fn load_file_for(path: &Path, sections: &Sections) -> (Option<GatewayConfig>, Diagnostics) {
     match std::fs::read_to_string(path) {
-        Ok(text) => load_str(&text, path, &|k| std::env::var(k).ok()),
+        Ok(text) => load_str_for(&text, path, &|k| std::env::var(k).ok(), sections),
         Err(e) => {
             let mut d = Diagnostics::new(path, PathIndex::default());
             d.error("", format!("cannot read: {e}"));
@@ -366,17 +402,28 @@ pub fn load_str(
     file: &Path,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> (Option<GatewayConfig>, Diagnostics) {
+    load_str_for(text, file, lookup, &Sections::All)
+}
+
+/// Like [`load_str`], but only the `sections` listed are `${VAR}`-expanded, parsed and
+/// validated (see [`Sections`]); the text as a whole is still checked to be a YAML mapping with
+/// known top-level keys.
+pub fn load_str_for(
+    text: &str,
+    file: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    sections: &Sections,
+) -> (Option<GatewayConfig>, Diagnostics) {
     let mut d = Diagnostics::new(file, PathIndex::build(text));
-    let mut root: serde_yaml::Value = match serde_yaml::from_str(text) {
+    let root: serde_yaml::Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
             d.error_at_line(e.location().map(|l| l.line()), e.to_string());
             return (None, d);
         }
     };
-    env::substitute(&mut root, "", lookup, &mut d);
 
-    let serde_yaml::Value::Mapping(map) = root else {
+    let serde_yaml::Value::Mapping(mut map) = root else {
         d.error(
             "",
             "the configuration must be a mapping with `gateway:`, `mqtt:`, `sources:` …",
@@ -395,10 +442,20 @@ pub fn load_str(
             );
         }
     }
+    // Sections not asked for leave here: never expanded (their variables may be unset on this
+    // machine), never read. The substitution runs on the root so that a section that
+    // substitutes to "" counts as not given, as any other key.
+    map.retain(|k, _| k.as_str().is_some_and(|k| sections.wants(k)));
+    let mut root = serde_yaml::Value::Mapping(map);
+    env::substitute(&mut root, "", lookup, &mut d);
+    let serde_yaml::Value::Mapping(map) = root else {
+        return (None, d); // substitution keeps a mapping a mapping
+    };
     let section = |name: &str| map.get(name).cloned();
 
     let gateway: Option<GatewaySection> = match section("gateway") {
         Some(v) => d.parse(v, "gateway"),
+        None if !sections.wants("gateway") => None,
         None => {
             d.error("gateway", "missing section `gateway:` (at least `id:`)");
             None
@@ -412,8 +469,11 @@ pub fn load_str(
         .map(|p| p.value)
         .unwrap_or_default();
     let empty = || serde_yaml::Value::Mapping(Default::default());
-    let mqtt: Option<Partial<MqttSection>> =
-        d.parse_partial(section("mqtt").unwrap_or_else(empty), "mqtt");
+    let mqtt: Option<Partial<MqttSection>> = if sections.wants("mqtt") {
+        d.parse_partial(section("mqtt").unwrap_or_else(empty), "mqtt")
+    } else {
+        None
+    };
     let store: StoreSection = section("store")
         .and_then(|v| d.parse_partial(v, "store"))
         .map(|p| p.value)

@@ -408,3 +408,149 @@ dev:
     }
     assert_eq!(e.errors.len(), 5, "{s}");
 }
+
+/// A production file as a laptop sees it: an unset password variable, TLS and secret files that
+/// do not exist, a source that is not valid here. Only `store` and `rules` reference variables
+/// the laptop has.
+const PRODUCTION: &str = "\
+gateway:
+  id: gh1
+mqtt:
+  host: broker.example
+  username: gw
+  password: ${WEIR_TEST_UNSET_PASSWORD}
+  tls:
+    ca_file: /nonexistent/weir/ca.pem
+    cert_file: /nonexistent/weir/client.pem
+    key_file: /nonexistent/weir/client.key
+  qos: 7
+bus:
+  capacity_batches: 0
+metrics:
+  listen: ${WEIR_TEST_UNSET_LISTEN}
+sources:
+  - sim:
+      greenhouses: ${WEIR_TEST_UNSET_N}
+  - sim: 3
+store:
+  max_bytes: ${STORE_BYTES}
+rules:
+  - name: hot
+    script: 'if r.value > ${LIMIT} { emit(\"hot\", 1); }'
+";
+
+fn load_only(
+    text: &str,
+    names: &[&str],
+    vars: &[(&str, &str)],
+) -> (Option<GatewayConfig>, Diagnostics) {
+    let lookup = |k: &str| {
+        vars.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+    };
+    load_str_for(text, Path::new("gw.yaml"), &lookup, &Sections::Only(names))
+}
+
+#[test]
+fn only_the_sections_asked_for_are_expanded_read_and_validated() {
+    let vars = [("STORE_BYTES", "1048576"), ("LIMIT", "25")];
+    // `buffer stats`: gateway and store.
+    let (c, d) = load_only(PRODUCTION, &["gateway", "store"], &vars);
+    d.finish().unwrap();
+    let c = c.unwrap();
+    assert_eq!(c.gateway.id, "gh1");
+    assert_eq!(c.store.max_bytes, 1_048_576);
+    // the rest holds defaults: nothing of it was read
+    assert!(c.sources.is_empty() && c.stages.is_empty() && c.mqtt_password.is_none());
+    assert!(c.mqtt.tls.is_none() && c.metrics.listen.is_none());
+    assert_eq!(c.mqtt.host, "127.0.0.1");
+    assert_eq!(c.bus.capacity_batches, 1024);
+
+    // `rules test`: gateway and rules, whose own variable is expanded.
+    let (c, d) = load_only(PRODUCTION, &["gateway", "rules"], &vars);
+    d.finish().unwrap();
+    let c = c.unwrap();
+    assert_eq!(c.stages.len(), 1);
+    let (path, rules) = &c.stages[0];
+    assert_eq!(path, "rules");
+    assert_eq!(
+        rules[0]["script"].as_str(),
+        Some("if r.value > 25 { emit(\"hot\", 1); }")
+    );
+    assert_eq!(c.store.max_bytes, StoreSection::default().max_bytes);
+
+    // The whole file: every one of those problems, each at its place.
+    let (_, d) = load_env(PRODUCTION, &vars);
+    let s = d.finish().unwrap_err().to_string();
+    for want in [
+        "gw.yaml:6: mqtt.password: environment variable `WEIR_TEST_UNSET_PASSWORD` is not set",
+        "gw.yaml:8: mqtt.tls.ca_file: cannot read /nonexistent/weir/ca.pem",
+        "gw.yaml:9: mqtt.tls.cert_file: cannot read",
+        "gw.yaml:10: mqtt.tls.key_file: cannot read",
+        "gw.yaml:11: mqtt.qos: 7 is not supported",
+        "gw.yaml:13: bus.capacity_batches: must be at least 1",
+        "gw.yaml:15: metrics.listen: environment variable `WEIR_TEST_UNSET_LISTEN` is not set",
+        "gw.yaml:18: sources[0].sim.greenhouses: environment variable `WEIR_TEST_UNSET_N`",
+        "gw.yaml:19: sources[1].sim: must be a mapping",
+    ] {
+        assert!(s.contains(want), "missing {want:?} in\n{s}");
+    }
+}
+
+#[test]
+fn a_section_asked_for_is_still_checked_in_full() {
+    // rules read variables of their own section only, and an unset one is an error there
+    let (_, d) = load_only(PRODUCTION, &["gateway", "rules"], &[]);
+    let e = d.finish().unwrap_err();
+    assert_eq!(e.errors.len(), 1, "{e}");
+    assert!(
+        e.to_string()
+            .contains("gw.yaml:24: rules[0].script: environment variable `LIMIT` is not set"),
+        "{e}"
+    );
+    // a missing secret file is an error when its section is asked for, not otherwise
+    let text = "gateway:\n  id: gh1\nmqtt:\n  username: u\n  password_file: /nonexistent/weir/pw\n";
+    let (_, d) = load_only(text, &["gateway", "store"], &[]);
+    d.finish().unwrap();
+    let (_, d) = load_only(text, &["gateway", "mqtt"], &[]);
+    let s = d.finish().unwrap_err().to_string();
+    assert!(
+        s.contains("gw.yaml:5: mqtt.password_file: cannot read secret file /nonexistent/weir/pw"),
+        "{s}"
+    );
+    // `gateway` asked for and missing, or in error
+    let (_, d) = load_only("store: {}\n", &["gateway", "store"], &[]);
+    assert!(d
+        .finish()
+        .unwrap_err()
+        .to_string()
+        .contains("missing section `gateway:`"));
+    let (_, d) = load_only("gateway:\n  id: ${GW}\n", &["gateway", "store"], &[]);
+    assert!(d
+        .finish()
+        .unwrap_err()
+        .to_string()
+        .contains("gw.yaml:2: gateway.id"));
+}
+
+#[test]
+fn the_whole_text_is_still_checked_when_only_some_sections_are_asked_for() {
+    let only = ["gateway", "store"];
+    // a YAML syntax error anywhere in the file
+    let (c, d) = load_only("gateway:\n  id: gh1\nrules: [\n", &only, &[]);
+    assert!(c.is_none());
+    assert!(d.finish().unwrap_err().errors[0].line.is_some());
+    // not a mapping
+    let (c, d) = load_only("- gateway\n", &only, &[]);
+    assert!(c.is_none());
+    assert!(d
+        .finish()
+        .unwrap_err()
+        .to_string()
+        .contains("must be a mapping"));
+    // an unknown (misspelt) section, asked for or not
+    let (_, d) = load_only("gateway:\n  id: gh1\nmqt:\n  host: x\n", &only, &[]);
+    let s = d.finish().unwrap_err().to_string();
+    assert!(s.contains("gw.yaml:3: mqt: unknown section `mqt`"), "{s}");
+}
