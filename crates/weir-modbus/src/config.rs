@@ -216,6 +216,8 @@ fn flatten(
 #[derive(Debug)]
 struct Profile {
     poll_ms: Option<u64>,
+    /// The device model it maps: the file's `description`, else the profile's name.
+    model: Arc<str>,
     points: Vec<(PointConfig, String)>,
 }
 
@@ -400,6 +402,9 @@ pub struct Device {
     pub unit: u8,
     pub points: Vec<Point>,
     pub blocks: Vec<Block>,
+    /// The model its profile maps (the profile file's `description`, else the profile's name);
+    /// `None` without a profile. Shown in the device registry.
+    pub model: Option<Arc<str>>,
 }
 
 /// How a line is reached.
@@ -497,6 +502,7 @@ impl ModbusConfig {
                             }
                             Some(Profile {
                                 poll_ms: r.poll_ms.or(pf.poll_ms),
+                                model: Arc::from(pf.description.as_deref().unwrap_or(name)),
                                 points: good.into_iter().map(|(pc, p)| (pc, place(&p))).collect(),
                             })
                         }
@@ -513,6 +519,7 @@ impl ModbusConfig {
                     }
                     Some(Profile {
                         poll_ms: r.poll_ms,
+                        model: Arc::from(name.as_str()),
                         points: good
                             .into_iter()
                             .map(|(pc, p)| (pc, format!("{at}: {p}")))
@@ -675,9 +682,11 @@ impl ModbusConfig {
             let mut default_poll = d.poll_ms.unwrap_or(self.poll_ms);
             // Problems already reported make the device's own "no points" check moot.
             let mut reported = false;
+            let mut model = None;
             if let Some(name) = &d.profile {
                 match profiles.get(name.as_str()) {
                     Some(Some(profile)) => {
+                        model = Some(profile.model.clone());
                         if d.poll_ms.is_none() {
                             default_poll = profile.poll_ms.unwrap_or(self.poll_ms);
                         }
@@ -760,6 +769,7 @@ impl ModbusConfig {
                 unit: d.unit,
                 points,
                 blocks,
+                model,
             });
         }
         out

@@ -91,17 +91,19 @@ impl SourceBuilder for ModbusBuilder {
             .collect()
     }
 
-    /// Every point, with its unit, value type, poll interval (the registry's expected period) and
-    /// a class hint from its unit (a writable coil is a `switch`).
+    /// Every point, with its unit, value type, poll interval (the registry's expected period;
+    /// none for `on_change` points, see [`point_spec`]) and a class hint from its unit (a writable
+    /// coil is a `switch`); the device's model is its profile's (see [`Device::model`]).
     fn device_specs(&self) -> Vec<DeviceSpec> {
         self.resolved
             .lines
             .iter()
             .flat_map(|l| &l.devices)
-            .map(|d| DeviceSpec {
-                id: DeviceId::new(&d.id),
-                points: d.points.iter().map(point_spec).collect(),
-                meta: Default::default(),
+            .map(|d| {
+                let mut spec = DeviceSpec::new(DeviceId::new(&d.id));
+                spec.points = d.points.iter().map(point_spec).collect();
+                spec.meta.model = d.model.as_deref().map(str::to_string);
+                spec
             })
             .collect()
     }
@@ -116,6 +118,10 @@ impl SourceBuilder for ModbusBuilder {
 }
 
 /// How the registry describes a point.
+///
+/// The expected period is the poll interval, except for `on_change` points: a value that holds
+/// still is not reported ([`should_report`]), so silence there is not a sign of trouble and such a
+/// point never goes stale (the device's other points, or its `Bad` quality, tell).
 fn point_spec(p: &Point) -> PointSpec {
     use crate::codec::DataType;
     let value_type = match p.codec.ty {
@@ -140,7 +146,7 @@ fn point_spec(p: &Point) -> PointSpec {
         .value_type(value_type)
         .writable(p.writable)
         .class(class)
-        .period_ms(Some(p.interval.as_millis() as u64))
+        .period_ms((!p.on_change).then_some(p.interval.as_millis() as u64))
 }
 
 /// The running source.
@@ -946,8 +952,57 @@ tcp:
             )
         );
         assert_eq!(row(3).1, ValueType::Text);
+        assert_eq!(specs[0].meta.model, None, "no profile, no model");
         // The writable points are the same as the router's older view.
         assert_eq!(b.devices()[0].writable_points, vec![PointId::new("relay")]);
+    }
+
+    /// A point reported only on change is silent while its value holds: it must not be given an
+    /// expected period, or a steady meter would be marked stale (and, if every point is
+    /// `on_change`, offline). A device's model comes from its profile.
+    #[test]
+    fn on_change_points_have_no_period_and_the_profile_names_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("sdm.yaml"),
+            "description: Eastron SDM120\npoints:\n  - { name: v, table: input, address: 0, type: f32, unit: V }\n",
+        )
+        .unwrap();
+        let c: crate::ModbusConfig = serde_yaml::from_str(
+            r#"
+poll_ms: 500
+profiles:
+  sdm: { file: sdm.yaml }
+  pump: { points: [ { name: run, table: discrete_input, address: 0 } ] }
+tcp:
+  - host: h
+    devices:
+      - id: m
+        profile: sdm
+        points:
+          - { name: e, table: input, address: 8, type: f32, unit: kWh, on_change: true }
+          - { name: st, table: holding, address: 9, type: bool, bit: 3 }
+      - { id: p, unit: 2, profile: pump }
+"#,
+        )
+        .unwrap();
+        let specs = ModbusBuilder::new(c.resolve(dir.path()).unwrap()).device_specs();
+        let m = &specs[0];
+        assert_eq!(m.meta.model.as_deref(), Some("Eastron SDM120"));
+        let period = |n: &str| {
+            let p = m.points.iter().find(|p| p.name.as_str() == n).unwrap();
+            (p.expected_period_ms, p.value_type, p.class.as_deref())
+        };
+        assert_eq!(period("v"), (Some(500), ValueType::Float, Some("voltage")));
+        assert_eq!(period("e"), (None, ValueType::Float, Some("energy")));
+        assert_eq!(period("st"), (Some(500), ValueType::Bool, None));
+        let p = &specs[1];
+        assert_eq!(
+            p.meta.model.as_deref(),
+            Some("pump"),
+            "an inline profile's name"
+        );
+        assert_eq!(p.points[0].value_type, ValueType::Bool);
     }
 
     #[tokio::test]
