@@ -39,8 +39,8 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use weir_core::{
-    BuildError, Command, Counter, DeviceId, DeviceInfo, Metrics, PointId, Source, SourceBuilder,
-    SourceContext, SourceError,
+    BuildError, Command, Counter, DeviceId, DeviceInfo, DeviceSpec, Metrics, PointId, PointSpec,
+    Source, SourceBuilder, SourceContext, SourceError,
 };
 
 pub use config::CoapConfig;
@@ -152,6 +152,60 @@ impl SourceBuilder for CoapConfig {
             .collect()
     }
 
+    /// Every declared device with the points its configuration names:
+    ///
+    /// * a resource's `point` with its unit (the resource's `unit`, else the device's `units`),
+    ///   writable when the resource is; expected period: `interval_ms` when the resource is
+    ///   polled. An observed resource has none: a notification comes when the value changes (RFC
+    ///   7641), so a steady value is silent, and how often the client re-registers depends on
+    ///   the Max-Age the device sends, which the configuration does not state. A write-only
+    ///   resource (`read: none`) has none either. Two resources naming one point make one point,
+    ///   writable if either is, with the shortest poll interval.
+    /// * the names in `units` no resource names (points a server-mode device posts, or that a
+    ///   JSON/SenML payload names), read-only, without a period: a device posts when it wants.
+    ///
+    /// Points named only by a payload (a resource without `point`) are learned from the first
+    /// reading. The payload decides value types, so they are left unknown; no class is guessed.
+    fn device_specs(&self) -> Vec<DeviceSpec> {
+        self.devices
+            .iter()
+            .map(|d| {
+                let mut spec = DeviceSpec::new(DeviceId::new(&d.id));
+                for r in &d.resources {
+                    let Some(point) = r.point.as_deref() else {
+                        continue;
+                    };
+                    let period = (r.read == config::ReadMode::Poll).then_some(r.interval_ms.max(1));
+                    match spec.points.iter_mut().find(|p| p.name.as_str() == point) {
+                        Some(p) => {
+                            p.writable |= r.writable;
+                            p.expected_period_ms = match (p.expected_period_ms, period) {
+                                (Some(a), Some(b)) => Some(a.min(b)),
+                                (a, b) => a.or(b),
+                            };
+                            if p.unit.is_none() {
+                                p.unit = resource_unit(d, point, r).map(Arc::from);
+                            }
+                        }
+                        None => spec.points.push(
+                            PointSpec::new(PointId::new(point))
+                                .unit(resource_unit(d, point, r))
+                                .writable(r.writable)
+                                .period_ms(period),
+                        ),
+                    }
+                }
+                for (point, unit) in &d.units {
+                    if !spec.points.iter().any(|p| p.name.as_str() == point) {
+                        spec.points
+                            .push(PointSpec::new(PointId::new(point)).unit(Some(unit)));
+                    }
+                }
+                spec
+            })
+            .collect()
+    }
+
     fn build(&self, name: &str, metrics: &Metrics) -> Result<Box<dyn Source>, BuildError> {
         if let Some((key, msg)) = self.validate().into_iter().next() {
             return Err(BuildError {
@@ -161,6 +215,17 @@ impl SourceBuilder for CoapConfig {
         }
         Ok(Box::new(CoapSource::new(self.clone(), name, metrics)))
     }
+}
+
+/// The unit of `point` read from resource `r`: the resource's `unit`, else the device's `units`.
+fn resource_unit<'a>(
+    d: &'a config::DeviceConfig,
+    point: &str,
+    r: &'a config::ResourceConfig,
+) -> Option<&'a str> {
+    r.unit
+        .as_deref()
+        .or_else(|| d.units.get(point).map(String::as_str))
 }
 
 /// A running `coap` source.
@@ -295,5 +360,98 @@ impl Source for CoapSource {
         while tasks.join_next().await.is_some() {}
         tracing::info!(source = %self.name, "coap stats {}", self.stats.summary());
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_core::ValueType;
+
+    /// (name, unit, writable, expected period) of every point of every declared device.
+    fn points(yaml: &str) -> Vec<(String, Vec<(String, Option<String>, bool, Option<u64>)>)> {
+        let c: CoapConfig = serde_yaml::from_str(yaml).unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        c.device_specs()
+            .into_iter()
+            .map(|d| {
+                for p in &d.points {
+                    assert_eq!(p.value_type, ValueType::Unknown, "the payload decides");
+                    assert_eq!(p.class, None);
+                }
+                (
+                    d.id.to_string(),
+                    d.points
+                        .iter()
+                        .map(|p| {
+                            (
+                                p.name.to_string(),
+                                p.unit.as_deref().map(str::to_string),
+                                p.writable,
+                                p.expected_period_ms,
+                            )
+                        })
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn declared_devices_with_units_writability_and_poll_periods() {
+        let got = points(
+            r#"
+listen: 127.0.0.1:5683
+devices:
+  - id: lab/th1
+    units: { temperature: "°C", humidity: "%" }
+  - id: plant/pump1
+    address: 127.0.0.1:5684
+    units: { pressure: hPa, temperature: K }
+    resources:
+      - { path: counter, read: observe }
+      - { path: temp, point: temperature, unit: "°C", interval_ms: 300 }
+      - { path: p, point: pressure }
+      - { path: level, point: level, read: observe }
+      - { path: valve, point: valve, read: none, writable: true }
+      - { path: valve/state, point: valve, interval_ms: 2000 }
+      - { path: valve/state2, point: valve, interval_ms: 500 }
+      - { path: big, interval_ms: 2000 }
+"#,
+        );
+        let s = |x: &str| x.to_string();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    s("lab/th1"),
+                    vec![
+                        // Server mode: no period, a device posts when it wants.
+                        (s("humidity"), Some(s("%")), false, None),
+                        (s("temperature"), Some(s("°C")), false, None),
+                    ]
+                ),
+                (
+                    s("plant/pump1"),
+                    vec![
+                        // The resource's unit wins over the device's `units`.
+                        (s("temperature"), Some(s("°C")), false, Some(300)),
+                        // The default poll interval, the unit from `units`.
+                        (s("pressure"), Some(s("hPa")), false, Some(10_000)),
+                        // Observed: no period.
+                        (s("level"), None, false, None),
+                        // Written at `valve`, polled at two paths: the shortest interval.
+                        (s("valve"), None, true, Some(500)),
+                    ]
+                ),
+            ]
+        );
+        // The router's view is unchanged: the writable points.
+        let c: CoapConfig = serde_yaml::from_str(
+            "devices: [ { id: d, address: \"h:1\", resources: [ { path: v, point: v, read: none, writable: true } ] } ]",
+        )
+        .unwrap();
+        assert_eq!(c.devices()[0].writable_points, vec![PointId::new("v")]);
+        assert!(c.device_specs()[0].points[0].writable);
     }
 }
