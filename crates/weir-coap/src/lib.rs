@@ -368,8 +368,11 @@ mod tests {
     use super::*;
     use weir_core::ValueType;
 
-    /// (name, unit, writable, expected period) of every point of every declared device.
-    fn points(yaml: &str) -> Vec<(String, Vec<(String, Option<String>, bool, Option<u64>)>)> {
+    /// (name, unit, writable, expected period) of a point.
+    type Row = (String, Option<String>, bool, Option<u64>);
+
+    /// The rows of every point of every declared device.
+    fn points(yaml: &str) -> Vec<(String, Vec<Row>)> {
         let c: CoapConfig = serde_yaml::from_str(yaml).unwrap();
         assert!(c.validate().is_empty(), "{:?}", c.validate());
         c.device_specs()
