@@ -12,7 +12,8 @@
 //! `start_hour`, or follows the wall clock): `sun` = sin over the day, -1 at midnight, +1 at noon.
 //! * temperature = night + (noon − night)·(sun + 1)/2, minus [`VENT_COOLING_C`] while the vent is
 //!   open, minus [`SHADE_COOLING_C`]·shade/100, ± 0.2 noise;
-//! * light = 55,000 lx · max(sun, 0) · (1 − [`SHADE_LIGHT_CUT`]·shade/100), ± 50 noise;
+//! * light = 55,000 lx · max(sun, 0) · (1 − [`SHADE_LIGHT_CUT`]·shade/100), ± 50 noise, in whole lux
+//!   (the other points to hundredths);
 //! * moisture falls by `drying_pct_per_h` per simulated hour at noon (half of it at night) and
 //!   rises by `irrigation_pct_per_h` while irrigation runs, kept within 5–95 %, ± 0.3 noise.
 //!
@@ -444,10 +445,15 @@ impl Greenhouse {
                 *m + 0.3 * noise
             }
         };
+        // As a sensor reports them: light in whole lux, the rest to hundredths.
+        let value = match p.kind {
+            Kind::Light => value.round(),
+            _ => (value * 100.0).round() / 100.0,
+        };
         Reading {
             device: p.device.clone(),
             point: p.point.clone(),
-            value: Value::F64((value * 100.0).round() / 100.0),
+            value: Value::F64(value),
             unit: Some(p.unit.clone()),
             ts,
             quality: Quality::Good,
@@ -667,7 +673,11 @@ mod tests {
         // points: 0 temperature, 1 humidity, 2 light, 3 bed1 moisture
         let noon = v(&mut g, 0, t0);
         assert!((noon - 30.0).abs() <= 0.2, "{noon}");
-        assert!(v(&mut g, 2, t0) > 50_000.0);
+        let light = v(&mut g, 2, t0);
+        assert!(
+            light > 50_000.0 && light.fract() == 0.0,
+            "whole lux: {light}"
+        );
         let m0 = v(&mut g, 3, t0);
         assert!((m0 - 40.0).abs() <= 0.3, "{m0}");
         // One simulated hour later (10 s of a 240 s day): 13:00, 6 %/h of drying near noon.
