@@ -66,13 +66,20 @@ impl Loaded {
 }
 
 /// What a command needs loaded beyond the file itself.
+///
+/// Whatever the need, the whole file must be YAML with known top-level keys. Sections outside the
+/// need are not `${VAR}`-expanded, read or validated ([`weir_config::Sections`]): an unset
+/// variable, a missing TLS or secret file, a Modbus profile that is not on this machine, in a
+/// section the command does not use, is no error for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
     /// Everything `run` loads (`run`, `check`, `buffer drain`).
     All,
-    /// The `gateway` and `store` sections only (`buffer stats`).
+    /// The local sections: `gateway`, `store` and `metrics` (`buffer stats`, `buffer requeue`,
+    /// `devices`, which asks the daemon at `metrics.listen`). No source, stage or `mqtt`.
     Store,
-    /// The rules only (`rules test`).
+    /// `gateway` and the `rules` section, its own `${VAR}`s expanded (`rules test`). No source,
+    /// `mqtt` or other stage.
     Rules,
 }
 
@@ -210,7 +217,12 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
 
 /// Load what `need` says (see [`Need`]); the file's own structure is always checked.
 pub fn load_for(path: &Path, need: Need) -> Result<Loaded, ConfigErrors> {
-    let (cfg, mut d) = weir_config::load_file(path);
+    let sections = match need {
+        Need::All => weir_config::Sections::All,
+        Need::Store => weir_config::Sections::Only(&["gateway", "store", "metrics"]),
+        Need::Rules => weir_config::Sections::Only(&["gateway", "rules"]),
+    };
+    let (cfg, mut d) = weir_config::load_file_for(path, &sections);
     let mut sources = Vec::new();
     let mut stages = Vec::new();
     if let Some(cfg) = &cfg {

@@ -190,3 +190,150 @@ fn check_keeps_substituted_secrets_text_and_never_prints_them() {
         assert!(!out.contains(secret) && !err.contains(secret), "{out}{err}");
     }
 }
+
+/// The production file on a laptop: `weir rules test` and `weir buffer stats` load only the
+/// sections they use, so an unset password variable, a password file, TLS files and a Modbus
+/// profile that are not on this machine stop neither; `weir check` still names every one.
+#[cfg(all(feature = "modbus", feature = "rules"))]
+#[test]
+fn rules_test_and_buffer_stats_work_with_a_production_file_on_a_laptop() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let state = dir.path().join("state");
+    let production = |secret: &str| {
+        format!(
+            "gateway:
+  id: plant
+  state_dir: {state}
+mqtt:
+  host: broker.example
+  username: gw
+  {secret}
+  tls:
+    ca_file: {d}/etc/ca.pem
+    cert_file: {d}/etc/client.pem
+    key_file: {d}/etc/client.key
+sources:
+  - modbus:
+      name: plant
+      profiles:
+        meter: {{ file: {d}/etc/profiles/meter.yaml }}
+      tcp:
+        - host: 127.0.0.1
+          port: 1502
+          devices:
+            - {{ id: plant/meter, unit: 1, profile: meter }}
+rules:
+  - name: hot
+    match: {{ point: temperature }}
+    script: 'if r.value > ${{WEIR_TEST_RULES_LIMIT}} {{ emit(\"hot\", 1); }}'
+",
+            state = state.display()
+        )
+    };
+    let input = dir.path().join("readings.jsonl");
+    std::fs::write(
+        &input,
+        "{\"device\":\"plant/boiler\",\"point\":\"temperature\",\"value\":20.5,\"ts\":\"2026-06-01T12:00:00Z\"}\n\
+         {\"device\":\"plant/boiler\",\"point\":\"temperature\",\"value\":31.5,\"ts\":\"2026-06-01T12:00:01Z\"}\n",
+    )
+    .unwrap();
+    let env = [("WEIR_TEST_RULES_LIMIT", "25")];
+    for (name, secret, secret_error) in [
+        (
+            "by-variable.yaml",
+            "password: ${WEIR_TEST_UNSET_VAR_XYZ}",
+            ":7: mqtt.password: environment variable `WEIR_TEST_UNSET_VAR_XYZ` is not set"
+                .to_string(),
+        ),
+        (
+            "by-file.yaml",
+            "password_file: /nonexistent/weir/mqtt-password",
+            ":7: mqtt.password_file: cannot read secret file /nonexistent/weir/mqtt-password"
+                .to_string(),
+        ),
+    ] {
+        let cfg = dir.path().join(name);
+        std::fs::write(&cfg, production(secret)).unwrap();
+        let f = cfg.to_str().unwrap();
+
+        let (code, out, err) = weir(
+            &["rules", "test", "-c", f, "--input", input.to_str().unwrap()],
+            &env,
+        );
+        assert_eq!(code, 0, "{name}: {out}{err}");
+        // the rules ran, with their own variable expanded: one reading above 25, one emit
+        assert_eq!(out.matches("[hot] emit").count(), 1, "{name}: {out}");
+        assert!(out.contains("plant/boiler hot = 1"), "{name}: {out}");
+
+        // No outbox yet: a clear message naming it, not a configuration error.
+        let (code, out, err) = weir(&["buffer", "stats", "-c", f], &[]);
+        assert_eq!(code, 2, "{name}: {out}{err}");
+        assert!(!err.contains("in the configuration"), "{name}: {err}");
+        assert!(
+            err.contains(&format!("outbox {}/outbox.db", state.display()))
+                && err.contains("No such file"),
+            "{name}: {err}"
+        );
+
+        // `weir check` (what `run` loads) still names every problem.
+        let (code, out, err) = weir(&["check", "-c", f], &env);
+        assert_eq!(code, 1, "{name}: {out}{err}");
+        for want in [
+            secret_error,
+            ":9: mqtt.tls.ca_file: cannot read".to_string(),
+            ":10: mqtt.tls.cert_file: cannot read".to_string(),
+            ":11: mqtt.tls.key_file: cannot read".to_string(),
+            ":16: sources[0].modbus.profiles.meter.file: cannot read".to_string(),
+        ] {
+            assert!(err.contains(&want), "{name}: missing {want:?} in\n{err}");
+        }
+    }
+
+    // With an outbox (`buffer requeue` creates it, as `run` would), `buffer stats` prints its
+    // JSON document.
+    let f = dir.path().join("by-variable.yaml");
+    let f = f.to_str().unwrap();
+    let (code, out, err) = weir(&["buffer", "requeue", "-c", f], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = weir(&["buffer", "stats", "-c", f], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["rows"], 0, "{out}");
+    assert_eq!(
+        doc["path"],
+        format!("{}/outbox.db", state.display()).as_str(),
+        "{out}"
+    );
+}
+
+/// Loading less never means checking less of the file's shape: a misspelt section and a broken
+/// file fail `weir rules test` and `weir buffer stats` with the file's position.
+#[cfg(feature = "rules")]
+#[test]
+fn rules_test_and_buffer_stats_still_refuse_a_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gw.yaml");
+    let f = cfg.to_str().unwrap();
+    for (text, want) in [
+        (
+            "gateway:\n  id: gh\nmqt:\n  host: x\n",
+            format!("{f}:3: mqt: unknown section `mqt`"),
+        ),
+        ("gateway:\n  id: gh\nsources: [\n", format!("{f}:")),
+        ("\u{0}\u{1}garbage: [\n", f.to_string()),
+    ] {
+        std::fs::write(&cfg, text).unwrap();
+        for args in [
+            &["rules", "test", "-c", f, "--input", "-"][..],
+            &["buffer", "stats", "-c", f][..],
+        ] {
+            let (code, out, err) = weir(args, &[]);
+            assert_eq!(code, 1, "{args:?} {text:?}: {out}{err}");
+            assert!(
+                err.contains("in the configuration") && err.contains(&want),
+                "{args:?} {text:?}: missing {want:?} in\n{err}"
+            );
+        }
+    }
+}
