@@ -75,9 +75,10 @@ impl Loaded {
 pub enum Need {
     /// Everything `run` loads (`run`, `check`, `buffer drain`).
     All,
-    /// The local sections: `gateway`, `store` and `metrics` (`buffer stats`, `buffer requeue`,
-    /// `devices`, which asks the daemon at `metrics.listen`). No source, stage or `mqtt`.
+    /// `gateway` and `store` (`buffer stats`, `buffer requeue`). No source, stage or `mqtt`.
     Store,
+    /// `gateway` and `metrics` (`devices`, which asks the daemon at `metrics.listen`).
+    Devices,
     /// `gateway` and the `rules` section, its own `${VAR}`s expanded (`rules test`). No source,
     /// `mqtt` or other stage.
     Rules,
@@ -219,7 +220,8 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
 pub fn load_for(path: &Path, need: Need) -> Result<Loaded, ConfigErrors> {
     let sections = match need {
         Need::All => weir_config::Sections::All,
-        Need::Store => weir_config::Sections::Only(&["gateway", "store", "metrics"]),
+        Need::Store => weir_config::Sections::Only(&["gateway", "store"]),
+        Need::Devices => weir_config::Sections::Only(&["gateway", "metrics"]),
         Need::Rules => weir_config::Sections::Only(&["gateway", "rules"]),
     };
     let (cfg, mut d) = weir_config::load_file_for(path, &sections);

@@ -181,7 +181,7 @@ fn main() -> ExitCode {
             Err(c) => c,
         },
         Cmd::Devices { config, json } => {
-            let loaded = match load_for(&config, weir::Need::Store) {
+            let loaded = match load_for(&config, weir::Need::Devices) {
                 Ok(l) => l,
                 Err(c) => return c,
             };
@@ -357,6 +357,12 @@ fn devices(cfg: &weir_config::GatewayConfig, json: bool) -> anyhow::Result<()> {
 
 fn stats(cfg: &weir_config::GatewayConfig) -> anyhow::Result<()> {
     let path = cfg.store_path();
+    if !path.exists() {
+        anyhow::bail!(
+            "no outbox yet at {}: `weir run` creates it (gateway.state_dir, store.path)",
+            path.display()
+        );
+    }
     let mut o = weir_store::Outbox::open_read_only(&path)?;
     let s = o.stats()?;
     let now = weir_core::Timestamp::now().as_nanos();

@@ -271,8 +271,10 @@ rules:
         assert_eq!(code, 2, "{name}: {out}{err}");
         assert!(!err.contains("in the configuration"), "{name}: {err}");
         assert!(
-            err.contains(&format!("outbox {}/outbox.db", state.display()))
-                && err.contains("No such file"),
+            err.contains(&format!(
+                "no outbox yet at {}/outbox.db: `weir run` creates it",
+                state.display()
+            )),
             "{name}: {err}"
         );
 
