@@ -175,6 +175,9 @@ enum End {
 /// A result to publish on `…/set/result`.
 type Outgoing = (String, Vec<u8>);
 
+/// How long acknowledged rows wait to be deleted together (fewer, larger delete transactions).
+const FLUSH_DELAY: Duration = Duration::from_millis(20);
+
 /// Rows resolved in a session and not yet written to the outbox.
 #[derive(Debug, Default)]
 struct Done {
@@ -454,8 +457,6 @@ impl Forwarder {
         let mut exhausted = false;
         let mut stopping: Option<Instant> = None;
 
-        let mut housekeeping = tokio::time::interval(Duration::from_millis(20));
-        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_status = Instant::now() + self.cfg.status_interval;
 
         let send_other =
@@ -565,6 +566,20 @@ impl Forwarder {
                 }
             }
             let idle = buffer.is_empty() && exhausted && inflight.len() < window;
+            // Wake only for work: acknowledged rows to delete (soon, to batch them), the next age
+            // check or status document, the end of a shutdown's wait. An idle gateway sleeps
+            // until one of those; new rows wake it through `wake` (a permit is kept if it comes
+            // while we are busy, so none is missed).
+            let next_tick = {
+                let mut t = (*next_age_check).min(next_status);
+                if !done.acked.is_empty() || !done.dead.is_empty() {
+                    t = t.min(Instant::now() + FLUSH_DELAY);
+                }
+                if let Some(d) = stopping {
+                    t = t.min(d);
+                }
+                t
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if stopping.is_none() => {
@@ -588,10 +603,8 @@ impl Forwarder {
                 _ = self.wake.notified(), if idle => {
                     exhausted = false;
                 }
-                _ = housekeeping.tick() => {
+                _ = tokio::time::sleep_until(next_tick) => {
                     self.flush(&mut done, outcome);
-                    // New rows may have arrived without a wake-up reaching us (a wake is one permit).
-                    if buffer.is_empty() { exhausted = false; }
                     if Instant::now() >= *next_age_check {
                         *next_age_check = Instant::now() + self.age_check_interval();
                         if self.enforce_age() > 0 {
