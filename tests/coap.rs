@@ -781,3 +781,146 @@ fn senml_base_names_repeating_the_device_give_plain_points() {
         gw.log().contains(" bad_names=2 ")
     });
 }
+
+/// `GET <path>` from the daemon's metrics listener: the body, or `None` while it is not up.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// One device of the `/devices` document (`null` when absent or the listener is not up).
+fn device_doc(mport: u16, id: &str) -> serde_json::Value {
+    http_get(mport, "/devices")
+        .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .and_then(|doc| {
+            doc["devices"]
+                .as_array()?
+                .iter()
+                .find(|d| d["id"] == id)
+                .cloned()
+        })
+        .unwrap_or_default()
+}
+
+/// The point `name` of a device document.
+fn point_doc<'a>(dev: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    dev["points"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+/// The value of the unlabelled gauge `name` on `/metrics`.
+fn gauge(mport: u16, name: &str) -> Option<i64> {
+    http_get(mport, "/metrics")?
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A polled device that stops answering (its aiocoap server killed) sends no readings — the
+/// client counts failed exchanges, it reports nothing — so its polled point goes stale after
+/// three poll intervals and the device offline (its other point is write-only, not timed), seen
+/// in `/devices`, `weir devices`, the log and `weir_points_stale`. The restarted server is
+/// polled again and the device is online with a fresh point.
+#[test]
+fn a_polled_device_that_stops_answering_goes_stale_and_offline_then_back_online() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let mport = free_port();
+    let peer = Peer::start(port, 1);
+    // Slower machines (WEIR_TEST_TIME_SCALE) poll slower, so a late poll is not taken for silence.
+    let period_ms = 500 * u64::from(time_scale());
+    let rest = format!(
+        "metrics:\n  listen: 127.0.0.1:{mport}\nsources:\n  - coap:\n      name: field\n      ack_timeout_ms: 100\n      max_retransmit: 1\n      backoff_max_ms: 400\n      stats_interval_s: 1\n      devices:\n        - id: plant/probe\n          address: 127.0.0.1:{port}\n          resources:\n            - {{ path: temp, point: temperature, unit: \"°C\", interval_ms: {period_ms} }}\n            - {{ path: valve, point: valve, read: none, writable: true }}\n"
+    );
+    let mut gw = Gateway::start(dir.path(), &config_with(broker.port, "", "", &rest));
+
+    // Heard: online, the point fresh, declared with its unit and period before any reading.
+    wait_until("the probe online", Duration::from_secs(20), || {
+        let d = device_doc(mport, "plant/probe");
+        d["availability"] == "online" && point_doc(&d, "temperature")["stale"] == false
+    });
+    let d = device_doc(mport, "plant/probe");
+    assert_eq!(d["owner"], "field", "{d}");
+    let t = point_doc(&d, "temperature");
+    assert_eq!(
+        (
+            t["unit"].clone(),
+            t["expected_period_ms"].clone(),
+            t["writable"].clone()
+        ),
+        ("°C".into(), period_ms.into(), false.into()),
+        "{d}"
+    );
+    let v = point_doc(&d, "valve");
+    assert_eq!(v["writable"], true, "{d}");
+    assert!(v.get("expected_period_ms").is_none(), "write-only: {d}");
+    // Polled every period, it stays fresh across sweeps (once a second) past 3 periods.
+    wait_until("6 readings forwarded", Duration::from_secs(20), || {
+        values(&sub, "t/plant/probe/temperature").len() >= 6
+    });
+    let d = device_doc(mport, "plant/probe");
+    assert_eq!(d["availability"], "online", "{d}");
+    assert_eq!(point_doc(&d, "temperature")["stale"], false, "{d}");
+    assert!(!gw.log().contains("marked stale"), "{}", gw.log());
+
+    // The device stops answering: nothing is reported, the point goes stale, the device offline.
+    drop(peer);
+    wait_until(
+        "the point stale, the device offline",
+        Duration::from_secs(20),
+        || {
+            let d = device_doc(mport, "plant/probe");
+            d["availability"] == "offline" && point_doc(&d, "temperature")["stale"] == true
+        },
+    );
+    assert!(gw.log().contains("marked stale"), "{}", gw.log());
+    assert!(
+        gw.log()
+            .contains("every timed point is stale: device offline"),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(gauge(mport, "weir_points_stale"), Some(1));
+    let (code, out, err) = gw.cli(&["devices"]);
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("plant/probe "))
+        .unwrap_or_else(|| panic!("no plant/probe in:\n{out}"));
+    assert!(
+        line.contains("offline") && line.contains("temperature (stale)"),
+        "{out}"
+    );
+    // Failed exchanges are not readings: nothing bad was published for the point.
+    assert!(
+        values(&sub, "t/plant/probe/temperature")
+            .iter()
+            .all(|v| *v == 21.5),
+        "{:?}",
+        values(&sub, "t/plant/probe/temperature")
+    );
+
+    // The device answers again: polled, online, fresh.
+    let n = values(&sub, "t/plant/probe/temperature").len();
+    let _peer = Peer::start(port, 2);
+    wait_until("the probe back online", Duration::from_secs(20), || {
+        let d = device_doc(mport, "plant/probe");
+        d["availability"] == "online" && point_doc(&d, "temperature")["stale"] == false
+    });
+    wait_until("readings again", Duration::from_secs(10), || {
+        values(&sub, "t/plant/probe/temperature").len() > n
+    });
+    assert!(gw.is_running());
+}
