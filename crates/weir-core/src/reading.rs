@@ -110,12 +110,66 @@ impl Value {
     }
 }
 
-/// The `f64` nearest to the shortest decimal that round-trips `x` (Rust's `Display` for `f32`
-/// prints exactly that decimal, without an exponent: at most 48 bytes), formatted on the stack.
+/// Powers of ten exactly representable as `f64`.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The `f64` nearest to the shortest decimal that round-trips `x`.
+///
+/// Fast path (|x| from 1e-12 to 1e13, every value a meter sends): for 1, 2, … significant digits,
+/// the decimal with that many digits nearest to `x` (and, at a power of two where the rounding
+/// interval is lopsided, its neighbours) is tried until one narrows back to `x`. Each
+/// candidate is an integer times or divided by an exact power of ten, so it is the `f64` nearest
+/// to that decimal, as parsing its text would give. Outside that range, the decimal Rust's
+/// `Display` prints (the shortest, without exponent) is parsed. Both give the same value (tested
+/// across the whole range).
 fn f32_shortest(x: f32) -> f64 {
-    if !x.is_finite() {
+    if !x.is_finite() || x == 0.0 {
         return x as f64;
     }
+    let v = x as f64;
+    let a = v.abs();
+    if !(1e-12..1e13).contains(&a) {
+        return f32_shortest_by_text(x);
+    }
+    // An upper bound of the decimal exponent: 10^e > a / 10 (floor(log10 a) is e or e - 1).
+    let e2 = ((a.to_bits() >> 52) & 0x7ff) as i32 - 1023;
+    let e = (e2 as f64 * std::f64::consts::LOG10_2).floor() as i32 + 1;
+    // Only at a power of two (mantissa 0) is the interval that rounds to `x` lopsided, so that a
+    // decimal farther away than the nearest one can still round to `x`.
+    let lopsided = x.to_bits() & 0x007f_ffff == 0;
+    for digits in 1..=10 {
+        let k = digits - 1 - e; // decimals after the point
+        let (scaled, p) = if k >= 0 {
+            let p = POW10[k as usize];
+            (v * p, p)
+        } else {
+            let p = POW10[(-k) as usize];
+            (v / p, p)
+        };
+        // Nearest integer (|scaled| < 1e11 here); a cast, not libm's `round`, on the hot path.
+        let m = (scaled + 0.5f64.copysign(scaled)) as i64 as f64;
+        let cand = |m: f64| if k >= 0 { m / p } else { m * p };
+        let c = cand(m);
+        if c as f32 == x {
+            return c;
+        }
+        if lopsided {
+            for c in [cand(m + 1.0), cand(m - 1.0)] {
+                if c as f32 == x {
+                    return c;
+                }
+            }
+        }
+    }
+    f32_shortest_by_text(x)
+}
+
+/// The same through text: Rust's `Display` for `f32` prints the shortest round-tripping decimal
+/// without an exponent (at most 48 bytes), formatted on the stack and parsed.
+fn f32_shortest_by_text(x: f32) -> f64 {
     struct Buf {
         b: [u8; 64],
         n: usize,
@@ -281,8 +335,10 @@ mod tests {
         for bits in (0..=u32::MAX).step_by(4099) {
             let x = f32::from_bits(bits);
             if x.is_finite() {
-                let back = Value::from_f32(x).as_f64().unwrap() as f32;
-                assert_eq!(back.to_bits(), x.to_bits(), "{x:e}");
+                let v = Value::from_f32(x).as_f64().unwrap();
+                assert_eq!((v as f32).to_bits(), x.to_bits(), "{x:e}");
+                // The fast path gives what parsing the shortest text gives.
+                assert_eq!(v.to_bits(), f32_shortest_by_text(x).to_bits(), "{x:e}");
                 checked += 1;
             }
         }

@@ -271,18 +271,20 @@ enum Raw {
     F(f64),
 }
 
+/// Powers of ten, exact as `f64`, for the decimals of scale and offset.
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
 /// The decimals of `x` as written: the smallest `k` ≤ 15 with `x` a multiple of 10⁻ᵏ, if any.
-fn decimals(x: f64) -> Option<i32> {
-    (0..=15).find(|&k| {
-        let p = 10f64.powi(k);
-        (x * p).round() / p == x
-    })
+fn decimals(x: f64) -> Option<usize> {
+    (0..POW10.len()).find(|&k| (x * POW10[k]).round() / POW10[k] == x)
 }
 
 /// `v` rounded to `d` decimals: the `f64` nearest to that decimal (an integer divided by a power
 /// of ten is rounded once, correctly). Values too large to carry the decimals are left as they are.
-fn round_to(v: f64, d: i32) -> f64 {
-    let p = 10f64.powi(d);
+fn round_to(v: f64, d: usize) -> f64 {
+    let p = POW10[d.min(POW10.len() - 1)];
     let r = (v * p).round() / p;
     if r.is_finite() && (v * p).abs() < 9.0e15 {
         r
@@ -303,17 +305,28 @@ impl Codec {
             });
         }
         let is_string = self.ty == DataType::String;
-        let b = to_be_bytes(regs, self.order, is_string);
+        // Numbers span at most 4 registers: their bytes are put together on the stack.
+        let mut b = [0u8; 8];
+        if !is_string {
+            let mut r = [0u16; 4];
+            let r = &mut r[..n.min(4)];
+            r.copy_from_slice(&regs[..r.len()]);
+            reorder(r, self.order, false);
+            for (i, w) in r.iter().enumerate() {
+                b[2 * i..2 * i + 2].copy_from_slice(&w.to_be_bytes());
+            }
+        }
         let raw = match self.ty {
             DataType::U16 => Raw::U(u16::from_be_bytes([b[0], b[1]]) as u64),
             DataType::I16 => Raw::I(i16::from_be_bytes([b[0], b[1]]) as i64),
             DataType::U32 => Raw::U(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as u64),
             DataType::I32 => Raw::I(i32::from_be_bytes([b[0], b[1], b[2], b[3]]) as i64),
             DataType::F32 => Raw::F32(f32::from_be_bytes([b[0], b[1], b[2], b[3]])),
-            DataType::U64 => Raw::U(u64::from_be_bytes(arr8(&b))),
-            DataType::I64 => Raw::I(i64::from_be_bytes(arr8(&b))),
-            DataType::F64 => Raw::F(f64::from_be_bytes(arr8(&b))),
+            DataType::U64 => Raw::U(u64::from_be_bytes(b)),
+            DataType::I64 => Raw::I(i64::from_be_bytes(b)),
+            DataType::F64 => Raw::F(f64::from_be_bytes(b)),
             DataType::String => {
+                let b = to_be_bytes(regs, self.order, is_string);
                 let end = b
                     .iter()
                     .rposition(|c| *c != 0 && *c != b' ')
@@ -518,12 +531,6 @@ fn as_f64(r: Raw) -> f64 {
         Raw::F32(f) => f as f64,
         Raw::F(f) => f,
     }
-}
-
-fn arr8(b: &[u8]) -> [u8; 8] {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    a
 }
 
 #[cfg(test)]
