@@ -319,6 +319,22 @@ tcp:
             .and_then(|r| r.quality.reason().map(|s| s.starts_with("connection_lost")))
             == Some(true)
     });
+    // Reconnecting fails while it is gone: the reason names the host and port, once.
+    let refused = format!("connection_lost: cannot connect to 127.0.0.1:{port}: ");
+    wait_until("a refused reconnect", Duration::from_secs(10), || {
+        src.latest("d", "counter")
+            .and_then(|r| r.quality.reason().map(|s| s.starts_with(&refused)))
+            == Some(true)
+    });
+    for s in src.of("d") {
+        if let Some(reason) = s.r.quality.reason() {
+            let detail = reason.strip_prefix("connection_lost: ").unwrap_or(reason);
+            assert!(
+                !detail.to_lowercase().contains("connection lost"),
+                "{reason}"
+            );
+        }
+    }
     let mut peer = Peer::tcp(port, "1");
     peer.ok("set 1 i 3 99");
     wait_until(
