@@ -523,3 +523,181 @@ rules:
     };
     assert_eq!((sent("true"), sent("false")), (1, 2), "{log}");
 }
+
+/// `GET <path>` from the daemon's metrics listener: the body, or `None` while it is not up.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// The `/devices` document as (device id → device), empty while the listener is not up.
+fn devices_doc(mport: u16) -> std::collections::HashMap<String, serde_json::Value> {
+    http_get(mport, "/devices")
+        .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .and_then(|doc| doc["devices"].as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| (d["id"].as_str().unwrap_or_default().to_string(), d))
+        .collect()
+}
+
+/// (availability, the stale flag of `point`) of `device` in `/devices`.
+fn availability(mport: u16, device: &str, point: &str) -> (String, Option<bool>) {
+    let docs = devices_doc(mport);
+    let Some(d) = docs.get(device) else {
+        return (String::new(), None);
+    };
+    let stale = d["points"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == point))
+        .and_then(|p| p["stale"].as_bool());
+    (d["availability"].as_str().unwrap_or_default().into(), stale)
+}
+
+/// Staleness with a real Modbus device, as the adapter honestly reports it. A bad quality is a
+/// reading, reported once when it starts (a slave that answers exceptions, a lost connection);
+/// after it the points are silent, so they go stale three poll intervals later and the device
+/// offline — per device: the other slave on the line stays online. An `on_change` point that
+/// holds still is not timed, so it never goes stale. The device answering again brings it back.
+#[test]
+fn a_modbus_device_that_stops_answering_goes_stale_and_offline_per_device_then_back() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let port = free_port();
+    let mport = free_port();
+    let mut peer = Peer::tcp(port, "1,2");
+    peer.cmd("setv 1 i 0 f32 ABCD 230.5");
+    peer.cmd("set 2 h 10 7");
+    // Slower machines (WEIR_TEST_TIME_SCALE) poll slower, so a late poll is not taken for silence.
+    let poll_ms = 200 * u64::from(time_scale());
+    let dir = tempfile::tempdir().unwrap();
+    let sources = format!(
+        r#"metrics:
+  listen: 127.0.0.1:{mport}
+sources:
+  - modbus:
+      name: plant
+      poll_ms: {poll_ms}
+      reconnect_min_ms: 100
+      reconnect_max_ms: 400
+      tcp:
+        - host: 127.0.0.1
+          port: {port}
+          devices:
+            - id: plant/meter
+              unit: 1
+              points:
+                - {{ name: voltage, table: input, address: 0, type: f32, unit: V }}
+            - id: plant/pump
+              unit: 2
+              points:
+                - {{ name: flow, table: holding, address: 10 }}
+                - {{ name: running, table: coil, address: 0, on_change: true }}
+"#
+    );
+    let mut gw = Gateway::start(dir.path(), &config_with(broker.port, "", "", &sources));
+    let count = |topic: &str| sub.count(|m| m.topic == topic);
+    let last = |topic: &str| sub.last_json(topic).unwrap_or_default();
+
+    // Polled for well over three intervals: both online, nothing stale, the steady `on_change`
+    // coil (one reading) included.
+    wait_until("12 polls of each device", Duration::from_secs(20), || {
+        count("t/plant/meter/voltage") >= 12 && count("t/plant/pump/flow") >= 12
+    });
+    assert_eq!(
+        availability(mport, "plant/meter", "voltage"),
+        ("online".into(), Some(false))
+    );
+    assert_eq!(
+        availability(mport, "plant/pump", "running"),
+        ("online".into(), Some(false)),
+        "a steady on_change point is not stale"
+    );
+    assert_eq!(
+        count("t/plant/pump/running"),
+        1,
+        "reported once, it holds still"
+    );
+    let pump = &devices_doc(mport)["plant/pump"];
+    let running = pump["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "running")
+        .unwrap();
+    assert!(running.get("expected_period_ms").is_none(), "{pump}");
+    assert!(!gw.log().contains("marked stale"), "{}", gw.log());
+
+    // Slave 1 stops answering (the peer, a TCP gateway, answers exception 0x0B for it): one bad
+    // reading, then silence; the meter goes offline, the pump on the same line stays online.
+    peer.cmd("silent 1");
+    wait_until("the meter offline", Duration::from_secs(20), || {
+        availability(mport, "plant/meter", "voltage") == ("offline".into(), Some(true))
+    });
+    assert_eq!(
+        availability(mport, "plant/pump", "flow"),
+        ("online".into(), Some(false))
+    );
+    let bad = |topic: &str| sub.count(|m| m.topic == topic && m.json()["quality"] == "bad");
+    let v = last("t/plant/meter/voltage");
+    assert_eq!(
+        (v["quality"].clone(), v["reason"].clone()),
+        ("bad".into(), "gateway_target_failed_to_respond".into()),
+        "{v}"
+    );
+    assert_eq!(
+        bad("t/plant/meter/voltage"),
+        1,
+        "a bad quality is reported once"
+    );
+    assert!(
+        gw.log().contains("device offline device=plant/meter"),
+        "{}",
+        gw.log()
+    );
+    assert!(
+        !gw.log().contains("device offline device=plant/pump"),
+        "{}",
+        gw.log()
+    );
+
+    // It answers again: online, fresh, good.
+    peer.cmd("answer 1");
+    wait_until("the meter back online", Duration::from_secs(20), || {
+        availability(mport, "plant/meter", "voltage") == ("online".into(), Some(false))
+            && last("t/plant/meter/voltage")["quality"] == "good"
+    });
+
+    // The whole peer goes away: every point of the line is reported bad once (connection
+    // lost), then silent; both devices go offline.
+    drop(peer);
+    wait_until("both devices offline", Duration::from_secs(20), || {
+        availability(mport, "plant/meter", "voltage") == ("offline".into(), Some(true))
+            && availability(mport, "plant/pump", "flow") == ("offline".into(), Some(true))
+    });
+    let f = last("t/plant/pump/flow");
+    assert_eq!(f["quality"], "bad", "{f}");
+    assert!(
+        f["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("connection_lost"),
+        "{f}"
+    );
+    // The peer is back on the same port: reconnected, both online.
+    let _peer = Peer::tcp(port, "1,2");
+    wait_until("both devices back online", Duration::from_secs(20), || {
+        availability(mport, "plant/meter", "voltage") == ("online".into(), Some(false))
+            && availability(mport, "plant/pump", "flow") == ("online".into(), Some(false))
+    });
+    assert!(gw.is_running());
+}
