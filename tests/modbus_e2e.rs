@@ -269,7 +269,7 @@ fn weir_modbus_read_and_write_commission_a_device() {
         "-21",
     ]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.starts_with("ok"), "{out}");
+    assert_eq!(out, "ok: holding 4 [0xffd6]\n", "what was written, not Rust Debug");
     assert_eq!(peer.cmd("getv 3 h 4 i16 ABCD 1"), "-42");
     // An exception is reported by name, with a failing exit code.
     let (code, _, err) = weir(&[

@@ -339,8 +339,23 @@ pub async fn run_cli(cmd: ModbusCmd) -> Result<String, Box<dyn std::error::Error
                 _ => Value::from(text.as_str()),
             };
             let req = write(t.as_mut(), at.unit, table, at.address, &codec, &v, timeout).await?;
-            Ok(format!("ok: {req:?}\n"))
+            Ok(format!("ok: {}\n", written(&req)))
         }
+    }
+}
+
+/// What a write request wrote, as `weir modbus write` prints it: `holding 4 [0xffd6]`.
+fn written(req: &Request) -> String {
+    let regs = |a: &u16, v: &[u16]| {
+        let v: Vec<String> = v.iter().map(|r| format!("{r:#06x}")).collect();
+        format!("holding {a} [{}]", v.join(" "))
+    };
+    match req {
+        Request::WriteCoil { address, value } => format!("coil {address} {value}"),
+        Request::WriteCoils { address, values } => format!("coils {address} {values:?}"),
+        Request::WriteRegister { address, value } => regs(address, &[*value]),
+        Request::WriteRegisters { address, values } => regs(address, values),
+        Request::Read { .. } => String::from("nothing (a read)"),
     }
 }
 
