@@ -31,11 +31,17 @@ fn python() -> PathBuf {
 
 impl Peer {
     fn tcp(port: u16, devices: &str) -> Peer {
+        Peer::tcp_with(port, devices, &[])
+    }
+
+    /// With more options of the peer script, e.g. `--quiet-gateway`.
+    fn tcp_with(port: u16, devices: &str, extra: &[&str]) -> Peer {
         let script = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("crates/weir-modbus/tests/peer/modbus_peer.py");
         let mut child = Command::new(python())
             .arg(script)
             .args(["tcp", &port.to_string(), "--devices", devices])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -269,7 +275,10 @@ fn weir_modbus_read_and_write_commission_a_device() {
         "-21",
     ]);
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(out, "ok: holding 4 [0xffd6]\n", "what was written, not Rust Debug");
+    assert_eq!(
+        out, "ok: holding 4 [0xffd6]\n",
+        "what was written, not Rust Debug"
+    );
     assert_eq!(peer.cmd("getv 3 h 4 i16 ABCD 1"), "-42");
     // An exception is reported by name, with a failing exit code.
     let (code, _, err) = weir(&[
@@ -700,4 +709,85 @@ sources:
             && availability(mport, "plant/pump", "flow") == ("online".into(), Some(false))
     });
     assert!(gw.is_running());
+}
+
+/// A healthy slave polled behind one that does not answer at all waits one response timeout per
+/// probe, so its readings come up to poll + timeout apart: that is not silence. The slave that
+/// stopped answering goes stale and offline; the healthy one stays online, never marked stale.
+#[test]
+fn a_healthy_slave_behind_a_silent_one_is_not_marked_stale() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let port = free_port();
+    let mport = free_port();
+    // No answer at all for a silent unit (not exception 0x0B): every probe of it times out.
+    let mut peer = Peer::tcp_with(port, "1,2", &["--quiet-gateway"]);
+    let k = u64::from(time_scale());
+    let dir = tempfile::tempdir().unwrap();
+    let sources = format!(
+        r#"metrics:
+  listen: 127.0.0.1:{mport}
+sources:
+  - modbus:
+      name: plant
+      poll_ms: {poll}
+      backoff_min_ms: {backoff_min}
+      backoff_max_ms: {backoff_max}
+      tcp:
+        - host: 127.0.0.1
+          port: {port}
+          response_timeout_ms: {timeout}
+          devices:
+            - id: plant/meter
+              unit: 1
+              points:
+                - {{ name: voltage, table: input, address: 0, type: f32, unit: V }}
+            - id: plant/pump
+              unit: 2
+              points:
+                - {{ name: flow, table: holding, address: 10 }}
+"#,
+        poll = 100 * k,
+        backoff_min = 100 * k,
+        backoff_max = 200 * k,
+        timeout = 1000 * k,
+    );
+    let gw = Gateway::start(dir.path(), &config_with(broker.port, "", "", &sources));
+    wait_until("both online", Duration::from_secs(20), || {
+        availability(mport, "plant/meter", "voltage") == ("online".into(), Some(false))
+            && availability(mport, "plant/pump", "flow") == ("online".into(), Some(false))
+    });
+    peer.cmd("silent 1");
+    wait_until("the meter offline", Duration::from_secs(30), || {
+        availability(mport, "plant/meter", "voltage") == ("offline".into(), Some(true))
+    });
+    wait_until("the meter's bad quality", Duration::from_secs(10), || {
+        sub.last_json("t/plant/meter/voltage")
+            .is_some_and(|v| v["quality"] == "bad" && v["reason"] == "timeout")
+    });
+    // The pump, meanwhile, is polled between the probes: readings about poll + timeout apart,
+    // far more than three bare poll intervals. Over six probes (six sweeps, one a second, most
+    // of them landing in such a gap) it stays online and fresh.
+    let probes = |peer: &mut Peer| peer.cmd("count 1").parse::<u64>().unwrap();
+    let n = probes(&mut peer);
+    wait_until(
+        "6 more probes of the meter",
+        Duration::from_secs(30),
+        || probes(&mut peer) >= n + 6,
+    );
+    assert!(sub.count(|m| m.topic == "t/plant/pump/flow") > 6);
+    assert_eq!(
+        availability(mport, "plant/pump", "flow"),
+        ("online".into(), Some(false))
+    );
+    assert!(
+        !gw.log().contains("marked stale device=plant/pump point=flow"),
+        "{}",
+        gw.log()
+    );
+    assert!(
+        !gw.log().contains("device offline device=plant/pump"),
+        "{}",
+        gw.log()
+    );
 }

@@ -91,17 +91,21 @@ impl SourceBuilder for ModbusBuilder {
             .collect()
     }
 
-    /// Every point, with its unit, value type, poll interval (the registry's expected period;
-    /// none for `on_change` points, see [`point_spec`]) and a class hint from its unit (a writable
-    /// coil is a `switch`); the device's model is its profile's (see [`Device::model`]).
+    /// Every point, with its unit, value type, expected period (from its poll interval, see
+    /// [`point_spec`]) and a class hint from its unit (a writable coil is a `switch`); the
+    /// device's model is its profile's (see [`Device::model`]).
     fn device_specs(&self) -> Vec<DeviceSpec> {
         self.resolved
             .lines
             .iter()
-            .flat_map(|l| &l.devices)
-            .map(|d| {
+            .flat_map(|l| l.devices.iter().map(move |d| (l, d)))
+            .map(|(l, d)| {
                 let mut spec = DeviceSpec::new(DeviceId::new(&d.id));
-                spec.points = d.points.iter().map(point_spec).collect();
+                spec.points = d
+                    .points
+                    .iter()
+                    .map(|p| point_spec(p, l.response_timeout))
+                    .collect();
                 spec.meta.model = d.model.as_deref().map(str::to_string);
                 spec
             })
@@ -117,12 +121,15 @@ impl SourceBuilder for ModbusBuilder {
     }
 }
 
-/// How the registry describes a point.
+/// How the registry describes a point of a line whose response timeout is `line_timeout`.
 ///
-/// The expected period is the poll interval, except for `on_change` points: a value that holds
-/// still is not reported ([`should_report`]), so silence there is not a sign of trouble and such a
-/// point never goes stale (the device's other points, or its `Bad` quality, tell).
-fn point_spec(p: &Point) -> PointSpec {
+/// The expected period is the poll interval plus the line's response timeout: a healthy slave's
+/// poll may wait behind one probe of a slave that does not answer (see "Fault isolation"), so on
+/// a 200 ms poll with a 500 ms timeout readings 700 ms apart are normal, and a period of the bare
+/// interval would mark such points stale (and their device offline) at random sweeps. `on_change`
+/// points have none: a value that holds still is not reported ([`should_report`]), so silence
+/// there is no sign of trouble (the device's other points, or its `Bad` quality, tell).
+fn point_spec(p: &Point, line_timeout: Duration) -> PointSpec {
     use crate::codec::DataType;
     let value_type = match p.codec.ty {
         DataType::Bool => ValueType::Bool,
@@ -146,7 +153,7 @@ fn point_spec(p: &Point) -> PointSpec {
         .value_type(value_type)
         .writable(p.writable)
         .class(class)
-        .period_ms((!p.on_change).then_some(p.interval.as_millis() as u64))
+        .period_ms((!p.on_change).then_some((p.interval + line_timeout).as_millis() as u64))
 }
 
 /// The running source.
@@ -903,6 +910,7 @@ mod tests {
             r#"
 tcp:
   - host: h
+    response_timeout_ms: 100
     devices:
       - id: d
         poll_ms: 250
@@ -917,6 +925,8 @@ tcp:
         let b = ModbusBuilder::new(c.resolve(std::path::Path::new(".")).unwrap());
         let specs = b.device_specs();
         assert_eq!(specs.len(), 1);
+        // Expected period: the poll interval plus one response timeout (a probe of a silent
+        // slave may delay a poll that long).
         let p = &specs[0].points;
         let row = |i: usize| {
             (
@@ -936,10 +946,10 @@ tcp:
                 Some("°C"),
                 false,
                 Some("temperature"),
-                Some(250)
+                Some(350)
             )
         );
-        assert_eq!(row(1), ("n", ValueType::Int, None, false, None, Some(250)));
+        assert_eq!(row(1), ("n", ValueType::Int, None, false, None, Some(350)));
         assert_eq!(
             row(2),
             (
@@ -948,7 +958,7 @@ tcp:
                 None,
                 true,
                 Some("switch"),
-                Some(250)
+                Some(350)
             )
         );
         assert_eq!(row(3).1, ValueType::Text);
@@ -976,6 +986,7 @@ profiles:
   pump: { points: [ { name: run, table: discrete_input, address: 0 } ] }
 tcp:
   - host: h
+    response_timeout_ms: 250
     devices:
       - id: m
         profile: sdm
@@ -993,9 +1004,9 @@ tcp:
             let p = m.points.iter().find(|p| p.name.as_str() == n).unwrap();
             (p.expected_period_ms, p.value_type, p.class.as_deref())
         };
-        assert_eq!(period("v"), (Some(500), ValueType::Float, Some("voltage")));
+        assert_eq!(period("v"), (Some(750), ValueType::Float, Some("voltage")));
         assert_eq!(period("e"), (None, ValueType::Float, Some("energy")));
-        assert_eq!(period("st"), (Some(500), ValueType::Bool, None));
+        assert_eq!(period("st"), (Some(750), ValueType::Bool, None));
         let p = &specs[1];
         assert_eq!(
             p.meta.model.as_deref(),
