@@ -9,6 +9,11 @@
 //!   socket: GET polls, Observe (RFC 7641) with re-registration, and commands as PUT/POST whose
 //!   response code is the command's result. See [`client`].
 //!
+//! Registry: declared devices with the points the configuration names; polled points expect a
+//! reading every `interval_ms`, observed and posted ones have no expected period (see
+//! `device_specs` on [`CoapConfig`]). A client exchange that fails sends no reading, so a polled
+//! device that stops answering goes stale, then offline, three intervals later.
+//!
 //! The codec is the `coap-lite` crate; [`msg`] holds what it leaves to its user (Block values,
 //! empty messages, protocol constants), [`payload`] turns bodies into values.
 //!

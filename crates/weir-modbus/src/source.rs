@@ -28,6 +28,15 @@
 //! Readings of a bad point carry no value (`NaN`, encoded as JSON `null`); a bad quality is
 //! reported when it starts or its reason changes, not at every failed probe.
 //!
+//! # Registry and staleness
+//!
+//! Every device is declared with all its points ([`ModbusBuilder`]'s `device_specs`). A point's
+//! expected period is its poll interval plus the line's response timeout (one probe of a silent
+//! slave may delay it that long); `on_change` points have none. Since a bad quality is reported
+//! once, a slave that stops answering sends one `Bad` reading and then nothing: its points go
+//! stale three periods later and the device offline, while the other slaves of the line stay
+//! online; a lost connection does the same for every device of the line.
+//!
 //! # Metrics (labels `source`, `line`, and `device` for the per-device ones)
 //!
 //! `weir_modbus_requests_total`, `weir_modbus_timeouts_total`, `weir_modbus_exceptions_total`,
@@ -92,7 +101,7 @@ impl SourceBuilder for ModbusBuilder {
     }
 
     /// Every point, with its unit, value type, expected period (from its poll interval, see
-    /// [`point_spec`]) and a class hint from its unit (a writable coil is a `switch`); the
+    /// `point_spec`) and a class hint from its unit (a writable coil is a `switch`); the
     /// device's model is its profile's (see [`Device::model`]).
     fn device_specs(&self) -> Vec<DeviceSpec> {
         self.resolved
