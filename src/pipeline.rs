@@ -196,16 +196,7 @@ impl Pipeline {
         for a in &avail {
             tracing::warn!(device = %a.device, "every timed point is stale: device offline");
         }
-        if !stale.is_empty() || !avail.is_empty() {
-            let n = self
-                .registry
-                .snapshot()
-                .iter()
-                .flat_map(|d| d.points.iter())
-                .filter(|p| p.stale)
-                .count();
-            stale_points.set(n as i64);
-        }
+        stale_points.set(self.registry.stale_points() as i64);
     }
 
     fn apply_reload(&mut self, builders: StageReload) {

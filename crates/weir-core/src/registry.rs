@@ -34,7 +34,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::metrics::{Counter, Metrics};
-use crate::reading::{Batch, DeviceId, PointId, Reading, Timestamp, Value};
+use crate::reading::{Batch, DeviceId, PointId, Quality, Reading, Timestamp, Value};
 
 /// The type of a point's values, as declared or as first seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
@@ -318,6 +318,8 @@ struct Inner {
     /// Per source: when a refusal was last logged and how many since (logged at most every
     /// [`REFUSAL_LOG_INTERVAL`]).
     refusal_logged: std::sync::Mutex<HashMap<Arc<str>, RefusalLog>>,
+    /// Stale points as of the last sweep.
+    stale_total: std::sync::atomic::AtomicUsize,
 }
 
 /// When refusals were last logged for a source, and how many since.
@@ -346,6 +348,7 @@ impl Registry {
                 version: watch::channel(0).0,
                 metrics: metrics.clone(),
                 refusal_logged: Default::default(),
+                stale_total: Default::default(),
             }),
         }
     }
@@ -504,9 +507,20 @@ impl Registry {
     /// removed and counted; the rest mark their device and point as heard. Devices and points first
     /// heard are added (owned by the reading's source; points read-only). Returns the devices that
     /// were offline and are back online.
+    ///
+    /// "Heard" is judged by the time of arrival (a device's own clock may be off) and only from
+    /// readings that are not `Bad`: a timeout or a lost connection reported as a bad reading does
+    /// not keep a point fresh, and does not bring its device back online.
     pub fn admit(&self, batch: &mut Batch) -> Vec<AvailabilityChange> {
+        self.admit_at(batch, Timestamp::now())
+    }
+
+    /// [`Registry::admit`] with the time of arrival given (tests, replays).
+    pub fn admit_at(&self, batch: &mut Batch, arrived: Timestamp) -> Vec<AvailabilityChange> {
+        let arrived = arrived.as_nanos();
         let mut learn: Vec<usize> = Vec::new();
         let mut refused: Vec<usize> = Vec::new();
+        let mut invalid: Vec<usize> = Vec::new();
         let mut back = Vec::new();
         let mut announce = false;
         {
@@ -520,14 +534,17 @@ impl Registry {
                     refused.push(i);
                     continue;
                 }
-                let ts = r.ts.as_nanos();
-                s.last_seen.fetch_max(ts, Ordering::Relaxed);
-                match s.point(r.point.as_str()) {
-                    Some(p) => {
-                        p.last_seen.fetch_max(ts, Ordering::Relaxed);
-                        p.stale.store(false, Ordering::Relaxed);
-                    }
-                    None => learn.push(i),
+                let point = s.point(r.point.as_str());
+                if point.is_none() {
+                    learn.push(i);
+                }
+                if matches!(r.quality, Quality::Bad(_)) {
+                    continue;
+                }
+                s.last_seen.fetch_max(arrived, Ordering::Relaxed);
+                if let Some(p) = point {
+                    p.last_seen.fetch_max(arrived, Ordering::Relaxed);
+                    p.stale.store(false, Ordering::Relaxed);
                 }
                 let was = s
                     .availability
@@ -547,6 +564,12 @@ impl Registry {
             let mut devices = self.write();
             for &i in &learn {
                 let r = &batch[i];
+                if !devices.contains_key(&r.device)
+                    && validate_device_id(r.device.as_str()).is_err()
+                {
+                    invalid.push(i);
+                    continue;
+                }
                 let slot = devices.entry(r.device.clone()).or_insert_with(|| {
                     Arc::new(Slot::new(
                         r.source.clone(),
@@ -557,7 +580,8 @@ impl Registry {
                     refused.push(i);
                     continue;
                 }
-                let ts = r.ts.as_nanos();
+                let heard = !matches!(r.quality, Quality::Bad(_));
+                let ts = if heard { arrived } else { 0 };
                 if slot.point(r.point.as_str()).is_none() {
                     let mut s = Slot::new(
                         slot.owner.clone(),
@@ -578,19 +602,43 @@ impl Registry {
                         Ordering::Relaxed,
                     );
                     s.availability
-                        .store(Availability::Online.as_u8(), Ordering::Relaxed);
+                        .store(slot.availability.load(Ordering::Relaxed), Ordering::Relaxed);
+                    if heard {
+                        s.availability
+                            .store(Availability::Online.as_u8(), Ordering::Relaxed);
+                    }
                     *slot = Arc::new(s);
                 }
             }
             drop(devices);
             self.changed();
         }
+        for &i in &invalid {
+            self.inner
+                .metrics
+                .counter(
+                    "weir_readings_refused_total",
+                    &[("source", &batch[i].source), ("reason", "invalid_id")],
+                )
+                .inc();
+        }
+        if !invalid.is_empty() {
+            let r = &batch[invalid[0]];
+            tracing::warn!(
+                source = %r.source,
+                device = %r.device,
+                "refused readings for an invalid device id (empty level or MQTT wildcard)"
+            );
+        }
+        refused.extend(invalid);
         if !refused.is_empty() {
             refused.sort_unstable();
             refused.dedup();
             for &i in refused.iter() {
                 let r = &batch[i];
-                self.refused_counter(&r.source).inc();
+                if self.owner(r.device.as_str()).is_some() {
+                    self.refused_counter(&r.source).inc();
+                }
             }
             self.log_refused(batch, &refused);
             let mut k = 0;
@@ -637,9 +685,9 @@ impl Registry {
             *e = (Some(now), 0);
             n
         };
-        let owner = self
-            .owner(r.device.as_str())
-            .unwrap_or_else(|| Arc::from("?"));
+        let Some(owner) = self.owner(r.device.as_str()) else {
+            return;
+        };
         tracing::warn!(
             source = %r.source,
             device = %r.device,
@@ -661,6 +709,7 @@ impl Registry {
         let now = now.as_nanos();
         let mut stale = Vec::new();
         let mut avail = Vec::new();
+        let mut stale_total = 0;
         {
             let devices = self.read();
             for (id, s) in devices.iter() {
@@ -685,6 +734,7 @@ impl Registry {
                     let is_stale = silent > limit;
                     if is_stale {
                         stale_now += 1;
+                        stale_total += 1;
                     }
                     if p.stale.swap(is_stale, Ordering::Relaxed) != is_stale && is_stale {
                         stale.push(StaleChange {
@@ -708,11 +758,18 @@ impl Registry {
                 }
             }
         }
+        self.inner.stale_total.store(stale_total, Ordering::Relaxed);
         if !stale.is_empty() || !avail.is_empty() {
             self.changed();
         }
         stale.sort_by(|a, b| (&a.device, &a.point).cmp(&(&b.device, &b.point)));
         (stale, avail)
+    }
+
+    /// Points found stale by the last [`Registry::sweep`] (a point heard since is counted until
+    /// the next sweep).
+    pub fn stale_points(&self) -> usize {
+        self.inner.stale_total.load(Ordering::Relaxed)
     }
 
     /// Every device, sorted by id.
@@ -798,7 +855,6 @@ impl RegistryHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reading::Quality;
 
     fn reading(source: &str, device: &str, point: &str, ts: i64) -> Reading {
         Reading {
@@ -878,6 +934,22 @@ mod tests {
             .get(),
             2
         );
+        // A device id no topic can carry is refused, and counted apart.
+        let mut bad = vec![
+            reading("coap", "a//b", "t", 5),
+            reading("coap", "x/+", "t", 5),
+        ];
+        r.admit(&mut bad);
+        assert!(bad.is_empty());
+        assert_eq!(
+            m.counter(
+                "weir_readings_refused_total",
+                &[("source", "coap"), ("reason", "invalid_id")]
+            )
+            .get(),
+            2
+        );
+        assert_eq!(r.owner("a//b"), None);
         // The device first heard from coap is now coap's, with a learned read-only point.
         assert_eq!(r.owner("coap/new").as_deref(), Some("coap"));
         assert_eq!(
@@ -894,8 +966,8 @@ mod tests {
             DeviceSpec::new("gh1/vent").point(PointSpec::new("open").writable(true)),
         )
         .unwrap();
-        let mut batch = vec![reading("sim", "gh1/vent", "angle", 5)];
-        r.admit(&mut batch);
+        let mut batch = vec![reading("sim", "gh1/vent", "angle", 1)];
+        r.admit_at(&mut batch, Timestamp(5));
         assert_eq!(batch.len(), 1);
         assert_eq!(r.writable_owner("gh1/vent", "open").as_deref(), Ok("sim"));
         assert_eq!(
@@ -927,16 +999,20 @@ mod tests {
                 .point(PointSpec::new("note")),
         )
         .unwrap();
+        // The readings' own times do not matter (a device clock may be off): arrival does.
         let mut batch = vec![
-            reading("modbus", "m1", "a", 1000 * ms),
-            reading("modbus", "m1", "b", 1000 * ms),
+            reading("modbus", "m1", "a", 0),
+            reading("modbus", "m1", "b", 0),
         ];
-        r.admit(&mut batch);
+        r.admit_at(&mut batch, Timestamp(1000 * ms));
         // 2.5 periods later: nothing stale at 3 periods.
         let (s, a) = r.sweep(Timestamp(3500 * ms), 3);
         assert!(s.is_empty() && a.is_empty());
         // `a` heard again, `b` silent for 3.5 periods: only `b` stale, device still online.
-        r.admit(&mut vec![reading("modbus", "m1", "a", 4000 * ms)]);
+        r.admit_at(
+            &mut vec![reading("modbus", "m1", "a", 0)],
+            Timestamp(4000 * ms),
+        );
         let (s, a) = r.sweep(Timestamp(4500 * ms), 3);
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].point.as_str(), "b");
@@ -952,7 +1028,16 @@ mod tests {
             "points without a period never go stale"
         );
         // A reading brings it back.
-        let back = r.admit(&mut vec![reading("modbus", "m1", "b", 9500 * ms)]);
+        // A bad reading (a timeout) is not being heard: still offline, still stale.
+        let mut bad = reading("modbus", "m1", "b", 0);
+        bad.quality = Quality::Bad(Arc::from("timeout"));
+        assert!(r.admit_at(&mut vec![bad], Timestamp(9200 * ms)).is_empty());
+        assert_eq!(r.snapshot()[0].availability, Availability::Offline);
+        assert_eq!(r.stale_points(), 2);
+        let back = r.admit_at(
+            &mut vec![reading("modbus", "m1", "b", 0)],
+            Timestamp(9500 * ms),
+        );
         assert_eq!(back[0].availability, Availability::Online);
         assert!(!r.snapshot()[0].points[1].stale);
     }
