@@ -61,3 +61,20 @@ need_coap_peers() {
   fi
   export WEIR_TEST_PYTHON="$venv/bin/python"
 }
+
+# Zigbee test peer: zigpy-znp and zigpy (PyPI) in a virtualenv under target/ (ignored by git). The
+# Z-Stack ZNP coordinator emulator (crates/weir-zigbee/tests/peer/znp_emulator.py) and the codec
+# vector generator encode every frame with zigpy-znp's command definitions and zigpy's ZCL.
+# Exports WEIR_ZIGBEE_PYTHON, the interpreter the tests start the emulator with.
+need_zigbee_peers() {
+  apt_need socat
+  local venv="${WEIR_ZIGBEE_VENV:-$PWD/target/zigbee-venv}"
+  if ! "$venv/bin/python" -c 'import zigpy_znp, zigpy' >/dev/null 2>&1; then
+    apt_need python3 python3-venv
+    echo "==> installing zigpy-znp and zigpy into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'zigpy-znp==1.1.1' 'zigpy==2.4.0'
+  fi
+  export WEIR_ZIGBEE_PYTHON="$venv/bin/python"
+}
