@@ -1,0 +1,343 @@
+#!/usr/bin/env python3
+"""A TI Z-Stack 3.x ZNP coordinator emulator on a pty, for weir-zigbee's tests.
+
+Every MT frame it sends or parses goes through zigpy-znp's own command definitions
+(`zigpy_znp.commands`, `TransportFrame`), and every ZCL/ZDO payload through zigpy's
+(`zigpy.zcl.foundation`, `zigpy.zdo.types`), so frame layouts come from an implementation others
+wrote, not from weir's idea of them.
+
+    znp_emulator.py --link /tmp/x/ttyZNP --state /tmp/x/nv.json
+
+It creates a pty and links its device to --link (the "stick"). NV items are kept in --state
+(formed or not, PAN id, key …) so the network survives a restart of the emulator. Control lines on
+stdin, events on stdout (one line each, flushed):
+
+    join <ieee> <nwk> temp|plug   announce a device (only while permit join is open; else
+                                  prints `join-refused <ieee>`)
+    report <nwk> temperature <°C> | humidity <%> | onoff 0|1
+    vanish                        close the pty and remove the link (the stick is unplugged)
+    return                        a new pty at the same link (plugged back)
+    garbage                       write stray bytes and a frame with a bad FCS
+    quit
+
+Events: `ready`, `frame <NAME>` for every request parsed, `formed`, `started`, `permit-join <s>`,
+`joined <ieee>`, `onoff <nwk> <0|1>`, `vanished`, `returned`.
+"""
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import tty
+
+import zigpy.types as zt
+import zigpy.zcl.foundation as f
+import zigpy.zdo.types as zdo_t
+import zigpy_znp.commands as c
+import zigpy_znp.frames as frames
+import zigpy_znp.types as t
+from zigpy_znp.commands.app_config import BDBCommissioningMode, BDBCommissioningStatus
+from zigpy_znp.exceptions import InvalidFrame
+
+HAS_CONFIGURED = 0x0F00
+COORD_IEEE = t.EUI64.convert("00:12:4b:00:00:00:00:01")
+
+DEVICES = {
+    "temp": dict(
+        logical=zdo_t.LogicalType.EndDevice, mains=False,
+        inputs=[0x0000, 0x0001, 0x0402, 0x0405], outputs=[], device_type=0x0302,
+        model="TH-1", manufacturer="Weir Test", power_source=0x03,
+    ),
+    "plug": dict(
+        logical=zdo_t.LogicalType.Router, mains=True,
+        inputs=[0x0000, 0x0006], outputs=[], device_type=0x0051,
+        model="PLUG-1", manufacturer="Weir Test", power_source=0x01,
+    ),
+}
+
+
+def say(*words):
+    print(*words, flush=True)
+
+
+class Emulator:
+    def __init__(self, link, state_path):
+        self.link = link
+        self.state_path = state_path
+        self.nv = {}
+        if os.path.exists(state_path):
+            self.nv = {int(k): bytes.fromhex(v) for k, v in json.load(open(state_path)).items()}
+        self.master = None
+        self.buf = b""
+        self.permit_until = 0.0
+        self.devices = {}  # nwk -> dict(kind, ieee, onoff)
+        self.tsn = 0
+
+    # --- the pty -------------------------------------------------------------------------
+    def plug(self):
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        name = os.ttyname(slave)
+        # Keep the slave open on our side too, so the line does not hang up between opens.
+        self.slave = slave
+        self.master = master
+        os.set_blocking(master, False)
+        try:
+            os.unlink(self.link)
+        except FileNotFoundError:
+            pass
+        os.symlink(name, self.link)
+        asyncio.get_running_loop().add_reader(master, self.on_readable)
+
+    def unplug(self):
+        if self.master is None:
+            return
+        asyncio.get_running_loop().remove_reader(self.master)
+        try:
+            os.unlink(self.link)
+        except FileNotFoundError:
+            pass
+        os.close(self.master)
+        os.close(self.slave)
+        self.master = None
+        self.buf = b""
+
+    def save(self):
+        tmp = self.state_path + ".tmp"
+        json.dump({str(k): v.hex() for k, v in self.nv.items()}, open(tmp, "w"))
+        os.replace(tmp, self.state_path)
+
+    def send(self, cmd):
+        if self.master is None:
+            return
+        data = frames.TransportFrame(cmd.to_frame()).serialize()
+        try:
+            os.write(self.master, data)
+        except OSError:
+            pass
+
+    def on_readable(self):
+        try:
+            data = os.read(self.master, 4096)
+        except OSError:
+            return
+        self.buf += data
+        while True:
+            i = self.buf.find(b"\xfe")
+            if i < 0:
+                self.buf = b""  # stray bytes (e.g. the bootloader-skip byte 0xEF)
+                return
+            self.buf = self.buf[i:]
+            try:
+                frame, rest = frames.TransportFrame.deserialize(self.buf)
+            except InvalidFrame as e:
+                if "too short" in str(e):
+                    return
+                self.buf = self.buf[1:]
+                continue
+            except ValueError:
+                return
+            self.buf = rest
+            cls = c.COMMANDS_BY_ID.get(frame.payload.header)
+            if cls is None:
+                say("frame unknown", frame.payload.header)
+                continue
+            req = cls.from_frame(frame.payload)
+            say("frame", type(req).__qualname__)
+            self.handle(req)
+
+    # --- requests ------------------------------------------------------------------------
+    def formed(self):
+        return self.nv.get(HAS_CONFIGURED) == b"\x55"
+
+    def handle(self, req):
+        if isinstance(req, c.SYS.ResetReq.Req):
+            self.send(c.SYS.ResetInd.Callback(Reason=t.ResetReason.PowerUp, TransportRev=2, ProductId=1, MajorRel=2, MinorRel=7, MaintRel=1))
+        elif isinstance(req, c.SYS.Ping.Req):
+            self.send(c.SYS.Ping.Rsp(Capabilities=t.MTCapabilities(0x0659)))
+        elif isinstance(req, c.SYS.Version.Req):
+            self.send(c.SYS.Version.Rsp(TransportRev=2, ProductId=1, MajorRel=2, MinorRel=7, MaintRel=1, CodeRevision=20230507, BootloaderBuildType=c.sys.BootloaderBuildType.NON_BOOTLOADER_BUILD, BootloaderRevision=0xFFFFFFFF))
+        elif isinstance(req, c.SYS.OSALNVRead.Req):
+            v = self.nv.get(req.Id)
+            if v is None:
+                self.send(c.SYS.OSALNVRead.Rsp(Status=t.Status.INVALID_PARAMETER, Value=t.ShortBytes(b"")))
+            else:
+                self.send(c.SYS.OSALNVRead.Rsp(Status=t.Status.SUCCESS, Value=t.ShortBytes(v[req.Offset:])))
+        elif isinstance(req, c.SYS.OSALNVWrite.Req):
+            self.nv[req.Id] = bytes(req.Value)
+            self.save()
+            self.send(c.SYS.OSALNVWrite.Rsp(Status=t.Status.SUCCESS))
+        elif isinstance(req, c.SYS.OSALNVItemInit.Req):
+            existed = req.Id in self.nv
+            if not existed:
+                self.nv[req.Id] = bytes(req.Value)
+                self.save()
+            # Z-Stack answers NV_ITEM_UNINIT (0x09) when it created the item, SUCCESS when it existed.
+            self.send(c.SYS.OSALNVItemInit.Rsp(Status=t.Status.SUCCESS if existed else t.Status.NV_ITEM_UNINIT))
+        elif isinstance(req, c.AppConfig.BDBSetChannel.Req):
+            self.send(c.AppConfig.BDBSetChannel.Rsp(Status=t.Status.SUCCESS))
+        elif isinstance(req, c.AppConfig.BDBStartCommissioning.Req):
+            self.send(c.AppConfig.BDBStartCommissioning.Rsp(Status=t.Status.SUCCESS))
+            if req.Mode == BDBCommissioningMode.NwkFormation:
+                self.send(c.ZDO.StateChangeInd.Callback(State=t.DeviceState.StartingAsCoordinator))
+                self.send(c.ZDO.StateChangeInd.Callback(State=t.DeviceState.StartedAsCoordinator))
+                self.send(c.AppConfig.BDBCommissioningNotification.Callback(Status=BDBCommissioningStatus.Success, Mode=BDBCommissioningMode.NwkFormation, RemainingModes=BDBCommissioningMode.NONE))
+                say("formed")
+        elif isinstance(req, c.ZDO.StartupFromApp.Req):
+            if self.formed():
+                self.send(c.ZDO.StartupFromApp.Rsp(State=c.zdo.StartupState.RestoredNetworkState))
+                self.send(c.ZDO.StateChangeInd.Callback(State=t.DeviceState.StartedAsCoordinator))
+                say("started")
+            else:
+                self.send(c.ZDO.StartupFromApp.Rsp(State=c.zdo.StartupState.NotStarted))
+        elif isinstance(req, c.AF.Register.Req):
+            self.send(c.AF.Register.Rsp(Status=t.Status.SUCCESS))
+        elif isinstance(req, c.UTIL.GetDeviceInfo.Req):
+            self.send(c.UTIL.GetDeviceInfo.Rsp(Status=t.Status.SUCCESS, IEEE=COORD_IEEE, NWK=0x0000, DeviceType=t.DeviceTypeCapabilities(7), DeviceState=t.DeviceState.StartedAsCoordinator if self.formed() else t.DeviceState.InitializedNotStarted, AssociatedDevices=[]))
+        elif isinstance(req, c.ZDO.MgmtPermitJoinReq.Req):
+            self.send(c.ZDO.MgmtPermitJoinReq.Rsp(Status=t.Status.SUCCESS))
+            self.permit_until = time.monotonic() + req.Duration
+            self.send(c.ZDO.MgmtPermitJoinRsp.Callback(Src=0x0000, Status=t.ZDOStatus.SUCCESS))
+            say("permit-join", req.Duration)
+        elif isinstance(req, c.ZDO.NodeDescReq.Req):
+            self.send(c.ZDO.NodeDescReq.Rsp(Status=t.Status.SUCCESS))
+            d = self.devices.get(req.NWKAddrOfInterest)
+            if d is None:
+                return
+            spec = DEVICES[d["kind"]]
+            mac = zdo_t.NodeDescriptor.MACCapabilityFlags.AllocateAddress
+            if spec["mains"]:
+                mac |= zdo_t.NodeDescriptor.MACCapabilityFlags.MainsPowered | zdo_t.NodeDescriptor.MACCapabilityFlags.FullFunctionDevice | zdo_t.NodeDescriptor.MACCapabilityFlags.RxOnWhenIdle
+            nd = c.zdo.NullableNodeDescriptor(logical_type=spec["logical"], complex_descriptor_available=0, user_descriptor_available=0, reserved=0, aps_flags=0, frequency_band=zdo_t.NodeDescriptor.FrequencyBand.Freq2400MHz, mac_capability_flags=mac, manufacturer_code=0x1234, maximum_buffer_size=82, maximum_incoming_transfer_size=82, server_mask=0, maximum_outgoing_transfer_size=82, descriptor_capability_field=zdo_t.NodeDescriptor.DescriptorCapability.NONE)
+            self.send(c.ZDO.NodeDescRsp.Callback(Src=req.DstAddr, Status=t.ZDOStatus.SUCCESS, NWK=req.NWKAddrOfInterest, NodeDescriptor=nd))
+        elif isinstance(req, c.ZDO.ActiveEpReq.Req):
+            self.send(c.ZDO.ActiveEpReq.Rsp(Status=t.Status.SUCCESS))
+            if req.NWKAddrOfInterest in self.devices:
+                self.send(c.ZDO.ActiveEpRsp.Callback(Src=req.DstAddr, Status=t.ZDOStatus.SUCCESS, NWK=req.NWKAddrOfInterest, ActiveEndpoints=[1]))
+        elif isinstance(req, c.ZDO.SimpleDescReq.Req):
+            self.send(c.ZDO.SimpleDescReq.Rsp(Status=t.Status.SUCCESS))
+            d = self.devices.get(req.NWKAddrOfInterest)
+            if d is None:
+                return
+            spec = DEVICES[d["kind"]]
+            sd = zdo_t.SizePrefixedSimpleDescriptor(endpoint=req.Endpoint, profile=0x0104, device_type=spec["device_type"], device_version=1, input_clusters=spec["inputs"], output_clusters=spec["outputs"])
+            self.send(c.ZDO.SimpleDescRsp.Callback(Src=req.DstAddr, Status=t.ZDOStatus.SUCCESS, NWK=req.NWKAddrOfInterest, SimpleDescriptor=sd))
+        elif isinstance(req, c.AF.DataRequest.Req):
+            self.af_data(req)
+        else:
+            say("unhandled", type(req).__qualname__)
+
+    def af_data(self, req):
+        d = self.devices.get(req.DstAddr)
+        if d is None:
+            self.send(c.AF.DataRequest.Rsp(Status=t.Status.SUCCESS))
+            self.send(c.AF.DataConfirm.Callback(Status=t.Status.MAC_NO_ACK, Endpoint=req.DstEndpoint, TSN=req.TSN))
+            return
+        self.send(c.AF.DataRequest.Rsp(Status=t.Status.SUCCESS))
+        self.send(c.AF.DataConfirm.Callback(Status=t.Status.SUCCESS, Endpoint=req.DstEndpoint, TSN=req.TSN))
+        hdr, payload = f.ZCLHeader.deserialize(bytes(req.Data))
+        spec = DEVICES[d["kind"]]
+        if hdr.frame_control.is_general and hdr.command_id == f.GeneralCommand.Read_Attributes and req.ClusterId == 0x0000:
+            ids, _ = f.GENERAL_COMMANDS[f.GeneralCommand.Read_Attributes].schema.deserialize(payload)
+            recs = []
+            for a in ids.attribute_ids:
+                if a == 0x0004:
+                    v = f.TypeValue(0x42, zt.CharacterString(spec["manufacturer"]))
+                elif a == 0x0005:
+                    v = f.TypeValue(0x42, zt.CharacterString(spec["model"]))
+                elif a == 0x0007:
+                    v = f.TypeValue(0x30, zt.enum8(spec["power_source"]))
+                else:
+                    recs.append(f.ReadAttributeRecord(attrid=a, status=f.Status.UNSUPPORTED_ATTRIBUTE))
+                    continue
+                recs.append(f.ReadAttributeRecord(attrid=a, status=f.Status.SUCCESS, value=v))
+            rh = f.ZCLHeader.general(hdr.tsn, f.GeneralCommand.Read_Attributes_rsp, direction=f.Direction.Server_to_Client)
+            rh.frame_control = rh.frame_control.replace(disable_default_response=True)
+            body = b"".join(r.serialize() for r in recs)
+            self.incoming(req.DstAddr, 0x0000, rh.serialize() + body)
+        elif req.ClusterId == 0x0006 and hdr.frame_control.is_cluster and hdr.command_id in (0, 1, 2):
+            d["onoff"] = {0: 0, 1: 1, 2: 1 - d["onoff"]}[hdr.command_id]
+            say("onoff", f"0x{req.DstAddr:04x}", d["onoff"])
+            if not hdr.frame_control.disable_default_response:
+                rh = f.ZCLHeader.general(hdr.tsn, f.GeneralCommand.Default_Response, direction=f.Direction.Server_to_Client)
+                rh.frame_control = rh.frame_control.replace(disable_default_response=True)
+                body = f.GENERAL_COMMANDS[f.GeneralCommand.Default_Response].schema(command_id=hdr.command_id, status=f.Status.SUCCESS).serialize()
+                self.incoming(req.DstAddr, 0x0006, rh.serialize() + body)
+            self.report(req.DstAddr, "onoff", d["onoff"])
+        else:
+            say("af-unhandled", hex(req.ClusterId), hdr.command_id)
+
+    def incoming(self, nwk, cluster, data, lqi=120):
+        self.send(c.AF.IncomingMsg.Callback(GroupId=0, ClusterId=cluster, SrcAddr=nwk, SrcEndpoint=1, DstEndpoint=1, WasBroadcast=t.Bool.false, LQI=lqi, SecurityUse=t.Bool.false, TimeStamp=int(time.time()) & 0xFFFFFFFF, TSN=0, Data=t.ShortBytes(data), MacSrcAddr=nwk, MsgResultRadius=30))
+
+    def report(self, nwk, what, value):
+        self.tsn = (self.tsn + 1) & 0xFF
+        hdr = f.ZCLHeader.general(self.tsn, f.GeneralCommand.Report_Attributes, direction=f.Direction.Server_to_Client)
+        hdr.frame_control = hdr.frame_control.replace(disable_default_response=True)
+        if what == "temperature":
+            cluster, tv = 0x0402, f.TypeValue(0x29, zt.int16s(round(float(value) * 100)))
+        elif what == "humidity":
+            cluster, tv = 0x0405, f.TypeValue(0x21, zt.uint16_t(round(float(value) * 100)))
+        elif what == "onoff":
+            cluster, tv = 0x0006, f.TypeValue(0x10, zt.Bool(int(value)))
+        else:
+            say("error unknown report", what)
+            return
+        self.incoming(nwk, cluster, hdr.serialize() + f.Attribute(0x0000, tv).serialize())
+
+    # --- control -------------------------------------------------------------------------
+    def control(self, line):
+        w = line.split()
+        if not w:
+            return
+        if w[0] == "join":
+            ieee, nwk, kind = t.EUI64.convert(w[1]), int(w[2], 16), w[3]
+            if time.monotonic() > self.permit_until:
+                say("join-refused", w[1])
+                return
+            self.devices[nwk] = dict(kind=kind, ieee=ieee, onoff=0)
+            caps = c.zdo.MACCapabilities(0x8E if DEVICES[kind]["mains"] else 0x80)
+            self.send(c.ZDO.EndDeviceAnnceInd.Callback(Src=nwk, NWK=nwk, IEEE=ieee, Capabilities=caps))
+            say("joined", w[1])
+        elif w[0] == "known":
+            # A device paired before this emulator process started (NV holds it in a real stick).
+            self.devices[int(w[2], 16)] = dict(kind=w[3], ieee=t.EUI64.convert(w[1]), onoff=0)
+            say("known", w[1])
+        elif w[0] == "report":
+            self.report(int(w[1], 16), w[2], w[3])
+        elif w[0] == "vanish":
+            self.unplug()
+            say("vanished")
+        elif w[0] == "return":
+            self.plug()
+            say("returned")
+        elif w[0] == "garbage":
+            os.write(self.master, b"\x00\x13\x37\xfe\x03\x45\xc0\x09\x00\x00")
+            say("garbage")
+        elif w[0] == "quit":
+            self.unplug()
+            sys.exit(0)
+
+
+async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--link", required=True)
+    ap.add_argument("--state", required=True)
+    a = ap.parse_args()
+    emu = Emulator(a.link, a.state)
+    emu.plug()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    say("ready")
+    while True:
+        line = await reader.readline()
+        if not line:
+            emu.unplug()
+            return
+        emu.control(line.decode())
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
