@@ -781,7 +781,8 @@ sources:
         ("online".into(), Some(false))
     );
     assert!(
-        !gw.log().contains("marked stale device=plant/pump point=flow"),
+        !gw.log()
+            .contains("marked stale device=plant/pump point=flow"),
         "{}",
         gw.log()
     );

@@ -228,9 +228,7 @@ pub fn replay(
         stage.process(&mut batch);
         sum.passed += batch
             .iter()
-            .filter(|r| {
-                !r.source.starts_with(crate::DERIVED_SOURCE_PREFIX)
-            })
+            .filter(|r| !r.source.starts_with(crate::DERIVED_SOURCE_PREFIX))
             .count();
         print_events(out, stage.take_trace(), &mut sum)?;
     }
