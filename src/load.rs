@@ -24,6 +24,8 @@ pub const SOURCE_KINDS: &[&str] = &[
     "coap",
     #[cfg(feature = "modbus")]
     "modbus",
+    #[cfg(feature = "zigbee")]
+    "zigbee",
 ];
 
 /// Stage sections compiled into this build.
@@ -93,7 +95,7 @@ fn config_dir(cfg_file: &Path) -> &Path {
 
 /// Report an adapter's own validation problems (`key` relative to the source's YAML path `at`,
 /// empty for the source itself); true when there were none.
-#[cfg(any(feature = "sim", feature = "modbus", feature = "coap"))]
+#[cfg(any(feature = "sim", feature = "modbus", feature = "coap", feature = "zigbee"))]
 fn report<K: AsRef<str>>(
     d: &mut Diagnostics,
     at: &str,
@@ -142,6 +144,12 @@ pub fn source_builder(e: &SourceEntry, d: &mut Diagnostics) -> Option<Box<dyn So
         #[cfg(feature = "coap")]
         "coap" => {
             let c: weir_coap::CoapConfig = d.parse(e.body.clone(), &e.path)?;
+            let problems = c.validate();
+            report(d, &e.path, problems).then(|| Box::new(c) as Box<dyn SourceBuilder>)
+        }
+        #[cfg(feature = "zigbee")]
+        "zigbee" => {
+            let c: weir_zigbee::ZigbeeConfig = d.parse(e.body.clone(), &e.path)?;
             let problems = c.validate();
             report(d, &e.path, problems).then(|| Box::new(c) as Box<dyn SourceBuilder>)
         }

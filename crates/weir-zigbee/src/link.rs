@@ -1,0 +1,229 @@
+//! The coordinator's serial link: the MT codec over an open port, one outstanding SREQ at a time,
+//! callbacks (AREQs) queued for whoever waits for them next.
+//!
+//! Invariants: every method is used by one task (the adapter's); reading the port is cancel-safe
+//! (bytes read are kept in the decoder), so [`Link::next_callback`] can sit in a `select!`. A
+//! callback that arrives while waiting for something else is kept, in order, not lost. Any I/O
+//! error or end of file means the coordinator is gone: the link is dropped and reopened.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use weir_core::Counter;
+use weir_serial::SerialStream;
+
+use crate::mt::{self, Cmd, CmdType, Correlator, Decoder, Frame, Routed, SreqError};
+
+/// Why talking to the coordinator failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("serial I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the port was closed (end of file)")]
+    Closed,
+    #[error(transparent)]
+    Sreq(#[from] SreqError),
+    #[error("{cmd}: status 0x{status:02X}")]
+    Status { cmd: &'static str, status: u8 },
+    #[error("no {what} within {ms} ms")]
+    Timeout { what: String, ms: u64 },
+    #[error(transparent)]
+    TooLong(#[from] mt::TooLong),
+}
+
+impl LinkError {
+    /// The port itself failed (unplugged, closed), as opposed to one request.
+    pub fn is_port_gone(&self) -> bool {
+        matches!(self, LinkError::Io(_) | LinkError::Closed)
+    }
+}
+
+/// Counters shared with the adapter's metrics.
+#[derive(Debug, Clone)]
+pub struct LinkCounters {
+    pub frames_in: Counter,
+    pub frames_out: Counter,
+    pub bad_frames: Counter,
+    pub stray_bytes: Counter,
+    pub sreq_timeouts: Counter,
+}
+
+#[derive(Debug)]
+pub struct Link {
+    port: SerialStream,
+    dec: Decoder,
+    corr: Correlator,
+    queue: VecDeque<Frame>,
+    sreq_timeout: Duration,
+    counters: LinkCounters,
+    seen: mt::DecodeStats,
+}
+
+impl Link {
+    pub fn new(port: SerialStream, sreq_timeout: Duration, counters: LinkCounters) -> Link {
+        Link {
+            port,
+            dec: Decoder::new(),
+            corr: Correlator::default(),
+            queue: VecDeque::new(),
+            sreq_timeout,
+            counters,
+            seen: mt::DecodeStats::default(),
+        }
+    }
+
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
+        self.port.write_all(bytes).await?;
+        self.port.flush().await?;
+        Ok(())
+    }
+
+    async fn write(&mut self, f: &Frame) -> Result<(), LinkError> {
+        let bytes = f.encode()?;
+        self.write_raw(&bytes).await?;
+        self.counters.frames_out.inc();
+        Ok(())
+    }
+
+    /// Send an AREQ (no answer expected, e.g. `SYS_RESET_REQ`).
+    pub async fn areq(&mut self, cmd: Cmd, payload: Vec<u8>) -> Result<(), LinkError> {
+        self.write(&Frame::new(CmdType::Areq, cmd, payload)).await
+    }
+
+    /// Send an SREQ and return its SRSP payload.
+    pub async fn sreq(&mut self, cmd: Cmd, payload: Vec<u8>) -> Result<Vec<u8>, LinkError> {
+        self.corr
+            .begin(cmd, std::time::Instant::now(), self.sreq_timeout)?;
+        let deadline = Instant::now() + self.sreq_timeout;
+        if let Err(e) = self.write(&Frame::new(CmdType::Sreq, cmd, payload)).await {
+            self.corr.cancel();
+            return Err(e);
+        }
+        loop {
+            let f = match tokio::time::timeout_at(deadline, self.read_frame()).await {
+                Ok(Ok(f)) => f,
+                Ok(Err(e)) => {
+                    self.corr.cancel();
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.counters.sreq_timeouts.inc();
+                    let e = self
+                        .corr
+                        .poll_timeout(std::time::Instant::now() + self.sreq_timeout)
+                        .unwrap_or(SreqError::Timeout {
+                            cmd: cmd.name,
+                            timeout_ms: self.sreq_timeout.as_millis() as u64,
+                        });
+                    return Err(e.into());
+                }
+            };
+            match self.corr.on_frame(f) {
+                Routed::Response(f) => return Ok(f.payload),
+                Routed::Failed(e) => return Err(e.into()),
+                Routed::Callback(f) => self.queue.push_back(f),
+                Routed::Unexpected(f) => {
+                    tracing::debug!(frame = %f.name(), "unexpected MT frame ignored")
+                }
+            }
+        }
+    }
+
+    /// An SREQ whose SRSP starts with a status byte that must be SUCCESS (0).
+    pub async fn sreq_ok(&mut self, cmd: Cmd, payload: Vec<u8>) -> Result<Vec<u8>, LinkError> {
+        let p = self.sreq(cmd, payload).await?;
+        match p.first() {
+            Some(0) => Ok(p),
+            Some(s) => Err(LinkError::Status {
+                cmd: cmd.name,
+                status: *s,
+            }),
+            None => Err(LinkError::Status {
+                cmd: cmd.name,
+                status: 0xFF,
+            }),
+        }
+    }
+
+    /// The first callback (queued or arriving within `timeout`) that `pred` accepts; the others
+    /// stay queued in order.
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&Frame) -> bool,
+    ) -> Result<Frame, LinkError> {
+        if let Some(i) = self.queue.iter().position(&mut pred) {
+            return Ok(self.queue.remove(i).expect("index from position"));
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let f = match tokio::time::timeout_at(deadline, self.read_frame()).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(LinkError::Timeout {
+                        what: what.to_string(),
+                        ms: timeout.as_millis() as u64,
+                    })
+                }
+            };
+            if f.ty != CmdType::Areq {
+                tracing::debug!(frame = %f.name(), "unexpected MT frame ignored");
+                continue;
+            }
+            if pred(&f) {
+                return Ok(f);
+            }
+            self.queue.push_back(f);
+        }
+    }
+
+    /// The next callback, queued first. Cancel-safe.
+    pub async fn next_callback(&mut self) -> Result<Frame, LinkError> {
+        if let Some(f) = self.queue.pop_front() {
+            return Ok(f);
+        }
+        loop {
+            let f = self.read_frame().await?;
+            if f.ty == CmdType::Areq {
+                return Ok(f);
+            }
+            tracing::debug!(frame = %f.name(), "unexpected MT frame ignored");
+        }
+    }
+
+    /// Drop queued callbacks (after a reset, nothing queued before it still means anything).
+    pub fn clear_queue(&mut self) {
+        self.queue.clear();
+    }
+
+    async fn read_frame(&mut self) -> Result<Frame, LinkError> {
+        loop {
+            if let Some(f) = self.dec.next_frame() {
+                self.sync_counters();
+                return Ok(f);
+            }
+            self.sync_counters();
+            let mut buf = [0u8; 256];
+            let n = self.port.read(&mut buf).await?;
+            if n == 0 {
+                return Err(LinkError::Closed);
+            }
+            self.dec.push(&buf[..n]);
+        }
+    }
+
+    fn sync_counters(&mut self) {
+        let s = self.dec.stats;
+        self.counters.frames_in.add(s.frames - self.seen.frames);
+        self.counters
+            .bad_frames
+            .add(s.bad_frames - self.seen.bad_frames);
+        self.counters
+            .stray_bytes
+            .add(s.stray_bytes - self.seen.stray_bytes);
+        self.seen = s;
+    }
+}

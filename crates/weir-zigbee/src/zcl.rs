@@ -1,0 +1,450 @@
+//! The few parts of the Zigbee Cluster Library this adapter speaks, with no I/O: the ZCL frame
+//! header, attribute records in reports and read responses, the default response, and the
+//! decoding of known attributes into readings with their scaling and units.
+//!
+//! Reference: Zigbee Cluster Library Specification (ZCL rev. 8, 07-5123): §2.4 (frame format),
+//! §2.5.2/§2.5.11 (read attributes response, report attributes), §2.5.12 (default response),
+//! §2.6.2 (data types), §3.2 (Basic), §3.8 (On/Off), §4.2–4.8 (measurement clusters).
+//!
+//! Invariants: a malformed or truncated payload yields the records before the fault and never
+//! panics; an attribute of a data type whose length is unknown ends the record list (its length
+//! cannot be skipped) and is counted by the caller as undecoded.
+
+/// ZCL data types (§2.6.2, table 2-10) with a fixed or prefixed length this module can skip.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    Bool(bool),
+    Uint(u64),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+impl AttrValue {
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            AttrValue::Uint(u) => i64::try_from(*u).ok(),
+            AttrValue::Int(i) => Some(*i),
+            AttrValue::Bool(b) => Some(*b as i64),
+            _ => None,
+        }
+    }
+}
+
+pub const FC_CLUSTER_SPECIFIC: u8 = 0x01;
+pub const FC_MANUFACTURER_SPECIFIC: u8 = 0x04;
+pub const FC_SERVER_TO_CLIENT: u8 = 0x08;
+pub const FC_DISABLE_DEFAULT_RESPONSE: u8 = 0x10;
+
+/// General (profile-wide) commands (§2.5, table 2-3).
+pub const READ_ATTRIBUTES: u8 = 0x00;
+pub const READ_ATTRIBUTES_RSP: u8 = 0x01;
+pub const REPORT_ATTRIBUTES: u8 = 0x0A;
+pub const DEFAULT_RESPONSE: u8 = 0x0B;
+
+pub const CLUSTER_BASIC: u16 = 0x0000;
+pub const CLUSTER_POWER_CONFIG: u16 = 0x0001;
+pub const CLUSTER_ON_OFF: u16 = 0x0006;
+pub const CLUSTER_ILLUMINANCE: u16 = 0x0400;
+pub const CLUSTER_TEMPERATURE: u16 = 0x0402;
+pub const CLUSTER_PRESSURE: u16 = 0x0403;
+pub const CLUSTER_HUMIDITY: u16 = 0x0405;
+pub const CLUSTER_OCCUPANCY: u16 = 0x0406;
+pub const CLUSTER_SOIL_MOISTURE: u16 = 0x0408;
+
+/// Basic cluster attributes (§3.2.2.2).
+pub const ATTR_MANUFACTURER_NAME: u16 = 0x0004;
+pub const ATTR_MODEL_IDENTIFIER: u16 = 0x0005;
+pub const ATTR_POWER_SOURCE: u16 = 0x0007;
+
+/// On/Off cluster commands (§3.8.2.3).
+pub const ON_OFF_OFF: u8 = 0x00;
+pub const ON_OFF_ON: u8 = 0x01;
+pub const ON_OFF_TOGGLE: u8 = 0x02;
+
+/// A ZCL frame (§2.4.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZclFrame {
+    pub frame_control: u8,
+    pub manufacturer: Option<u16>,
+    pub tsn: u8,
+    pub command: u8,
+    pub payload: Vec<u8>,
+}
+
+impl ZclFrame {
+    pub fn parse(data: &[u8]) -> Option<ZclFrame> {
+        let fc = *data.first()?;
+        let (manufacturer, rest) = if fc & FC_MANUFACTURER_SPECIFIC != 0 {
+            let m = u16::from_le_bytes([*data.get(1)?, *data.get(2)?]);
+            (Some(m), data.get(3..)?)
+        } else {
+            (None, data.get(1..)?)
+        };
+        Some(ZclFrame {
+            frame_control: fc,
+            manufacturer,
+            tsn: *rest.first()?,
+            command: *rest.get(1)?,
+            payload: rest.get(2..)?.to_vec(),
+        })
+    }
+    pub fn is_general(&self) -> bool {
+        self.frame_control & 0x03 == 0
+    }
+    /// A cluster-specific command from client to server, default response enabled.
+    pub fn cluster_command(tsn: u8, command: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![FC_CLUSTER_SPECIFIC, tsn, command];
+        v.extend_from_slice(payload);
+        v
+    }
+    /// Read Attributes (§2.5.1), client to server.
+    pub fn read_attributes(tsn: u8, attrs: &[u16]) -> Vec<u8> {
+        let mut v = vec![0x00, tsn, READ_ATTRIBUTES];
+        for a in attrs {
+            v.extend_from_slice(&a.to_le_bytes());
+        }
+        v
+    }
+}
+
+/// The value of data type `ty` at the start of `b`, and its length; `None` when the type's length
+/// is unknown here or `b` is too short.
+pub fn parse_value(ty: u8, b: &[u8]) -> Option<(AttrValue, usize)> {
+    let uint = |n: usize| -> Option<(AttrValue, usize)> {
+        let s = b.get(..n)?;
+        let mut x = 0u64;
+        for (i, byte) in s.iter().enumerate() {
+            x |= (*byte as u64) << (8 * i);
+        }
+        Some((AttrValue::Uint(x), n))
+    };
+    let int = |n: usize| -> Option<(AttrValue, usize)> {
+        let (AttrValue::Uint(u), _) = uint(n)? else {
+            return None;
+        };
+        let shift = 64 - 8 * n as u32;
+        Some((AttrValue::Int(((u << shift) as i64) >> shift), n))
+    };
+    match ty {
+        0x10 => Some((AttrValue::Bool(*b.first()? != 0), 1)),
+        // data, bitmap, unsigned, enum: 8…64 bits.
+        0x08..=0x0F => uint((ty - 0x07) as usize),
+        0x18..=0x1F => uint((ty - 0x17) as usize),
+        0x20..=0x27 => uint((ty - 0x1F) as usize),
+        0x28..=0x2F => int((ty - 0x27) as usize),
+        0x30 => uint(1),
+        0x31 => uint(2),
+        0x39 => {
+            let s: [u8; 4] = b.get(..4)?.try_into().ok()?;
+            Some((AttrValue::Float(f32::from_le_bytes(s) as f64), 4))
+        }
+        0x3A => {
+            let s: [u8; 8] = b.get(..8)?.try_into().ok()?;
+            Some((AttrValue::Float(f64::from_le_bytes(s)), 8))
+        }
+        0x41 | 0x42 => {
+            let n = *b.first()? as usize;
+            if n == 0xFF {
+                // An invalid (absent) string (§2.6.2.11).
+                return Some((AttrValue::Text(String::new()), 1));
+            }
+            let s = b.get(1..1 + n)?;
+            let v = if ty == 0x42 {
+                AttrValue::Text(
+                    String::from_utf8_lossy(s)
+                        .trim_end_matches('\0')
+                        .to_string(),
+                )
+            } else {
+                AttrValue::Bytes(s.to_vec())
+            };
+            Some((v, 1 + n))
+        }
+        0xE2 => uint(4), // UTC time
+        0xF0 => uint(8), // IEEE address
+        _ => None,
+    }
+}
+
+/// One attribute as reported or read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttrRecord {
+    pub attr: u16,
+    pub value: AttrValue,
+}
+
+/// Attribute records of a Report Attributes payload (§2.5.11): `id, type, value` repeated. The
+/// second element is true when the list ended at something that could not be decoded.
+pub fn parse_report(p: &[u8]) -> (Vec<AttrRecord>, bool) {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < p.len() {
+        let Some(hdr) = p.get(i..i + 3) else {
+            return (out, true);
+        };
+        let attr = u16::from_le_bytes([hdr[0], hdr[1]]);
+        let Some((value, n)) = parse_value(hdr[2], &p[i + 3..]) else {
+            return (out, true);
+        };
+        out.push(AttrRecord { attr, value });
+        i += 3 + n;
+    }
+    (out, false)
+}
+
+/// Successful records of a Read Attributes Response (§2.5.2): `id, status, [type, value]`.
+pub fn parse_read_rsp(p: &[u8]) -> (Vec<AttrRecord>, bool) {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < p.len() {
+        let Some(hdr) = p.get(i..i + 3) else {
+            return (out, true);
+        };
+        let attr = u16::from_le_bytes([hdr[0], hdr[1]]);
+        if hdr[2] != 0 {
+            i += 3;
+            continue;
+        }
+        let Some(ty) = p.get(i + 3) else {
+            return (out, true);
+        };
+        let Some((value, n)) = parse_value(*ty, &p[i + 4..]) else {
+            return (out, true);
+        };
+        out.push(AttrRecord { attr, value });
+        i += 4 + n;
+    }
+    (out, false)
+}
+
+/// ZCL status names (§2.6.3, table 2-12) for command results.
+pub fn status_name(s: u8) -> &'static str {
+    match s {
+        0x00 => "SUCCESS",
+        0x01 => "FAILURE",
+        0x7E => "NOT_AUTHORIZED",
+        0x80 => "MALFORMED_COMMAND",
+        0x81 => "UNSUP_COMMAND",
+        0x85 => "INVALID_FIELD",
+        0x86 => "UNSUPPORTED_ATTRIBUTE",
+        0x87 => "INVALID_VALUE",
+        0x88 => "READ_ONLY",
+        0x89 => "INSUFFICIENT_SPACE",
+        0x8B => "NOT_FOUND",
+        0x8C => "UNREPORTABLE_ATTRIBUTE",
+        0x8D => "INVALID_DATA_TYPE",
+        0x94 => "TIMEOUT",
+        0xC3 => "UNSUPPORTED_CLUSTER",
+        _ => "unknown status",
+    }
+}
+
+/// What a known attribute means: point name, unit, class and value type.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Measure {
+    pub point: &'static str,
+    pub unit: Option<&'static str>,
+    pub class: Option<&'static str>,
+    pub kind: MeasureKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MeasureKind {
+    Float,
+    Bool,
+}
+
+const fn m(
+    point: &'static str,
+    unit: Option<&'static str>,
+    class: Option<&'static str>,
+    kind: MeasureKind,
+) -> Measure {
+    Measure {
+        point,
+        unit,
+        class,
+        kind,
+    }
+}
+
+const TEMPERATURE: [Measure; 1] = [m(
+    "temperature",
+    Some("°C"),
+    Some("temperature"),
+    MeasureKind::Float,
+)];
+const HUMIDITY: [Measure; 1] = [m(
+    "humidity",
+    Some("%"),
+    Some("humidity"),
+    MeasureKind::Float,
+)];
+const PRESSURE: [Measure; 1] = [m(
+    "pressure",
+    Some("hPa"),
+    Some("pressure"),
+    MeasureKind::Float,
+)];
+const ILLUMINANCE: [Measure; 1] = [m(
+    "illuminance",
+    Some("lx"),
+    Some("illuminance"),
+    MeasureKind::Float,
+)];
+const OCCUPANCY: [Measure; 1] = [m("occupancy", None, Some("occupancy"), MeasureKind::Bool)];
+const SOIL: [Measure; 1] = [m(
+    "soil_moisture",
+    Some("%"),
+    Some("moisture"),
+    MeasureKind::Float,
+)];
+const ON_OFF: [Measure; 1] = [m("on_off", None, Some("switch"), MeasureKind::Bool)];
+const POWER: [Measure; 2] = [
+    m("battery", Some("%"), Some("battery"), MeasureKind::Float),
+    m(
+        "battery_voltage",
+        Some("V"),
+        Some("voltage"),
+        MeasureKind::Float,
+    ),
+];
+
+/// The points a device with this server cluster has.
+pub fn measures_of_cluster(cluster: u16) -> &'static [Measure] {
+    match cluster {
+        CLUSTER_TEMPERATURE => &TEMPERATURE,
+        CLUSTER_HUMIDITY => &HUMIDITY,
+        CLUSTER_PRESSURE => &PRESSURE,
+        CLUSTER_ILLUMINANCE => &ILLUMINANCE,
+        CLUSTER_OCCUPANCY => &OCCUPANCY,
+        CLUSTER_SOIL_MOISTURE => &SOIL,
+        CLUSTER_ON_OFF => &ON_OFF,
+        CLUSTER_POWER_CONFIG => &POWER,
+        _ => &[],
+    }
+}
+
+/// A decoded attribute: point, value (as f64 or bool) and unit.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decoded {
+    Float(&'static str, f64, Option<&'static str>),
+    Bool(&'static str, bool),
+}
+
+/// Decode a known attribute with its cluster's scaling (ZCL §4.2–4.8, §3.3, §3.8); `None` for an
+/// attribute this adapter does not know, or the cluster's "invalid measurement" value.
+pub fn decode(cluster: u16, attr: u16, v: &AttrValue) -> Option<Decoded> {
+    let i = v.as_i64();
+    match (cluster, attr) {
+        // MeasuredValue int16 = 100 × °C; 0x8000 = invalid (§4.4.2.2.1).
+        (CLUSTER_TEMPERATURE, 0x0000) => {
+            let x = i?;
+            (x != -0x8000).then(|| Decoded::Float("temperature", x as f64 / 100.0, Some("°C")))
+        }
+        // uint16 = 100 × %; 0xFFFF invalid (§4.7.2.1.1).
+        (CLUSTER_HUMIDITY, 0x0000) => {
+            let x = i?;
+            (x != 0xFFFF).then(|| Decoded::Float("humidity", x as f64 / 100.0, Some("%")))
+        }
+        (CLUSTER_SOIL_MOISTURE, 0x0000) => {
+            let x = i?;
+            (x != 0xFFFF).then(|| Decoded::Float("soil_moisture", x as f64 / 100.0, Some("%")))
+        }
+        // int16 = 10 × kPa = hPa (§4.5.2.2.1).
+        (CLUSTER_PRESSURE, 0x0000) => {
+            let x = i?;
+            (x != -0x8000).then(|| Decoded::Float("pressure", x as f64, Some("hPa")))
+        }
+        // uint16 = 10000 × log10(lx) + 1; 0 = too low, 0xFFFF invalid (§4.2.2.2.1).
+        (CLUSTER_ILLUMINANCE, 0x0000) => {
+            let x = i?;
+            (x != 0xFFFF).then(|| {
+                let lx = if x == 0 {
+                    0.0
+                } else {
+                    10f64.powf((x as f64 - 1.0) / 10000.0)
+                };
+                Decoded::Float("illuminance", (lx * 10.0).round() / 10.0, Some("lx"))
+            })
+        }
+        (CLUSTER_OCCUPANCY, 0x0000) => Some(Decoded::Bool("occupancy", i? & 1 != 0)),
+        (CLUSTER_ON_OFF, 0x0000) => Some(Decoded::Bool("on_off", i? != 0)),
+        // BatteryVoltage uint8 = 100 mV; BatteryPercentageRemaining uint8 = 2 × % (§3.3.2.2.3).
+        (CLUSTER_POWER_CONFIG, 0x0020) => Some(Decoded::Float(
+            "battery_voltage",
+            i? as f64 / 10.0,
+            Some("V"),
+        )),
+        (CLUSTER_POWER_CONFIG, 0x0021) => {
+            let x = i?;
+            (x != 0xFF).then(|| Decoded::Float("battery", x as f64 / 2.0, Some("%")))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temperature_report_from_the_peers_example() {
+        // ZCL part of PEERS.md's AF_INCOMING_MSG example (zigpy-encoded): int16 2150.
+        let data = [0x18, 0x2a, 0x0a, 0x00, 0x00, 0x29, 0x66, 0x08];
+        let f = ZclFrame::parse(&data).unwrap();
+        assert_eq!(
+            (f.tsn, f.command, f.is_general()),
+            (0x2a, REPORT_ATTRIBUTES, true)
+        );
+        let (recs, cut) = parse_report(&f.payload);
+        assert!(!cut);
+        assert_eq!(
+            decode(CLUSTER_TEMPERATURE, recs[0].attr, &recs[0].value),
+            Some(Decoded::Float("temperature", 21.5, Some("°C")))
+        );
+    }
+
+    #[test]
+    fn negative_temperature_and_invalid_values() {
+        assert_eq!(
+            decode(
+                CLUSTER_TEMPERATURE,
+                0,
+                &parse_value(0x29, &(-550i16).to_le_bytes()).unwrap().0
+            ),
+            Some(Decoded::Float("temperature", -5.5, Some("°C")))
+        );
+        assert_eq!(
+            decode(CLUSTER_TEMPERATURE, 0, &AttrValue::Int(-0x8000)),
+            None
+        );
+        assert_eq!(decode(CLUSTER_HUMIDITY, 0, &AttrValue::Uint(0xFFFF)), None);
+        assert_eq!(decode(0x0B04, 0x050B, &AttrValue::Int(5)), None);
+    }
+
+    #[test]
+    fn read_response_skips_failed_records_and_truncation_is_flagged() {
+        // model "TH-1", manufacturer unsupported (0x86), power source enum8 3.
+        let p = [
+            0x05, 0x00, 0x00, 0x42, 0x04, b'T', b'H', b'-', b'1', 0x04, 0x00, 0x86, 0x07, 0x00,
+            0x00, 0x30, 0x03,
+        ];
+        let (recs, cut) = parse_read_rsp(&p);
+        assert!(!cut);
+        assert_eq!(recs[0].value, AttrValue::Text("TH-1".into()));
+        assert_eq!(
+            recs[1],
+            AttrRecord {
+                attr: 7,
+                value: AttrValue::Uint(3)
+            }
+        );
+        let (recs, cut) = parse_read_rsp(&p[..7]);
+        assert!(cut && recs.is_empty());
+        let (recs, cut) = parse_report(&[0x00, 0x00, 0x4C, 0x01]);
+        assert!(cut && recs.is_empty(), "a struct (0x4C) cannot be skipped");
+    }
+}

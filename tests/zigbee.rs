@@ -1,0 +1,260 @@
+//! End-to-end tests of the Zigbee adapter: a Z-Stack ZNP coordinator emulator on a pty (frames by
+//! zigpy-znp, ZCL/ZDO by zigpy: crates/weir-zigbee/tests/peer/znp_emulator.py) → the real `weir`
+//! binary → a real mosquitto and subscriber.
+//!
+//! Needs zigpy-znp and zigpy (`scripts/test` installs them with `need_zigbee_peers`); the Python
+//! is `$WEIR_ZIGBEE_PYTHON`, else `target/zigbee-venv/bin/python`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+const EMULATOR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/crates/weir-zigbee/tests/peer/znp_emulator.py"
+);
+
+const SENSOR: &str = "00:12:4b:00:1c:aa:bb:01";
+const SENSOR_ID: &str = "zigbee/00124b001caabb01";
+const PLUG: &str = "00:12:4b:00:1c:aa:bb:02";
+const PLUG_ID: &str = "gh1/plug";
+
+fn python() -> String {
+    if let Ok(p) = std::env::var("WEIR_ZIGBEE_PYTHON") {
+        return p;
+    }
+    concat!(env!("CARGO_MANIFEST_DIR"), "/target/zigbee-venv/bin/python").into()
+}
+
+/// The emulator process: control lines in, event lines out (collected on a thread).
+struct Emulator {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Emulator {
+    fn start(dir: &Path) -> Emulator {
+        let mut child = Command::new(python())
+            .arg(EMULATOR)
+            .arg("--link")
+            .arg(dir.join("ttyZNP"))
+            .arg("--state")
+            .arg(dir.join("znp-nv.json"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the ZNP emulator (run scripts/test or set WEIR_ZIGBEE_PYTHON)");
+        let stdin = child.stdin.take().unwrap();
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l2 = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        let e = Emulator {
+            child,
+            stdin,
+            lines,
+        };
+        e.wait_line("the emulator ready", |l| l == "ready");
+        e
+    }
+    fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+    fn count(&self, f: impl Fn(&str) -> bool) -> usize {
+        self.lines.lock().unwrap().iter().filter(|l| f(l)).count()
+    }
+    fn wait_line(&self, what: &str, f: impl Fn(&str) -> bool) {
+        wait_until(what, Duration::from_secs(30), || self.count(&f) > 0);
+    }
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- emulator ----\n{}", self.log());
+        }
+    }
+}
+
+fn zigbee_config(mqtt: u16, dir: &Path) -> String {
+    config_with(
+        mqtt,
+        "",
+        "",
+        &format!(
+            "sources:\n  - zigbee:\n      name: zigbee\n      serial: {{ port: {}, baud: 115200 }}\n      channel: 20\n      pan_id: 0x2345\n      permit_join_s: 120\n      reopen_backoff_ms: 200\n      device_timeout_ms: 5000\n      devices:\n        \"{PLUG}\": {PLUG_ID}\n",
+            dir.join("ttyZNP").display()
+        ),
+    )
+}
+
+fn values(sub: &Subscriber, topic: &str) -> Vec<serde_json::Value> {
+    sub.snapshot()
+        .iter()
+        .filter(|m| m.topic == topic)
+        .map(|m| m.json())
+        .collect()
+}
+
+fn wait_value(sub: &Subscriber, topic: &str, value: serde_json::Value) -> serde_json::Value {
+    wait_until(
+        &format!("{topic} = {value}"),
+        Duration::from_secs(20),
+        || values(sub, topic).iter().any(|v| v["value"] == value),
+    );
+    values(sub, topic)
+        .into_iter()
+        .rev()
+        .find(|v| v["value"] == value)
+        .unwrap()
+}
+
+/// Publish `payload` on the plug's `on_off/set` until a result arrives (the forwarder subscribes
+/// to a device's command topics once the registry has it), and return the newest result.
+fn switch_plug(sub: &Subscriber, payload: &[u8]) -> serde_json::Value {
+    let topic = format!("t/{PLUG_ID}/on_off/set/result");
+    let before = sub.count(|m| m.topic == topic);
+    for _ in 0..30 {
+        sub.publish(&format!("t/{PLUG_ID}/on_off/set"), payload);
+        let got = (0..20).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            sub.count(|m| m.topic == topic) > before
+        });
+        if got {
+            return sub.last_json(&topic).unwrap();
+        }
+    }
+    panic!("no result on {topic}");
+}
+
+#[test]
+fn form_pair_report_command_restart_and_replug() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut emu = Emulator::start(dir.path());
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let mut gw = Gateway::start(dir.path(), &zigbee_config(broker.port, dir.path()));
+
+    // A blank stick: weir forms a network and opens it for joining.
+    emu.wait_line("the network formed", |l| l == "formed");
+    emu.wait_line("permit join opened", |l| l == "permit-join 120");
+    let key = std::fs::read_to_string(dir.path().join("state/sources/zigbee/network.key")).unwrap();
+    assert_eq!(key.trim().len(), 32);
+    assert!(
+        !gw.log().contains(key.trim()),
+        "the network key was printed"
+    );
+
+    // Pair a temperature/humidity sensor and a plug; both are interviewed.
+    emu.send(&format!("join {SENSOR} 0x1234 temp"));
+    emu.send(&format!("join {PLUG} 0x4a21 plug"));
+    wait_until("both devices paired", Duration::from_secs(30), || {
+        gw.log().matches("zigbee device paired").count() >= 2
+    });
+    let log = gw.log();
+    assert!(
+        log.contains("Weir Test TH-1 (end_device, battery)"),
+        "{log}"
+    );
+    assert!(log.contains("Weir Test PLUG-1 (router, mains)"), "{log}");
+
+    // Reports become readings with the right values and units, plus lqi.
+    emu.send("report 0x1234 temperature 21.5");
+    emu.send("report 0x1234 humidity 55.25");
+    emu.send("report 0x1234 temperature -4.25");
+    let t = wait_value(&sub, &format!("t/{SENSOR_ID}/temperature"), 21.5.into());
+    assert_eq!(t["unit"], "°C");
+    let h = wait_value(&sub, &format!("t/{SENSOR_ID}/humidity"), 55.25.into());
+    assert_eq!(h["unit"], "%");
+    wait_value(&sub, &format!("t/{SENSOR_ID}/temperature"), (-4.25).into());
+    wait_value(&sub, &format!("t/{SENSOR_ID}/lqi"), 120.into());
+
+    // An MQTT …/set switches the plug; the result comes from the confirm + default response.
+    let r = switch_plug(&sub, b"true");
+    assert_eq!(r["ok"], true, "{r}");
+    emu.wait_line("the plug switched on", |l| l == "onoff 0x4a21 1");
+    wait_value(&sub, &format!("t/{PLUG_ID}/on_off"), true.into());
+    let r = switch_plug(&sub, br#""toggle""#);
+    assert_eq!(r["ok"], true, "{r}");
+    emu.wait_line("the plug toggled off", |l| l == "onoff 0x4a21 0");
+    let r = switch_plug(&sub, br#""dim""#);
+    assert_eq!(r["ok"], false, "{r}");
+
+    // Restart weir: the stick's network is adopted (not formed again) and the devices are known.
+    let status = gw.terminate();
+    assert!(status.success(), "{status:?}");
+    gw.start_again();
+    emu.wait_line("the network started from NV", |l| l == "started");
+    assert_eq!(emu.count(|l| l == "formed"), 1, "re-formed on restart");
+    emu.send("report 0x1234 temperature 22.75");
+    wait_value(&sub, &format!("t/{SENSOR_ID}/temperature"), 22.75.into());
+    let r = switch_plug(&sub, b"true");
+    assert_eq!(r["ok"], true, "{r}");
+    emu.wait_line("the plug switched on after the restart", |l| {
+        l == "onoff 0x4a21 1"
+    });
+
+    // Garbage on the line is counted and skipped.
+    emu.send("garbage");
+    emu.send("report 0x1234 temperature 23.5");
+    wait_value(&sub, &format!("t/{SENSOR_ID}/temperature"), 23.5.into());
+
+    // Unplug the stick, keep it out for a while, plug it back: weir carries on by itself.
+    emu.send("vanish");
+    wait_until(
+        "weir notices the stick is gone",
+        Duration::from_secs(20),
+        || gw.log().contains("zigbee coordinator lost"),
+    );
+    let r = switch_plug(&sub, b"false");
+    assert_eq!(
+        r["ok"], false,
+        "a command while unplugged fails at once: {r}"
+    );
+    std::thread::sleep(Duration::from_secs(3)); // the outage itself (not a wait for a condition)
+    assert!(gw.is_running());
+    emu.send("return");
+    wait_until("weir recovers", Duration::from_secs(30), || {
+        gw.log().contains("zigbee coordinator is back")
+    });
+    emu.send("report 0x1234 temperature 24.25");
+    wait_value(&sub, &format!("t/{SENSOR_ID}/temperature"), 24.25.into());
+    let r = switch_plug(&sub, b"true");
+    assert_eq!(r["ok"], true, "{r}");
+
+    let log = gw.log();
+    assert_eq!(log.matches("zigbee coordinator lost").count(), 1, "{log}");
+    assert!(
+        log.matches("zigbee coordinator not available").count() <= 1,
+        "{log}"
+    );
+    // Nothing committed was lost: each device's seq runs without gaps.
+    let seqs = seqs_by_device(&sub.snapshot(), "t");
+    let temps = seqs.get(SENSOR_ID).expect("sensor readings");
+    let mut sorted = temps.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted,
+        (sorted[0]..sorted[0] + sorted.len() as u64).collect::<Vec<_>>(),
+        "gaps in {temps:?}"
+    );
+    assert_eq!(gw.terminate().code(), Some(0));
+}
