@@ -99,7 +99,7 @@ fn zigbee_config(mqtt: u16, dir: &Path) -> String {
         "",
         "",
         &format!(
-            "sources:\n  - zigbee:\n      name: zigbee\n      serial: {{ port: {}, baud: 115200 }}\n      channel: 20\n      pan_id: 0x2345\n      permit_join_s: 120\n      reopen_backoff_ms: 200\n      device_timeout_ms: 5000\n      devices:\n        \"{PLUG}\": {PLUG_ID}\n",
+            "sources:\n  - zigbee:\n      name: zigbee\n      serial: {{ port: {}, baud: 115200 }}\n      channel: 20\n      pan_id: 0x2345\n      permit_join_s: 0\n      reopen_backoff_ms: 200\n      device_timeout_ms: 5000\n      devices:\n        \"{PLUG}\": {PLUG_ID}\n",
             dir.join("ttyZNP").display()
         ),
     )
@@ -152,15 +152,41 @@ fn form_pair_report_command_restart_and_replug() {
     let sub = Subscriber::connect(broker.port, "t/#");
     let mut gw = Gateway::start(dir.path(), &zigbee_config(broker.port, dir.path()));
 
-    // A blank stick: weir forms a network and opens it for joining.
+    // A blank stick: weir forms a network (closed for joining: permit_join_s is 0).
     emu.wait_line("the network formed", |l| l == "formed");
-    emu.wait_line("permit join opened", |l| l == "permit-join 120");
     let key = std::fs::read_to_string(dir.path().join("state/sources/zigbee/network.key")).unwrap();
     assert_eq!(key.trim().len(), 32);
     assert!(
         !gw.log().contains(key.trim()),
         "the network key was printed"
     );
+    wait_until(
+        "the coordinator in the registry",
+        Duration::from_secs(20),
+        || gw.log().contains("network formed"),
+    );
+    emu.send(&format!("join {SENSOR} 0x1234 temp"));
+    emu.wait_line("a join refused while closed", |l| {
+        l == format!("join-refused {SENSOR}")
+    });
+
+    // Permit join as a command on the coordinator's writable point, from MQTT.
+    let topic = "t/zigbee/coordinator/permit_join/set";
+    let result = format!("{topic}/result");
+    for _ in 0..30 {
+        sub.publish(topic, b"120");
+        if (0..20).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            sub.count(|m| m.topic == result) > 0
+        }) {
+            break;
+        }
+    }
+    assert_eq!(
+        sub.last_json(&result).expect("permit_join result")["ok"],
+        true
+    );
+    emu.wait_line("permit join opened", |l| l == "permit-join 120");
 
     // Pair a temperature/humidity sensor and a plug; both are interviewed.
     emu.send(&format!("join {SENSOR} 0x1234 temp"));
@@ -210,6 +236,19 @@ fn form_pair_report_command_restart_and_replug() {
     emu.wait_line("the plug switched on after the restart", |l| {
         l == "onoff 0x4a21 1"
     });
+
+    // A coordinator reset mid-run (SYS_RESET_IND): start-up runs again, readings carry on.
+    emu.send("reset");
+    wait_until(
+        "weir restarts the coordinator",
+        Duration::from_secs(20),
+        || gw.log().contains("running start-up again"),
+    );
+    wait_until("started twice", Duration::from_secs(20), || {
+        emu.count(|l| l == "started") >= 2
+    });
+    emu.send("report 0x1234 temperature 23.25");
+    wait_value(&sub, &format!("t/{SENSOR_ID}/temperature"), 23.25.into());
 
     // Garbage on the line is counted and skipped.
     emu.send("garbage");

@@ -308,6 +308,12 @@ impl Source for ZigbeeSource {
                     backoff.reset();
                     match run.serve(link).await {
                         Ok(()) => return Ok(()),
+                        Err(e @ LinkError::Reset { .. }) => {
+                            // Its network state is in NV: run start-up again at once.
+                            self.m.reconnects.inc();
+                            tracing::warn!(source = %self.name, port, "{e}; running start-up again");
+                            continue;
+                        }
                         Err(e) => {
                             self.m.reconnects.inc();
                             down_since = Some(std::time::Instant::now());
@@ -615,9 +621,8 @@ impl Run<'_> {
                 }
             }
         } else if f.is(SYS_RESET_IND) {
-            return Err(LinkError::Status {
-                cmd: "SYS_RESET_IND (the coordinator reset itself)",
-                status: f.payload.first().copied().unwrap_or(0),
+            return Err(LinkError::Reset {
+                reason: f.payload.first().copied().unwrap_or(0),
             });
         } else {
             tracing::debug!(source = %self.name, frame = %f.name(), "callback ignored");
@@ -945,9 +950,6 @@ impl Run<'_> {
             ),
             Err(e) => (Err(e.to_string()), None),
         };
-        if let Err(why) = &answer {
-            tracing::warn!(source = %self.name, device = %c.device, point = %c.point, "command failed: {why}");
-        }
         let _ = c.reply.send(answer);
         match fatal {
             Some(e) => Err(e),
@@ -984,16 +986,15 @@ impl Run<'_> {
             self.permit_join(link, secs as u8).await?;
             return Ok(Ok(()));
         }
-        let Some((ieee, d)) = self
+        let Some(d) = self
             .db
             .devices
             .iter()
             .find(|(k, _)| self.cfg.device_id(**k) == c.device.as_str())
-            .map(|(k, d)| (*k, d.clone()))
+            .map(|(_, d)| d.clone())
         else {
             return Ok(Err(format!("no paired zigbee device `{}`", c.device)));
         };
-        let _ = ieee;
         if c.point.as_str() != "on_off" {
             return Ok(Err(format!("point `{}` cannot be written", c.point)));
         }

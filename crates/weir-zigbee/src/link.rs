@@ -31,6 +31,8 @@ pub enum LinkError {
     Timeout { what: String, ms: u64 },
     #[error(transparent)]
     TooLong(#[from] mt::TooLong),
+    #[error("the coordinator reset itself (SYS_RESET_IND, reason {reason})")]
+    Reset { reason: u8 },
 }
 
 impl LinkError {

@@ -356,7 +356,7 @@ pub fn decode(cluster: u16, attr: u16, v: &AttrValue) -> Option<Decoded> {
         // int16 = 10 × kPa = hPa (§4.5.2.2.1).
         (CLUSTER_PRESSURE, 0x0000) => {
             let x = i?;
-            (x != -0x8000).then(|| Decoded::Float("pressure", x as f64, Some("hPa")))
+            (x != -0x8000).then_some(Decoded::Float("pressure", x as f64, Some("hPa")))
         }
         // uint16 = 10000 × log10(lx) + 1; 0 = too low, 0xFFFF invalid (§4.2.2.2.1).
         (CLUSTER_ILLUMINANCE, 0x0000) => {

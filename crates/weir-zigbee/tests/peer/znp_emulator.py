@@ -18,6 +18,7 @@ stdin, events on stdout (one line each, flushed):
     vanish                        close the pty and remove the link (the stick is unplugged)
     return                        a new pty at the same link (plugged back)
     garbage                       write stray bytes and a frame with a bad FCS
+    reset                         an unsolicited SYS_RESET_IND (a watchdog reset mid-run)
     quit
 
 Events: `ready`, `frame <NAME>` for every request parsed, `formed`, `started`, `permit-join <s>`,
@@ -312,6 +313,11 @@ class Emulator:
         elif w[0] == "return":
             self.plug()
             say("returned")
+        elif w[0] == "reset":
+            # A watchdog reset: the ZNP restarts from NV, not joined until started again.
+            self.permit_until = 0.0
+            self.send(c.SYS.ResetInd.Callback(Reason=t.ResetReason.Watchdog, TransportRev=2, ProductId=1, MajorRel=2, MinorRel=7, MaintRel=1))
+            say("reset")
         elif w[0] == "garbage":
             os.write(self.master, b"\x00\x13\x37\xfe\x03\x45\xc0\x09\x00\x00")
             say("garbage")
