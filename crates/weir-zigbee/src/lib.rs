@@ -1080,3 +1080,70 @@ fn parse_simple_desc(p: &[u8]) -> Option<Endpoint> {
         out_clusters,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simple_descriptor_as_zigpy_encodes_it() {
+        // ZDO_SIMPLE_DESC_RSP payload from the emulator (zigpy's SizePrefixedSimpleDescriptor):
+        // src 0x1234, status 0, nwk 0x1234, len, ep 1, profile 0x0104, device 0x0302, ver 1,
+        // in [0x0000, 0x0001, 0x0402, 0x0405], out [].
+        let p = [
+            0x34, 0x12, 0x00, 0x34, 0x12, 0x10, 0x01, 0x04, 0x01, 0x02, 0x03, 0x01, 0x04, 0x00,
+            0x00, 0x01, 0x00, 0x02, 0x04, 0x05, 0x04, 0x00,
+        ];
+        let e = parse_simple_desc(&p).unwrap();
+        assert_eq!((e.id, e.profile, e.device_type), (1, PROFILE_HA, 0x0302));
+        assert_eq!(e.in_clusters, vec![0x0000, 0x0001, 0x0402, 0x0405]);
+        assert!(e.out_clusters.is_empty());
+        assert_eq!(parse_simple_desc(&p[..15]), None);
+        let mut failed = p;
+        failed[2] = 0x80;
+        assert_eq!(parse_simple_desc(&failed), None);
+    }
+
+    #[test]
+    fn device_spec_has_points_with_units_classes_and_only_on_off_writable() {
+        let d = DbDevice {
+            ieee: "00:12:4b:00:1c:aa:bb:02".into(),
+            nwk: 1,
+            logical_type: "router".into(),
+            mains_powered: true,
+            endpoints: vec![Endpoint {
+                id: 1,
+                profile: PROFILE_HA,
+                device_type: 0x51,
+                in_clusters: vec![0x0000, 0x0006, 0x0402],
+                out_clusters: vec![],
+            }],
+            manufacturer: Some("M".into()),
+            model: Some("P".into()),
+            interviewed: true,
+        };
+        let s = device_spec("gh1/plug", &d);
+        let p = |n: &str| s.points.iter().find(|p| p.name.as_str() == n).unwrap();
+        assert!(p("on_off").writable);
+        assert_eq!(p("on_off").class.as_deref(), Some("switch"));
+        assert_eq!(p("temperature").unit.as_deref(), Some("°C"));
+        assert!(!p("temperature").writable && !p("lqi").writable);
+        assert_eq!(s.meta.model.as_deref(), Some("P"));
+    }
+
+    #[test]
+    fn network_key_is_generated_once_private_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg: ZigbeeConfig =
+            serde_yaml::from_str("serial: { port: /dev/null, baud: 115200 }").unwrap();
+        let k1 = network_key(dir.path(), &cfg).unwrap();
+        let k2 = network_key(dir.path(), &cfg).unwrap();
+        assert_eq!(k1, k2);
+        assert_ne!(k1, DEFAULT_NETWORK_KEY);
+        let meta = std::fs::metadata(dir.path().join("network.key")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(network_key(other.path(), &cfg).unwrap(), k1, "not random");
+    }
+}

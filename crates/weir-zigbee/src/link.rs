@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use weir_core::Counter;
 use weir_serial::SerialStream;
@@ -52,9 +52,10 @@ pub struct LinkCounters {
     pub sreq_timeouts: Counter,
 }
 
+/// The link over a serial port (or, in tests, any byte stream).
 #[derive(Debug)]
-pub struct Link {
-    port: SerialStream,
+pub struct Link<S = SerialStream> {
+    port: S,
     dec: Decoder,
     corr: Correlator,
     queue: VecDeque<Frame>,
@@ -63,8 +64,8 @@ pub struct Link {
     seen: mt::DecodeStats,
 }
 
-impl Link {
-    pub fn new(port: SerialStream, sreq_timeout: Duration, counters: LinkCounters) -> Link {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Link<S> {
+    pub fn new(port: S, sreq_timeout: Duration, counters: LinkCounters) -> Link<S> {
         Link {
             port,
             dec: Decoder::new(),
@@ -227,5 +228,64 @@ impl Link {
             .stray_bytes
             .add(s.stray_bytes - self.seen.stray_bytes);
         self.seen = s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn counters() -> LinkCounters {
+        let m = weir_core::Metrics::new();
+        let c = |n: &str| m.counter(n, &[]);
+        LinkCounters {
+            frames_in: c("in"),
+            frames_out: c("out"),
+            bad_frames: c("bad"),
+            stray_bytes: c("stray"),
+            sreq_timeouts: c("timeouts"),
+        }
+    }
+
+    #[tokio::test]
+    async fn callbacks_arriving_before_the_srsp_are_kept_in_order() {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut link = Link::new(ours, Duration::from_secs(5), counters());
+        let peer_task = tokio::spawn(async move {
+            let mut buf = [0u8; 5];
+            peer.read_exact(&mut buf).await.unwrap(); // the SYS_PING SREQ
+            assert_eq!(buf, [0xFE, 0x00, 0x21, 0x01, 0x20]);
+            for f in [
+                Frame::new(CmdType::Areq, mt::ZDO_STATE_CHANGE_IND, vec![8]),
+                Frame::new(CmdType::Areq, mt::ZDO_STATE_CHANGE_IND, vec![9]),
+                Frame::new(CmdType::Srsp, mt::SYS_PING, vec![0x59, 0x06]),
+            ] {
+                peer.write_all(&f.encode().unwrap()).await.unwrap();
+            }
+            peer
+        });
+        assert_eq!(
+            link.sreq(mt::SYS_PING, vec![]).await.unwrap(),
+            vec![0x59, 0x06]
+        );
+        let _peer = peer_task.await.unwrap();
+        assert_eq!(link.next_callback().await.unwrap().payload, vec![8]);
+        assert_eq!(link.next_callback().await.unwrap().payload, vec![9]);
+    }
+
+    #[tokio::test]
+    async fn a_silent_coordinator_times_out_naming_the_command_and_eof_is_port_gone() {
+        let (ours, peer) = tokio::io::duplex(1024);
+        let c = counters();
+        let mut link = Link::new(ours, Duration::from_millis(300), c.clone());
+        let e = link.sreq(mt::SYS_VERSION, vec![]).await.unwrap_err();
+        assert_eq!(e.to_string(), "SYS_VERSION: no SRSP within 300 ms");
+        assert!(!e.is_port_gone());
+        assert_eq!(c.sreq_timeouts.get(), 1);
+        // The next SREQ is not refused as busy: the timed-out one was forgotten.
+        drop(peer);
+        let e = link.sreq(mt::SYS_PING, vec![]).await.unwrap_err();
+        assert!(e.is_port_gone(), "{e}");
     }
 }
