@@ -48,7 +48,7 @@ use link::{Link, LinkCounters, LinkError};
 use mt::*;
 use zcl::{Decoded, MeasureKind, ZclFrame};
 
-/// NV item ids (Z-Stack `ZComDef.h`; MT API §3.8.1.9 reads them).
+/// NV item ids (Z-Stack `ZComDef.h`; SYS_OSAL_NV_READ, MT API §3.8.1.8, reads them).
 mod nv {
     pub const EXTPANID: u16 = 0x002D;
     pub const PRECFGKEY: u16 = 0x0062;
@@ -62,12 +62,12 @@ mod nv {
     pub const HAS_CONFIGURED_VALUE: u8 = 0x55;
 }
 
-/// ZDO_STATE_CHANGE_IND: DEV_ZB_COORD (MT API §3.12.2.33).
+/// ZDO_STATE_CHANGE_IND: DEV_ZB_COORD (MT API §3.12.2.22).
 const STATE_STARTED_AS_COORDINATOR: u8 = 9;
 /// The endpoint this adapter registers (HA profile).
 const OUR_ENDPOINT: u8 = 1;
 const PROFILE_HA: u16 = 0x0104;
-/// AF_DATA_REQUEST options: APS acknowledgement requested (MT API §3.2.1.2).
+/// AF_DATA_REQUEST options: APS acknowledgement requested (MT API §3.2.1.2, AF_TXOPTIONS_ACK_REQUEST).
 const AF_ACK_REQUEST: u8 = 0x10;
 
 /// MT/Z-Stack status names used in command results (`ZComDef.h`).
@@ -417,7 +417,7 @@ impl Run<'_> {
         // CC2652/CC1352 serial bootloader: 0xEF makes it jump to the application (a running
         // ZNP counts it as one stray byte).
         link.write_raw(&[0xEF]).await?;
-        // SYS_RESET_REQ type 1 (soft reset, §3.8.1.1), answered by SYS_RESET_IND.
+        // SYS_RESET_REQ type 1 (soft reset, MT API §3.8.1.1), answered by SYS_RESET_IND.
         link.areq(SYS_RESET_REQ, vec![0x01]).await?;
         match link
             .wait_for("SYS_RESET_IND", self.device_timeout(), |f| {
@@ -453,7 +453,7 @@ impl Run<'_> {
                 "adopting the network the coordinator holds (PAN id {})",
                 pan.as_deref().and_then(|p| le16(p, 0)).map(|p| format!("0x{p:04X}")).unwrap_or_else(|| "?".into())
             );
-            // ZDO_STARTUP_FROM_APP (§3.12.1.40), start delay 100 ms.
+            // ZDO_STARTUP_FROM_APP (§3.12.1.26), start delay 100 ms.
             link.sreq(ZDO_STARTUP_FROM_APP, vec![100, 0]).await?;
         } else {
             self.form(&mut link).await?;
@@ -467,7 +467,7 @@ impl Run<'_> {
             },
         )
         .await?;
-        // AF_REGISTER (§3.2.1.1): endpoint 1, HA profile, device 0x0005 (configuration tool),
+        // AF_REGISTER (MT_AF): endpoint 1, HA profile, device 0x0005 (configuration tool),
         // Basic + On/Off in and out.
         let mut reg = vec![OUR_ENDPOINT];
         reg.extend_from_slice(&PROFILE_HA.to_le_bytes());
@@ -496,7 +496,7 @@ impl Run<'_> {
         let mut p = id.to_le_bytes().to_vec();
         p.push(0);
         let r = link.sreq(SYS_OSAL_NV_READ, p).await?;
-        // Status, Len, Value (§3.8.1.9); any status but SUCCESS: the item does not exist.
+        // Status, Len, Value (§3.8.1.8); any status but SUCCESS: the item does not exist.
         if r.first() != Some(&0) {
             return Ok(None);
         }
@@ -571,7 +571,7 @@ impl Run<'_> {
     }
 
     async fn permit_join(&self, link: &mut Link, seconds: u8) -> Result<(), LinkError> {
-        // ZDO_MGMT_PERMIT_JOIN_REQ (§3.12.1.31): broadcast to all routers and the coordinator.
+        // ZDO_MGMT_PERMIT_JOIN_REQ (§3.12.1.22): broadcast to all routers and the coordinator.
         link.sreq_ok(ZDO_MGMT_PERMIT_JOIN_REQ, vec![0x0F, 0xFC, 0xFF, seconds, 1])
             .await?;
         tracing::info!(source = %self.name, "zigbee network open for joining for {seconds} s");
@@ -636,7 +636,7 @@ impl Run<'_> {
         }
     }
 
-    /// AF_INCOMING_MSG (§3.2.2.2) → readings.
+    /// AF_INCOMING_MSG (MT_AF callback) → readings.
     fn incoming(&mut self, p: &[u8]) {
         let (Some(cluster), Some(src)) = (le16(p, 2), le16(p, 4)) else {
             return;
@@ -840,7 +840,7 @@ impl Run<'_> {
         let to = self.device_timeout();
         let addr = [nwk.to_le_bytes(), nwk.to_le_bytes()].concat();
         let for_nwk = |c: Cmd| move |f: &Frame| f.is(c) && le16(&f.payload, 3) == Some(nwk);
-        // Node descriptor (§3.12.1.3 / §3.12.2.3).
+        // Node descriptor (ZDO_NODE_DESC_REQ / §3.12.2.3).
         link.sreq_ok(ZDO_NODE_DESC_REQ, addr.clone()).await?;
         let n = link
             .wait_for("ZDO_NODE_DESC_RSP", to, for_nwk(ZDO_NODE_DESC_RSP))
@@ -868,7 +868,7 @@ impl Run<'_> {
         }
         let count = *p.get(5).unwrap_or(&0) as usize;
         let eps: Vec<u8> = p.get(6..6 + count).unwrap_or(&[]).to_vec();
-        // Simple descriptors (§3.12.1.5 / §3.12.2.5).
+        // Simple descriptors (§3.12.1.5 / ZDO_SIMPLE_DESC_RSP).
         for ep in eps {
             let mut q = addr.clone();
             q.push(ep);
@@ -926,7 +926,7 @@ impl Run<'_> {
                         d.manufacturer = Some(s)
                     }
                     (zcl::ATTR_MODEL_IDENTIFIER, zcl::AttrValue::Text(s)) => d.model = Some(s),
-                    // PowerSource (§3.2.2.2.8): 1, 2, 5, 6 are mains.
+                    // PowerSource (ZCL §3.2.2.2.8): 1, 2, 5, 6 are mains.
                     (zcl::ATTR_POWER_SOURCE, v) => {
                         if let Some(x) = v.as_i64() {
                             d.mains_powered = matches!(x & 0x7F, 1 | 2 | 5 | 6);
@@ -1043,7 +1043,7 @@ impl Run<'_> {
             Ok(z) => z,
             Err(why) => return Ok(Err(why)),
         };
-        // Default response: command id, status (§2.5.12).
+        // Default response: command id, status (ZCL §2.5.12).
         match z.payload.get(1) {
             Some(0) => Ok(Ok(())),
             Some(s) => Ok(Err(format!("device answered {}", zcl::status_name(*s)))),
@@ -1052,7 +1052,7 @@ impl Run<'_> {
     }
 }
 
-/// ZDO_SIMPLE_DESC_RSP payload (§3.12.2.5) → endpoint.
+/// ZDO_SIMPLE_DESC_RSP payload (MT_ZDO callback) → endpoint.
 fn parse_simple_desc(p: &[u8]) -> Option<Endpoint> {
     if p.get(2) != Some(&0) {
         return None;

@@ -1,8 +1,9 @@
 //! The Z-Stack Monitor and Test (MT) serial protocol, with no I/O: transport frames, command
 //! identifiers, a stream decoder and SREQ/SRSP correlation.
 //!
-//! Reference: Texas Instruments, *Z-Stack Monitor and Test API* (SWRA198, rev. 1.x), §2 "Transport
-//! layer" (frame format) and §3 (commands by subsystem). The identifiers below cite its sections.
+//! Reference: Texas Instruments, *Z-Stack Monitor and Test API* (SWRA198), §2 "Monitor and Test
+//! transport protocol" (frame format) and §3 (commands by subsystem). The identifiers below cite
+//! its sections.
 //!
 //! Frame (§2.1.1): `SOF(0xFE) | LEN | CMD0 | CMD1 | DATA[LEN] | FCS`, where `CMD0 = TYPE << 5 |
 //! SUBSYSTEM` (§2.1.2: type 0 POLL, 1 SREQ, 2 AREQ, 3 SRSP) and `FCS` is the XOR of `LEN`, `CMD0`,
@@ -83,40 +84,45 @@ const fn cmd(subsystem: u8, id: u8, name: &'static str) -> Cmd {
 
 use subsystem::*;
 
-// MT SYS (§3.8).
+// Section numbers are those of SWRA198 (rev. 1.14+); where a command has none it is named as the
+// document names it, in its subsystem's chapter (MT_SYS §3.8, MT_AF §3.2, MT_ZDO §3.12, MT_UTIL
+// §3.10, MT_APP_CNF §3.13).
+// MT_SYS (§3.8).
 pub const SYS_RESET_REQ: Cmd = cmd(SYS, 0x00, "SYS_RESET_REQ"); // §3.8.1.1 (AREQ)
 pub const SYS_PING: Cmd = cmd(SYS, 0x01, "SYS_PING"); // §3.8.1.2
 pub const SYS_VERSION: Cmd = cmd(SYS, 0x02, "SYS_VERSION"); // §3.8.1.3
-pub const SYS_OSAL_NV_ITEM_INIT: Cmd = cmd(SYS, 0x07, "SYS_OSAL_NV_ITEM_INIT"); // §3.8.1.8
-pub const SYS_OSAL_NV_READ: Cmd = cmd(SYS, 0x08, "SYS_OSAL_NV_READ"); // §3.8.1.9
-pub const SYS_OSAL_NV_WRITE: Cmd = cmd(SYS, 0x09, "SYS_OSAL_NV_WRITE"); // §3.8.1.10
+pub const SYS_OSAL_NV_ITEM_INIT: Cmd = cmd(SYS, 0x07, "SYS_OSAL_NV_ITEM_INIT"); // MT_SYS
+pub const SYS_OSAL_NV_READ: Cmd = cmd(SYS, 0x08, "SYS_OSAL_NV_READ"); // §3.8.1.8
+pub const SYS_OSAL_NV_WRITE: Cmd = cmd(SYS, 0x09, "SYS_OSAL_NV_WRITE"); // §3.8.1.9
 pub const SYS_RESET_IND: Cmd = cmd(SYS, 0x80, "SYS_RESET_IND"); // §3.8.2.1 (AREQ)
-                                                                // MT AF (§3.2).
-pub const AF_REGISTER: Cmd = cmd(AF, 0x00, "AF_REGISTER"); // §3.2.1.1
+                                                                // MT_AF (§3.2).
+pub const AF_REGISTER: Cmd = cmd(AF, 0x00, "AF_REGISTER"); // MT_AF
 pub const AF_DATA_REQUEST: Cmd = cmd(AF, 0x01, "AF_DATA_REQUEST"); // §3.2.1.2
-pub const AF_DATA_CONFIRM: Cmd = cmd(AF, 0x80, "AF_DATA_CONFIRM"); // §3.2.2.1 (AREQ)
-pub const AF_INCOMING_MSG: Cmd = cmd(AF, 0x81, "AF_INCOMING_MSG"); // §3.2.2.2 (AREQ)
-                                                                   // MT ZDO (§3.12).
-pub const ZDO_NODE_DESC_REQ: Cmd = cmd(ZDO, 0x02, "ZDO_NODE_DESC_REQ"); // §3.12.1.3
+pub const AF_DATA_CONFIRM: Cmd = cmd(AF, 0x80, "AF_DATA_CONFIRM"); // MT_AF callback (AREQ)
+pub const AF_INCOMING_MSG: Cmd = cmd(AF, 0x81, "AF_INCOMING_MSG"); // MT_AF callback (AREQ)
+                                                                   // MT_ZDO (§3.12).
+pub const ZDO_NODE_DESC_REQ: Cmd = cmd(ZDO, 0x02, "ZDO_NODE_DESC_REQ"); // MT_ZDO
 pub const ZDO_SIMPLE_DESC_REQ: Cmd = cmd(ZDO, 0x04, "ZDO_SIMPLE_DESC_REQ"); // §3.12.1.5
 pub const ZDO_ACTIVE_EP_REQ: Cmd = cmd(ZDO, 0x05, "ZDO_ACTIVE_EP_REQ"); // §3.12.1.6
-pub const ZDO_MGMT_PERMIT_JOIN_REQ: Cmd = cmd(ZDO, 0x36, "ZDO_MGMT_PERMIT_JOIN_REQ"); // §3.12.1.31
-pub const ZDO_STARTUP_FROM_APP: Cmd = cmd(ZDO, 0x40, "ZDO_STARTUP_FROM_APP"); // §3.12.1.40
+pub const ZDO_BIND_REQ: Cmd = cmd(ZDO, 0x21, "ZDO_BIND_REQ"); // §3.12.1.14
+pub const ZDO_MGMT_PERMIT_JOIN_REQ: Cmd = cmd(ZDO, 0x36, "ZDO_MGMT_PERMIT_JOIN_REQ"); // §3.12.1.22
+pub const ZDO_STARTUP_FROM_APP: Cmd = cmd(ZDO, 0x40, "ZDO_STARTUP_FROM_APP"); // §3.12.1.26
 pub const ZDO_NODE_DESC_RSP: Cmd = cmd(ZDO, 0x82, "ZDO_NODE_DESC_RSP"); // §3.12.2.3
-pub const ZDO_SIMPLE_DESC_RSP: Cmd = cmd(ZDO, 0x84, "ZDO_SIMPLE_DESC_RSP"); // §3.12.2.5
+pub const ZDO_SIMPLE_DESC_RSP: Cmd = cmd(ZDO, 0x84, "ZDO_SIMPLE_DESC_RSP"); // MT_ZDO callback
 pub const ZDO_ACTIVE_EP_RSP: Cmd = cmd(ZDO, 0x85, "ZDO_ACTIVE_EP_RSP"); // §3.12.2.6
-pub const ZDO_MGMT_PERMIT_JOIN_RSP: Cmd = cmd(ZDO, 0xB6, "ZDO_MGMT_PERMIT_JOIN_RSP"); // §3.12.2.29
-pub const ZDO_STATE_CHANGE_IND: Cmd = cmd(ZDO, 0xC0, "ZDO_STATE_CHANGE_IND"); // §3.12.2.33
-pub const ZDO_END_DEVICE_ANNCE_IND: Cmd = cmd(ZDO, 0xC1, "ZDO_END_DEVICE_ANNCE_IND"); // §3.12.2.34
-pub const ZDO_LEAVE_IND: Cmd = cmd(ZDO, 0xC9, "ZDO_LEAVE_IND"); // §3.12.2.40
-                                                                // MT UTIL (§3.10).
-pub const UTIL_GET_DEVICE_INFO: Cmd = cmd(UTIL, 0x00, "UTIL_GET_DEVICE_INFO"); // §3.10.1.2
-                                                                               // MT APP_CNF (Z-Stack 3.0 BDB additions to the MT API, "APP_CNF" subsystem).
+pub const ZDO_BIND_RSP: Cmd = cmd(ZDO, 0xA1, "ZDO_BIND_RSP"); // §3.12.2.13
+pub const ZDO_MGMT_PERMIT_JOIN_RSP: Cmd = cmd(ZDO, 0xB6, "ZDO_MGMT_PERMIT_JOIN_RSP"); // §3.12.2.21
+pub const ZDO_STATE_CHANGE_IND: Cmd = cmd(ZDO, 0xC0, "ZDO_STATE_CHANGE_IND"); // §3.12.2.22
+pub const ZDO_END_DEVICE_ANNCE_IND: Cmd = cmd(ZDO, 0xC1, "ZDO_END_DEVICE_ANNCE_IND"); // §3.12.2.23
+pub const ZDO_LEAVE_IND: Cmd = cmd(ZDO, 0xC9, "ZDO_LEAVE_IND"); // §3.12.2.30
+                                                                // MT_UTIL (§3.10).
+pub const UTIL_GET_DEVICE_INFO: Cmd = cmd(UTIL, 0x00, "UTIL_GET_DEVICE_INFO"); // §3.10.1.1
+                                                                               // MT_APP_CNF (§3.13, Z-Stack 3.0 BDB commissioning).
 pub const APP_CNF_BDB_START_COMMISSIONING: Cmd =
-    cmd(APP_CNF, 0x05, "APP_CNF_BDB_START_COMMISSIONING");
-pub const APP_CNF_BDB_SET_CHANNEL: Cmd = cmd(APP_CNF, 0x08, "APP_CNF_BDB_SET_CHANNEL");
+    cmd(APP_CNF, 0x05, "APP_CNF_BDB_START_COMMISSIONING"); // §3.13.1.5
+pub const APP_CNF_BDB_SET_CHANNEL: Cmd = cmd(APP_CNF, 0x08, "APP_CNF_BDB_SET_CHANNEL"); // §3.13.1.6
 pub const APP_CNF_BDB_COMMISSIONING_NOTIFICATION: Cmd =
-    cmd(APP_CNF, 0x80, "APP_CNF_BDB_COMMISSIONING_NOTIFICATION");
+    cmd(APP_CNF, 0x80, "APP_CNF_BDB_COMMISSIONING_NOTIFICATION"); // §3.13.2.1
 /// RPC error SRSP (§3.1.1.1): the ZNP did not recognise an SREQ.
 pub const RPC_ERROR_CMD: Cmd = cmd(RPC_ERROR, 0x00, "RPC_Error");
 
@@ -136,11 +142,13 @@ pub const KNOWN: &[Cmd] = &[
     ZDO_NODE_DESC_REQ,
     ZDO_SIMPLE_DESC_REQ,
     ZDO_ACTIVE_EP_REQ,
+    ZDO_BIND_REQ,
     ZDO_MGMT_PERMIT_JOIN_REQ,
     ZDO_STARTUP_FROM_APP,
     ZDO_NODE_DESC_RSP,
     ZDO_SIMPLE_DESC_RSP,
     ZDO_ACTIVE_EP_RSP,
+    ZDO_BIND_RSP,
     ZDO_MGMT_PERMIT_JOIN_RSP,
     ZDO_STATE_CHANGE_IND,
     ZDO_END_DEVICE_ANNCE_IND,
