@@ -195,6 +195,21 @@ fn form_pair_report_command_restart_and_replug() {
         gw.log().matches("zigbee device paired").count() >= 2
     });
     let log = gw.log();
+    assert!(!log.contains("not configured"), "{log}");
+    // Measured clusters bound to the coordinator and set to report (as zigpy parses the request).
+    for line in [
+        "bind 0x1234 0x0402",
+        "bind 0x1234 0x0405",
+        "bind 0x4a21 0x0006",
+        "configure-reporting 0x1234 0x0402 0x0000 0x29 10 300 10",
+        "configure-reporting 0x1234 0x0405 0x0000 0x21 10 300 100",
+        "configure-reporting 0x1234 0x0001 0x0021 0x20 3600 21600 2",
+        "configure-reporting 0x4a21 0x0006 0x0000 0x10 0 300 -",
+    ] {
+        emu.wait_line(line, |l| l == line);
+        assert_eq!(emu.count(|l| l == line), 1, "{line} twice");
+    }
+    assert_eq!(emu.count(|l| l.starts_with("bind-wrong")), 0);
     assert!(
         log.contains("Weir Test TH-1 (end_device, battery)"),
         "{log}"

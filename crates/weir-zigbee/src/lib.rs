@@ -260,6 +260,8 @@ struct Run<'a> {
     db: DeviceDb,
     key: [u8; 16],
     tsn: u8,
+    /// The coordinator's IEEE address (UTIL_GET_DEVICE_INFO): devices bind to it.
+    coord_ieee: Option<u64>,
     by_nwk: HashMap<u16, u64>,
     commands_open: bool,
 }
@@ -278,6 +280,7 @@ impl Source for ZigbeeSource {
             db,
             key,
             tsn: 0,
+            coord_ieee: None,
             commands_open: true,
         };
         run.declare_all();
@@ -467,6 +470,11 @@ impl Run<'_> {
             },
         )
         .await?;
+        // UTIL_GET_DEVICE_INFO (§3.10.1.1): Status, IEEE address, short address, …
+        let info = link.sreq_ok(UTIL_GET_DEVICE_INFO, vec![]).await?;
+        self.coord_ieee = info
+            .get(1..9)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
         // AF_REGISTER (MT_AF): endpoint 1, HA profile, device 0x0005 (configuration tool),
         // Basic + On/Off in and out.
         let mut reg = vec![OUR_ENDPOINT];
@@ -936,7 +944,95 @@ impl Run<'_> {
                 }
             }
         }
+        // Bind each measured cluster to the coordinator and configure its reporting. A device that
+        // refuses keeps its other clusters; what it reports by itself still arrives.
+        let wanted: Vec<(u8, u16, zcl::Reporting)> = d
+            .endpoints
+            .iter()
+            .flat_map(|e| {
+                e.in_clusters
+                    .iter()
+                    .filter_map(move |c| zcl::reporting_of_cluster(*c).map(|r| (e.id, *c, r)))
+            })
+            .collect();
+        let ieee = parse_ieee(&d.ieee).unwrap_or(0);
+        for (ep, cluster, rep) in wanted {
+            if let Err(why) = self
+                .bind_and_report(link, nwk, ieee, ep, cluster, &rep)
+                .await?
+            {
+                tracing::warn!(
+                    source = %self.name, device = %self.device_id(ieee),
+                    "reporting of cluster 0x{cluster:04X} not configured: {why}"
+                );
+            }
+        }
         Ok(Ok(()))
+    }
+
+    /// ZDO_BIND_REQ (§3.12.1.14) of `cluster` on the device to the coordinator, then ZCL
+    /// Configure Reporting. `Ok(Err(why))`: the device refused or did not answer.
+    async fn bind_and_report(
+        &mut self,
+        link: &mut Link,
+        nwk: u16,
+        ieee: u64,
+        ep: u8,
+        cluster: u16,
+        rep: &zcl::Reporting,
+    ) -> Result<Result<(), String>, LinkError> {
+        let Some(coord) = self.coord_ieee else {
+            return Ok(Err("the coordinator's address is unknown".into()));
+        };
+        let mut p = nwk.to_le_bytes().to_vec();
+        p.extend_from_slice(&ieee.to_le_bytes());
+        p.push(ep);
+        p.extend_from_slice(&cluster.to_le_bytes());
+        p.push(0x03); // destination address mode: 64-bit
+        p.extend_from_slice(&coord.to_le_bytes());
+        p.push(OUR_ENDPOINT);
+        link.sreq_ok(ZDO_BIND_REQ, p).await?;
+        let r = match link
+            .wait_for("ZDO_BIND_RSP", self.device_timeout(), |f| {
+                f.is(ZDO_BIND_RSP) && le16(&f.payload, 0) == Some(nwk)
+            })
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if e.is_port_gone() => return Err(e),
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if r.payload.get(2) != Some(&0) {
+            return Ok(Err(format!(
+                "bind refused (ZDO status 0x{:02X})",
+                r.payload.get(2).copied().unwrap_or(0xFF)
+            )));
+        }
+        let tsn = match self
+            .af_send(link, nwk, ep, cluster, |t| rep.command(t))
+            .await?
+        {
+            Ok(t) => t,
+            Err(why) => return Ok(Err(why)),
+        };
+        let z = match self
+            .wait_zcl(
+                link,
+                "Configure Reporting response",
+                nwk,
+                cluster,
+                tsn,
+                zcl::CONFIGURE_REPORTING_RSP,
+            )
+            .await?
+        {
+            Ok(z) => z,
+            Err(why) => return Ok(Err(why)),
+        };
+        match zcl::configure_reporting_failure(&z.payload) {
+            None => Ok(Ok(())),
+            Some(s) => Ok(Err(format!("device answered {}", zcl::status_name(s)))),
+        }
     }
 
     async fn command(&mut self, link: &mut Link, c: Command) -> Result<(), LinkError> {

@@ -41,6 +41,8 @@ pub const FC_DISABLE_DEFAULT_RESPONSE: u8 = 0x10;
 pub const READ_ATTRIBUTES: u8 = 0x00;
 pub const READ_ATTRIBUTES_RSP: u8 = 0x01;
 pub const REPORT_ATTRIBUTES: u8 = 0x0A;
+pub const CONFIGURE_REPORTING: u8 = 0x06;
+pub const CONFIGURE_REPORTING_RSP: u8 = 0x07;
 pub const DEFAULT_RESPONSE: u8 = 0x0B;
 
 pub const CLUSTER_BASIC: u16 = 0x0000;
@@ -327,6 +329,63 @@ pub fn measures_of_cluster(cluster: u16) -> &'static [Measure] {
     }
 }
 
+/// How a cluster's measured attribute is set up to report (ZCL §2.5.7): attribute, data type,
+/// minimum and maximum interval in seconds, reportable change (empty for discrete types).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reporting {
+    pub attr: u16,
+    pub data_type: u8,
+    pub min_s: u16,
+    pub max_s: u16,
+    pub change: Vec<u8>,
+}
+
+/// The reporting this adapter configures for a server cluster it reads; `None` for others.
+/// Changes: 0.1 °C, 1 %RH, 1 hPa, a step of 500 in log-lux, 1 %soil, 1 % battery.
+pub fn reporting_of_cluster(cluster: u16) -> Option<Reporting> {
+    let r = |attr: u16, data_type: u8, min_s: u16, max_s: u16, change: &[u8]| Reporting {
+        attr,
+        data_type,
+        min_s,
+        max_s,
+        change: change.to_vec(),
+    };
+    Some(match cluster {
+        CLUSTER_TEMPERATURE => r(0, 0x29, 10, 300, &10i16.to_le_bytes()),
+        CLUSTER_HUMIDITY => r(0, 0x21, 10, 300, &100u16.to_le_bytes()),
+        CLUSTER_PRESSURE => r(0, 0x29, 10, 300, &1i16.to_le_bytes()),
+        CLUSTER_ILLUMINANCE => r(0, 0x21, 10, 300, &500u16.to_le_bytes()),
+        CLUSTER_SOIL_MOISTURE => r(0, 0x21, 10, 300, &100u16.to_le_bytes()),
+        CLUSTER_OCCUPANCY => r(0, 0x18, 0, 300, &[]),
+        CLUSTER_ON_OFF => r(0, 0x10, 0, 300, &[]),
+        CLUSTER_POWER_CONFIG => r(0x0021, 0x20, 3600, 21600, &[2]),
+        _ => return None,
+    })
+}
+
+impl Reporting {
+    /// A Configure Reporting command (§2.5.7) with this one record, client to server.
+    pub fn command(&self, tsn: u8) -> Vec<u8> {
+        let mut v = vec![0x00, tsn, CONFIGURE_REPORTING, 0x00];
+        v.extend_from_slice(&self.attr.to_le_bytes());
+        v.push(self.data_type);
+        v.extend_from_slice(&self.min_s.to_le_bytes());
+        v.extend_from_slice(&self.max_s.to_le_bytes());
+        v.extend_from_slice(&self.change);
+        v
+    }
+}
+
+/// The first failure in a Configure Reporting Response (§2.5.8): a lone SUCCESS byte means every
+/// record succeeded; otherwise `status, direction, attribute` records.
+pub fn configure_reporting_failure(p: &[u8]) -> Option<u8> {
+    match p {
+        [] => Some(0x80),
+        [0] => None,
+        _ => p.chunks(4).map(|c| c[0]).find(|s| *s != 0),
+    }
+}
+
 /// A decoded attribute: point, value (as f64 or bool) and unit.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decoded {
@@ -405,6 +464,21 @@ mod tests {
             decode(CLUSTER_TEMPERATURE, recs[0].attr, &recs[0].value),
             Some(Decoded::Float("temperature", 21.5, Some("°C")))
         );
+    }
+
+    #[test]
+    fn configure_reporting_as_zigpy_reads_it() {
+        // zigpy's Configure_Reporting schema reads these as (attr 0, int16, 10, 300, change 10)
+        // and (attr 0, bool, 0, 300, no change): tests/peer/znp_emulator.py prints them.
+        let t = reporting_of_cluster(CLUSTER_TEMPERATURE)
+            .unwrap()
+            .command(7);
+        assert_eq!(t, [0x00, 7, 0x06, 0, 0, 0, 0x29, 10, 0, 0x2c, 1, 10, 0]);
+        let o = reporting_of_cluster(CLUSTER_ON_OFF).unwrap().command(8);
+        assert_eq!(o, [0x00, 8, 0x06, 0, 0, 0, 0x10, 0, 0, 0x2c, 1]);
+        assert_eq!(configure_reporting_failure(&[0]), None);
+        assert_eq!(configure_reporting_failure(&[0x86, 0, 0, 0]), Some(0x86));
+        assert_eq!(reporting_of_cluster(CLUSTER_BASIC), None);
     }
 
     #[test]

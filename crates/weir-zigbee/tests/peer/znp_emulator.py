@@ -22,7 +22,9 @@ stdin, events on stdout (one line each, flushed):
     quit
 
 Events: `ready`, `frame <NAME>` for every request parsed, `formed`, `started`, `permit-join <s>`,
-`joined <ieee>`, `onoff <nwk> <0|1>`, `vanished`, `returned`.
+`joined <ieee>`, `bind <nwk> <cluster>` (or `bind-wrong …` when not bound to the coordinator),
+`configure-reporting <nwk> <cluster> <attr> <type> <min> <max> <change|->`, `onoff <nwk> <0|1>`,
+`vanished`, `returned`.
 """
 import argparse
 import asyncio
@@ -224,6 +226,15 @@ class Emulator:
             spec = DEVICES[d["kind"]]
             sd = zdo_t.SizePrefixedSimpleDescriptor(endpoint=req.Endpoint, profile=0x0104, device_type=spec["device_type"], device_version=1, input_clusters=spec["inputs"], output_clusters=spec["outputs"])
             self.send(c.ZDO.SimpleDescRsp.Callback(Src=req.DstAddr, Status=t.ZDOStatus.SUCCESS, NWK=req.NWKAddrOfInterest, SimpleDescriptor=sd))
+        elif isinstance(req, c.ZDO.BindReq.Req):
+            self.send(c.ZDO.BindReq.Rsp(Status=t.Status.SUCCESS))
+            d = self.devices.get(req.Dst)
+            if d is None:
+                return
+            # The binding must point at the coordinator (UTIL_GET_DEVICE_INFO's IEEE), endpoint 1.
+            ok = req.Address.addrmode == 0x03 and req.Address.ieee == COORD_IEEE and req.Address.endpoint == 1 and req.Src == d["ieee"]
+            self.send(c.ZDO.BindRsp.Callback(Src=req.Dst, Status=t.ZDOStatus.SUCCESS if ok else t.ZDOStatus.INVALID_REQUEST))
+            say("bind" if ok else "bind-wrong", f"0x{req.Dst:04x}", f"0x{req.ClusterId:04x}")
         elif isinstance(req, c.AF.DataRequest.Req):
             self.af_data(req)
         else:
@@ -257,6 +268,15 @@ class Emulator:
             rh.frame_control = rh.frame_control.replace(disable_default_response=True)
             body = b"".join(r.serialize() for r in recs)
             self.incoming(req.DstAddr, 0x0000, rh.serialize() + body)
+        elif hdr.frame_control.is_general and hdr.command_id == f.GeneralCommand.Configure_Reporting:
+            recs, _ = f.GENERAL_COMMANDS[f.GeneralCommand.Configure_Reporting].schema.deserialize(payload)
+            for r in recs.config_records:
+                change = getattr(r, "reportable_change", None)
+                say("configure-reporting", f"0x{req.DstAddr:04x}", f"0x{req.ClusterId:04x}", f"0x{r.attrid:04x}", f"0x{r.datatype:02x}", r.min_interval, r.max_interval, "-" if change is None else change)
+            rh = f.ZCLHeader.general(hdr.tsn, f.GeneralCommand.Configure_Reporting_rsp, direction=f.Direction.Server_to_Client)
+            rh.frame_control = rh.frame_control.replace(disable_default_response=True)
+            body = f.GENERAL_COMMANDS[f.GeneralCommand.Configure_Reporting_rsp].schema(status_records=f.ConfigureReportingResponse([f.ConfigureReportingResponseRecord(status=f.Status.SUCCESS)])).serialize()
+            self.incoming(req.DstAddr, req.ClusterId, rh.serialize() + body)
         elif req.ClusterId == 0x0006 and hdr.frame_control.is_cluster and hdr.command_id in (0, 1, 2):
             d["onoff"] = {0: 0, 1: 1, 2: 1 - d["onoff"]}[hdr.command_id]
             say("onoff", f"0x{req.DstAddr:04x}", d["onoff"])
