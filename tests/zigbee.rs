@@ -94,12 +94,16 @@ impl Drop for Emulator {
 }
 
 fn zigbee_config(mqtt: u16, dir: &Path) -> String {
+    zigbee_config_with(mqtt, dir, "      permit_join_s: 0\n")
+}
+
+fn zigbee_config_with(mqtt: u16, dir: &Path, extra: &str) -> String {
     config_with(
         mqtt,
         "",
         "",
         &format!(
-            "sources:\n  - zigbee:\n      name: zigbee\n      serial: {{ port: {}, baud: 115200 }}\n      channel: 20\n      pan_id: 0x2345\n      permit_join_s: 0\n      reopen_backoff_ms: 200\n      device_timeout_ms: 5000\n      devices:\n        \"{PLUG}\": {PLUG_ID}\n",
+            "sources:\n  - zigbee:\n      name: zigbee\n      serial: {{ port: {}, baud: 115200 }}\n      channel: 20\n      pan_id: 0x2345\n{extra}      reopen_backoff_ms: 200\n      device_timeout_ms: 5000\n      devices:\n        \"{PLUG}\": {PLUG_ID}\n",
             dir.join("ttyZNP").display()
         ),
     )
@@ -311,4 +315,59 @@ fn form_pair_report_command_restart_and_replug() {
         "gaps in {temps:?}"
     );
     assert_eq!(gw.terminate().code(), Some(0));
+}
+
+#[test]
+fn availability_by_silence_and_active_checks_and_a_device_leaving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut emu = Emulator::start(dir.path());
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = Gateway::start(
+        dir.path(),
+        &zigbee_config_with(
+            broker.port,
+            dir.path(),
+            "      permit_join_s: 60\n      battery_offline_after_s: 2\n      mains_check_after_s: 1\n",
+        ),
+    );
+    emu.wait_line("permit join opened", |l| l == "permit-join 60");
+    emu.send(&format!("join {SENSOR} 0x1234 temp"));
+    emu.send(&format!("join {PLUG} 0x4a21 plug"));
+    wait_until("both devices paired", Duration::from_secs(30), || {
+        gw.log().matches("zigbee device paired").count() >= 2
+    });
+
+    // The battery sensor goes offline by silence; the mains plug is checked actively meanwhile
+    // and, answering, stays online.
+    wait_value(&sub, &format!("t/{SENSOR_ID}/available"), false.into());
+    wait_until(
+        "two active checks of the plug",
+        Duration::from_secs(20),
+        || emu.count(|l| l == "read-basic 0x4a21 0x0000") >= 2,
+    );
+    let plug_available = format!("t/{PLUG_ID}/available");
+    assert_eq!(
+        sub.count(|m| m.topic == plug_available),
+        0,
+        "the plug went offline"
+    );
+
+    // A report brings the sensor back online.
+    emu.send("report 0x1234 temperature 20.5");
+    wait_value(&sub, &format!("t/{SENSOR_ID}/available"), true.into());
+    wait_value(&sub, &format!("t/{SENSOR_ID}/temperature"), 20.5.into());
+
+    // The plug disappears: its next check is not delivered and it is offline.
+    emu.send("drop 0x4a21");
+    wait_value(&sub, &plug_available, false.into());
+
+    // The sensor leaves the network: it is removed from the device database.
+    emu.send("leave 0x1234");
+    wait_until("the sensor removed", Duration::from_secs(20), || {
+        gw.log().contains("zigbee device left the network")
+    });
+    let db = std::fs::read_to_string(dir.path().join("state/sources/zigbee/devices.json")).unwrap();
+    assert!(!db.contains(SENSOR), "{db}");
+    assert!(db.contains(PLUG), "{db}");
 }

@@ -60,6 +60,13 @@ pub struct ZigbeeConfig {
     /// confirmation and default response.
     #[serde(default = "default_device_timeout_ms")]
     pub device_timeout_ms: u64,
+    /// A battery device silent this long is offline (default 25 h: sleepy sensors report rarely).
+    #[serde(default = "default_battery_offline_after_s")]
+    pub battery_offline_after_s: u64,
+    /// A mains device silent this long is checked (a read of a cheap attribute); it is offline
+    /// when the check is not delivered.
+    #[serde(default = "default_mains_check_after_s")]
+    pub mains_check_after_s: u64,
     /// First delay before reopening a lost coordinator (doubled up to 30 s, with jitter).
     #[serde(default = "default_reopen_ms")]
     pub reopen_backoff_ms: u64,
@@ -82,6 +89,12 @@ fn default_sreq_timeout_ms() -> u64 {
 }
 fn default_device_timeout_ms() -> u64 {
     10_000
+}
+fn default_battery_offline_after_s() -> u64 {
+    25 * 3600
+}
+fn default_mains_check_after_s() -> u64 {
+    600
 }
 fn default_reopen_ms() -> u64 {
     500
@@ -159,6 +172,12 @@ impl ZigbeeConfig {
         }
         if let Err(e) = weir_core::validate_device_id(&self.coordinator_id) {
             p.push(("coordinator_id".into(), e.to_string()));
+        }
+        if self.battery_offline_after_s == 0 || self.mains_check_after_s == 0 {
+            p.push((
+                "mains_check_after_s".into(),
+                "availability periods must be positive".into(),
+            ));
         }
         if self.sreq_timeout_ms == 0 || self.device_timeout_ms == 0 {
             p.push(("sreq_timeout_ms".into(), "timeouts must be positive".into()));

@@ -154,6 +154,11 @@ pub fn device_spec(id: &str, d: &DbDevice) -> DeviceSpec {
             .value_type(ValueType::Int)
             .class(Some("signal_strength")),
     );
+    spec.points.push(
+        PointSpec::new(PointId::new("available"))
+            .value_type(ValueType::Bool)
+            .class(Some("connectivity")),
+    );
     spec.meta = DeviceMeta {
         name: None,
         manufacturer: d.manufacturer.clone(),
@@ -263,7 +268,17 @@ struct Run<'a> {
     /// The coordinator's IEEE address (UTIL_GET_DEVICE_INFO): devices bind to it.
     coord_ieee: Option<u64>,
     by_nwk: HashMap<u16, u64>,
+    /// When each device was last heard, and whether it was declared offline.
+    heard: HashMap<u64, Heard>,
     commands_open: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    at: tokio::time::Instant,
+    /// The last active check of a mains device (it is not checked again sooner).
+    checked: Option<tokio::time::Instant>,
+    offline: bool,
 }
 
 #[async_trait]
@@ -281,8 +296,20 @@ impl Source for ZigbeeSource {
             key,
             tsn: 0,
             coord_ieee: None,
+            heard: HashMap::new(),
             commands_open: true,
         };
+        let now = tokio::time::Instant::now();
+        for ieee in run.db.devices.keys() {
+            run.heard.insert(
+                *ieee,
+                Heard {
+                    at: now,
+                    checked: None,
+                    offline: false,
+                },
+            );
+        }
         run.declare_all();
         let mut backoff = Backoff::new(
             Duration::from_millis(self.cfg.reopen_backoff_ms.max(1)),
@@ -588,10 +615,13 @@ impl Run<'_> {
 
     /// Serve until shutdown (`Ok`) or the coordinator fails (`Err`).
     async fn serve(&mut self, mut link: Link) -> Result<(), LinkError> {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => self.availability(&mut link).await?,
                 c = self.ctx.commands.recv(), if self.commands_open => match c {
                     Some(c) => self.command(&mut link, c).await?,
                     None => self.commands_open = false,
@@ -624,6 +654,7 @@ impl Run<'_> {
                     let id = self.device_id(ieee);
                     self.ctx.registry.remove(&id);
                     self.by_nwk.retain(|_, v| *v != ieee);
+                    self.heard.remove(&ieee);
                     self.save_db();
                     tracing::info!(source = %self.name, device = %id, "zigbee device left the network");
                 }
@@ -634,6 +665,112 @@ impl Run<'_> {
             });
         } else {
             tracing::debug!(source = %self.name, frame = %f.name(), "callback ignored");
+        }
+        Ok(())
+    }
+
+    /// Note that `ieee` was heard; a device declared offline is online again.
+    fn heard_from(&mut self, ieee: u64) {
+        let now = tokio::time::Instant::now();
+        let was_offline = self.heard.get(&ieee).is_some_and(|h| h.offline);
+        self.heard.insert(
+            ieee,
+            Heard {
+                at: now,
+                checked: None,
+                offline: false,
+            },
+        );
+        if was_offline {
+            self.set_available(ieee, true);
+        }
+    }
+
+    /// Publish availability as the device's `available` reading and tell the registry.
+    fn set_available(&self, ieee: u64, up: bool) {
+        let id = self.device_id(ieee);
+        tracing::info!(source = %self.name, device = %id, "zigbee device {}", if up { "online again" } else { "offline" });
+        self.ctx.registry.set_availability(
+            &id,
+            if up {
+                Availability::Online
+            } else {
+                Availability::Offline
+            },
+        );
+        let r = Reading {
+            device: DeviceId::new(&id),
+            point: PointId::new("available"),
+            value: Value::Bool(up),
+            unit: None,
+            ts: Timestamp::now(),
+            quality: Quality::Good,
+            source: self.name.clone(),
+        };
+        let _ = self.ctx.bus.try_send(vec![r]);
+    }
+
+    /// Availability, once a second: a battery device silent for `battery_offline_after_s` is
+    /// offline; a mains device silent for `mains_check_after_s` is asked for a cheap attribute
+    /// (Basic ZCLVersion) and is offline when that is not delivered.
+    async fn availability(&mut self, link: &mut Link) -> Result<(), LinkError> {
+        let now = tokio::time::Instant::now();
+        let battery_after = Duration::from_secs(self.cfg.battery_offline_after_s);
+        let mains_after = Duration::from_secs(self.cfg.mains_check_after_s);
+        let mut to_check = Vec::new();
+        let mut gone = Vec::new();
+        for (ieee, d) in &self.db.devices {
+            let Some(h) = self.heard.get(ieee) else {
+                continue;
+            };
+            if h.offline {
+                continue;
+            }
+            if d.mains_powered {
+                let since = h.checked.map_or(h.at, |c| c.max(h.at));
+                if now.duration_since(since) >= mains_after {
+                    let ep = d
+                        .endpoints
+                        .iter()
+                        .find(|e| e.in_clusters.contains(&zcl::CLUSTER_BASIC))
+                        .or(d.endpoints.first())
+                        .map_or(1, |e| e.id);
+                    to_check.push((*ieee, d.nwk, ep));
+                }
+            } else if now.duration_since(h.at) >= battery_after {
+                gone.push(*ieee);
+            }
+        }
+        for ieee in gone {
+            if let Some(h) = self.heard.get_mut(&ieee) {
+                h.offline = true;
+            }
+            self.set_available(ieee, false);
+        }
+        for (ieee, nwk, ep) in to_check {
+            if let Some(h) = self.heard.get_mut(&ieee) {
+                h.checked = Some(now);
+            }
+            let r = self
+                .af_send(link, nwk, ep, zcl::CLUSTER_BASIC, |t| {
+                    ZclFrame::read_attributes(t, &[0x0000])
+                })
+                .await?;
+            match r {
+                // Delivered (APS acknowledged): it is there; its answer is read as any other.
+                Ok(_) => {
+                    if let Some(h) = self.heard.get_mut(&ieee) {
+                        h.at = tokio::time::Instant::now();
+                    }
+                }
+                Err(why) => {
+                    tracing::debug!(source = %self.name, device = %self.device_id(ieee), "availability check failed: {why}");
+                    if let Some(h) = self.heard.get_mut(&ieee) {
+                        h.offline = true;
+                    }
+                    self.set_available(ieee, false);
+                }
+            }
         }
         Ok(())
     }
@@ -660,6 +797,7 @@ impl Run<'_> {
             tracing::debug!(source = %self.name, "message from unknown network address 0x{src:04X}");
             return;
         };
+        self.heard_from(ieee);
         let Some(z) = ZclFrame::parse(data) else {
             return;
         };
@@ -794,6 +932,7 @@ impl Run<'_> {
                     self.save_db();
                 }
                 tracing::info!(source = %self.name, device = %id, "known zigbee device rejoined (0x{nwk:04X})");
+                self.heard_from(ieee);
                 return Ok(());
             }
         }
@@ -836,6 +975,7 @@ impl Run<'_> {
         );
         self.db.devices.insert(ieee, d);
         self.save_db();
+        self.heard_from(ieee);
         Ok(())
     }
 
@@ -1139,6 +1279,9 @@ impl Run<'_> {
             Ok(z) => z,
             Err(why) => return Ok(Err(why)),
         };
+        if let Some(ieee) = parse_ieee(&d.ieee) {
+            self.heard_from(ieee);
+        }
         // Default response: command id, status (ZCL §2.5.12).
         match z.payload.get(1) {
             Some(0) => Ok(Ok(())),

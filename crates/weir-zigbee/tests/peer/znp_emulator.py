@@ -15,6 +15,8 @@ stdin, events on stdout (one line each, flushed):
     join <ieee> <nwk> temp|plug   announce a device (only while permit join is open; else
                                   prints `join-refused <ieee>`)
     report <nwk> temperature <°C> | humidity <%> | onoff 0|1
+    drop <nwk>                    the device disappears silently (requests to it get MAC_NO_ACK)
+    leave <nwk>                   the device leaves the network (ZDO_LEAVE_IND)
     vanish                        close the pty and remove the link (the stick is unplugged)
     return                        a new pty at the same link (plugged back)
     garbage                       write stray bytes and a frame with a bad FCS
@@ -252,6 +254,7 @@ class Emulator:
         spec = DEVICES[d["kind"]]
         if hdr.frame_control.is_general and hdr.command_id == f.GeneralCommand.Read_Attributes and req.ClusterId == 0x0000:
             ids, _ = f.GENERAL_COMMANDS[f.GeneralCommand.Read_Attributes].schema.deserialize(payload)
+            say("read-basic", f"0x{req.DstAddr:04x}", ",".join(f"0x{a:04x}" for a in ids.attribute_ids))
             recs = []
             for a in ids.attribute_ids:
                 if a == 0x0004:
@@ -325,6 +328,14 @@ class Emulator:
             # A device paired before this emulator process started (NV holds it in a real stick).
             self.devices[int(w[2], 16)] = dict(kind=w[3], ieee=t.EUI64.convert(w[1]), onoff=0)
             say("known", w[1])
+        elif w[0] == "drop":
+            # The device is gone without a word (unplugged): requests to it are not acknowledged.
+            self.devices.pop(int(w[1], 16), None)
+            say("dropped", w[1])
+        elif w[0] == "leave":
+            d = self.devices.pop(int(w[1], 16))
+            self.send(c.ZDO.LeaveInd.Callback(NWK=int(w[1], 16), IEEE=d["ieee"], Request=t.Bool.false, Remove=t.Bool.false, Rejoin=t.Bool.false))
+            say("left", w[1])
         elif w[0] == "report":
             self.report(int(w[1], 16), w[2], w[3])
         elif w[0] == "vanish":
