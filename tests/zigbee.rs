@@ -109,6 +109,27 @@ fn zigbee_config_with(mqtt: u16, dir: &Path, extra: &str) -> String {
     )
 }
 
+/// `GET /metrics` from the daemon's HTTP endpoint (empty when it does not answer yet).
+fn metrics(port: u16) -> String {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}
+
+/// The value of `name{source="zigbee"}` on `/metrics`.
+fn zigbee_metric(port: u16, name: &str) -> Option<u64> {
+    let key = format!("{name}{{source=\"zigbee\"}} ");
+    metrics(port)
+        .lines()
+        .find_map(|l| l.strip_prefix(&key).and_then(|v| v.trim().parse().ok()))
+}
+
 fn values(sub: &Subscriber, topic: &str) -> Vec<serde_json::Value> {
     sub.snapshot()
         .iter()
@@ -154,7 +175,14 @@ fn form_pair_report_command_restart_and_replug() {
     let mut emu = Emulator::start(dir.path());
     let broker = Mosquitto::start();
     let sub = Subscriber::connect(broker.port, "t/#");
-    let mut gw = Gateway::start(dir.path(), &zigbee_config(broker.port, dir.path()));
+    let mport = free_port();
+    let mut gw = Gateway::start(
+        dir.path(),
+        &zigbee_config(broker.port, dir.path()).replace(
+            "sources:\n",
+            &format!("metrics:\n  listen: 127.0.0.1:{mport}\nsources:\n"),
+        ),
+    );
 
     // A blank stick: weir forms a network (closed for joining: permit_join_s is 0).
     emu.wait_line("the network formed", |l| l == "formed");
@@ -247,6 +275,15 @@ fn form_pair_report_command_restart_and_replug() {
     assert!(status.success(), "{status:?}");
     gw.start_again();
     emu.wait_line("the network started from NV", |l| l == "started");
+    // The registry knows both devices from the device database, before either says a word.
+    let mut listing = String::new();
+    wait_until("weir devices lists them", Duration::from_secs(20), || {
+        let (code, out, _) = gw.cli(&["devices"]);
+        listing = out;
+        code == 0 && listing.contains(SENSOR_ID) && listing.contains(PLUG_ID)
+    });
+    let plug_line = listing.lines().find(|l| l.starts_with(PLUG_ID)).unwrap();
+    assert!(plug_line.contains("on_off"), "{listing}");
     assert_eq!(emu.count(|l| l == "formed"), 1, "re-formed on restart");
     emu.send("report 0x1234 temperature 22.75");
     wait_value(&sub, &format!("t/{SENSOR_ID}/temperature"), 22.75.into());
@@ -273,6 +310,9 @@ fn form_pair_report_command_restart_and_replug() {
     emu.send("garbage");
     emu.send("report 0x1234 temperature 23.5");
     wait_value(&sub, &format!("t/{SENSOR_ID}/temperature"), 23.5.into());
+    assert!(zigbee_metric(mport, "weir_zigbee_bad_frames_total").unwrap() >= 1);
+    assert!(zigbee_metric(mport, "weir_zigbee_stray_bytes_total").unwrap() >= 3);
+    assert!(zigbee_metric(mport, "weir_zigbee_frames_in_total").unwrap() > 20);
 
     // Unplug the stick, keep it out for a while, plug it back: weir carries on by itself.
     emu.send("vanish");
