@@ -411,3 +411,42 @@ fn availability_by_silence_and_active_checks_and_a_device_leaving() {
     assert!(!db.contains(SENSOR), "{db}");
     assert!(db.contains(PLUG), "{db}");
 }
+
+#[test]
+fn a_stick_plugged_in_after_start_is_picked_up_and_check_refuses_bad_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let cfg = zigbee_config(broker.port, dir.path());
+    // No stick yet: weir runs, says so once, and keeps trying.
+    let mut gw = Gateway::start(dir.path(), &cfg);
+    wait_until(
+        "weir notices there is no stick",
+        Duration::from_secs(20),
+        || gw.log().contains("zigbee coordinator not available"),
+    );
+    let emu = Emulator::start(dir.path());
+    emu.wait_line("the network formed", |l| l == "formed");
+    wait_until("weir says it is there", Duration::from_secs(20), || {
+        gw.log().contains("zigbee coordinator is back")
+    });
+    assert!(gw.is_running());
+    assert_eq!(
+        gw.log().matches("zigbee coordinator not available").count(),
+        1,
+        "{}",
+        gw.log()
+    );
+
+    // `weir check` names bad settings with their path; unknown keys are refused.
+    gw.rewrite(&cfg.replace("channel: 20", "channel: 27"));
+    let (code, out, err) = gw.cli(&["check"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("channel") && err.contains("11–26"), "{err}");
+    gw.rewrite(&cfg.replace("channel: 20", "chanel: 20"));
+    let (code, _, err) = gw.cli(&["check"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("chanel"), "{err}");
+    gw.rewrite(&cfg);
+    let (code, out, err) = gw.cli(&["check"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
