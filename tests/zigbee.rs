@@ -402,6 +402,25 @@ fn availability_by_silence_and_active_checks_and_a_device_leaving() {
     emu.send("drop 0x4a21");
     wait_value(&sub, &plug_available, false.into());
 
+    // An IAS door contact: enrolled with the coordinator as its CIE, notifications become
+    // contact / tamper / battery_low readings.
+    let door = "zigbee/00124b001caabb03";
+    emu.send("join 00:12:4b:00:1c:aa:bb:03 0x5678 door");
+    emu.wait_line("the CIE address written", |l| l == "cie-written 0x5678");
+    emu.wait_line("the zone enrolled", |l| l.starts_with("enrolled 0x5678 0 "));
+    emu.send("zone 0x5678 0x0001");
+    wait_value(&sub, &format!("t/{door}/contact"), false.into());
+    emu.send("zone 0x5678 0x000c");
+    wait_value(&sub, &format!("t/{door}/contact"), true.into());
+    assert_eq!(
+        sub.last_json(&format!("t/{door}/tamper")).unwrap()["value"],
+        true
+    );
+    assert_eq!(
+        sub.last_json(&format!("t/{door}/battery_low")).unwrap()["value"],
+        true
+    );
+
     // The sensor leaves the network: it is removed from the device database.
     emu.send("leave 0x1234");
     wait_until("the sensor removed", Duration::from_secs(20), || {

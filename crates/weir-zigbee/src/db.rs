@@ -35,6 +35,9 @@ pub struct DbDevice {
     pub model: Option<String>,
     /// The interview got every answer.
     pub interviewed: bool,
+    /// An IAS zone's type (ZCL §8.2.2.2.1.3), read at the interview.
+    #[serde(default)]
+    pub ias_zone_type: Option<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +121,7 @@ mod tests {
             manufacturer: Some("Weir Test".into()),
             model: Some("TH-1".into()),
             interviewed: true,
+            ias_zone_type: None,
         };
         db.devices.insert(0x00124b001caabb01, d.clone());
         db.save().unwrap();

@@ -132,6 +132,22 @@ pub fn device_spec(id: &str, d: &DbDevice) -> DeviceSpec {
     let mut spec = DeviceSpec::new(DeviceId::new(id));
     for ep in &d.endpoints {
         for c in &ep.in_clusters {
+            if *c == zcl::CLUSTER_IAS_ZONE {
+                let (alarm, class, _) = zcl::ias_alarm_point(d.ias_zone_type);
+                for (point, class) in [
+                    (alarm, class),
+                    ("tamper", "tamper"),
+                    ("battery_low", "battery"),
+                ] {
+                    if !spec.points.iter().any(|p| p.name.as_str() == point) {
+                        spec.points.push(
+                            PointSpec::new(PointId::new(point))
+                                .class(Some(class))
+                                .value_type(ValueType::Bool),
+                        );
+                    }
+                }
+            }
             for m in zcl::measures_of_cluster(*c) {
                 if spec.points.iter().any(|p| p.name.as_str() == m.point) {
                     continue;
@@ -636,7 +652,16 @@ impl Run<'_> {
 
     async fn callback(&mut self, link: &mut Link, f: Frame) -> Result<(), LinkError> {
         if f.is(AF_INCOMING_MSG) {
-            self.incoming(&f.payload);
+            let p = &f.payload;
+            let enroll = le16(p, 2) == Some(zcl::CLUSTER_IAS_ZONE)
+                && p.get(17..).and_then(ZclFrame::parse).is_some_and(|z| {
+                    z.is_cluster_from_server() && z.command == zcl::IAS_ZONE_ENROLL_REQUEST
+                });
+            self.incoming(p);
+            if enroll {
+                let (nwk, ep) = (le16(p, 4).unwrap_or(0), p.get(6).copied().unwrap_or(1));
+                self.ias_enroll(link, nwk, ep).await?;
+            }
         } else if f.is(ZDO_END_DEVICE_ANNCE_IND) {
             let p = &f.payload;
             if p.len() >= 13 {
@@ -801,17 +826,6 @@ impl Run<'_> {
         let Some(z) = ZclFrame::parse(data) else {
             return;
         };
-        if !z.is_general() || z.manufacturer.is_some() {
-            return;
-        }
-        let (recs, cut) = match z.command {
-            zcl::REPORT_ATTRIBUTES => zcl::parse_report(&z.payload),
-            zcl::READ_ATTRIBUTES_RSP => zcl::parse_read_rsp(&z.payload),
-            _ => return,
-        };
-        if cut {
-            self.m.unknown_attributes.inc();
-        }
         let id = DeviceId::new(&self.device_id(ieee));
         let ts = Timestamp::now();
         let mk = |point: &str, value: Value, unit: Option<&str>| Reading {
@@ -823,6 +837,39 @@ impl Run<'_> {
             quality: Quality::Good,
             source: self.name.clone(),
         };
+        if cluster == zcl::CLUSTER_IAS_ZONE
+            && z.is_cluster_from_server()
+            && z.command == zcl::IAS_ZONE_STATUS_CHANGE
+        {
+            let Some(status) = le16(&z.payload, 0) else {
+                return;
+            };
+            let zone_type = self.db.devices.get(&ieee).and_then(|d| d.ias_zone_type);
+            let mut batch: Vec<Reading> = zcl::decode_zone_status(zone_type, status)
+                .into_iter()
+                .map(|d| match d {
+                    Decoded::Bool(p, v) => mk(p, Value::Bool(v), None),
+                    Decoded::Float(p, v, u) => mk(p, Value::F64(v), u),
+                })
+                .collect();
+            batch.push(mk("lqi", Value::I64(*lqi as i64), None));
+            self.m.reports.inc();
+            if let Err(e) = self.ctx.bus.try_send(batch) {
+                tracing::debug!(source = %self.name, "bus closed: {e}");
+            }
+            return;
+        }
+        if !z.is_general() || z.manufacturer.is_some() {
+            return;
+        }
+        let (recs, cut) = match z.command {
+            zcl::REPORT_ATTRIBUTES => zcl::parse_report(&z.payload),
+            zcl::READ_ATTRIBUTES_RSP => zcl::parse_read_rsp(&z.payload),
+            _ => return,
+        };
+        if cut {
+            self.m.unknown_attributes.inc();
+        }
         let mut batch = Vec::new();
         for r in &recs {
             match zcl::decode(cluster, r.attr, &r.value) {
@@ -948,6 +995,7 @@ impl Run<'_> {
             manufacturer: None,
             model: None,
             interviewed: false,
+            ias_zone_type: None,
         };
         let complete = match self.interview_steps(link, nwk, &mut d).await {
             Ok(Ok(())) => true,
@@ -1084,6 +1132,18 @@ impl Run<'_> {
                 }
             }
         }
+        // An IAS zone: its type, then the coordinator as its CIE (the zone then asks to enroll,
+        // answered in `callback`).
+        if let Some(ep) = d
+            .endpoints
+            .iter()
+            .find(|e| e.in_clusters.contains(&zcl::CLUSTER_IAS_ZONE))
+            .map(|e| e.id)
+        {
+            if let Err(why) = self.ias_setup(link, nwk, ep, d).await? {
+                return Ok(Err(format!("IAS zone: {why}")));
+            }
+        }
         // Bind each measured cluster to the coordinator and configure its reporting. A device that
         // refuses keeps its other clusters; what it reports by itself still arrives.
         let wanted: Vec<(u8, u16, zcl::Reporting)> = d
@@ -1108,6 +1168,94 @@ impl Run<'_> {
             }
         }
         Ok(Ok(()))
+    }
+
+    async fn ias_setup(
+        &mut self,
+        link: &mut Link,
+        nwk: u16,
+        ep: u8,
+        d: &mut DbDevice,
+    ) -> Result<Result<(), String>, LinkError> {
+        let c = zcl::CLUSTER_IAS_ZONE;
+        let tsn = match self
+            .af_send(link, nwk, ep, c, |t| {
+                ZclFrame::read_attributes(t, &[zcl::ATTR_IAS_ZONE_TYPE])
+            })
+            .await?
+        {
+            Ok(t) => t,
+            Err(why) => return Ok(Err(why)),
+        };
+        let z = match self
+            .wait_zcl(link, "IAS zone type", nwk, c, tsn, zcl::READ_ATTRIBUTES_RSP)
+            .await?
+        {
+            Ok(z) => z,
+            Err(why) => return Ok(Err(why)),
+        };
+        d.ias_zone_type = zcl::parse_read_rsp(&z.payload)
+            .0
+            .iter()
+            .find(|r| r.attr == zcl::ATTR_IAS_ZONE_TYPE)
+            .and_then(|r| r.value.as_i64())
+            .map(|v| v as u16);
+        let Some(coord) = self.coord_ieee else {
+            return Ok(Err("the coordinator's address is unknown".into()));
+        };
+        let tsn = match self
+            .af_send(link, nwk, ep, c, |t| {
+                ZclFrame::write_attribute(t, zcl::ATTR_IAS_CIE_ADDRESS, 0xF0, &coord.to_le_bytes())
+            })
+            .await?
+        {
+            Ok(t) => t,
+            Err(why) => return Ok(Err(why)),
+        };
+        let z = match self
+            .wait_zcl(
+                link,
+                "CIE address write response",
+                nwk,
+                c,
+                tsn,
+                zcl::WRITE_ATTRIBUTES_RSP,
+            )
+            .await?
+        {
+            Ok(z) => z,
+            Err(why) => return Ok(Err(why)),
+        };
+        // Write Attributes Response (§2.5.4): one SUCCESS byte, or status records.
+        match z.payload.first() {
+            Some(0) => Ok(Ok(())),
+            s => Ok(Err(format!(
+                "CIE address refused: {}",
+                zcl::status_name(s.copied().unwrap_or(0x01))
+            ))),
+        }
+    }
+
+    /// Answer a Zone Enroll Request (ZCL §8.2.2.4.2) with success and a zone id.
+    async fn ias_enroll(&mut self, link: &mut Link, nwk: u16, ep: u8) -> Result<(), LinkError> {
+        let zone_id = (nwk & 0x7F) as u8;
+        let r = self
+            .af_send(link, nwk, ep, zcl::CLUSTER_IAS_ZONE, |t| {
+                let mut v =
+                    ZclFrame::cluster_command(t, zcl::IAS_ZONE_ENROLL_RESPONSE, &[0x00, zone_id]);
+                v[0] |= zcl::FC_DISABLE_DEFAULT_RESPONSE;
+                v
+            })
+            .await?;
+        match r {
+            Ok(_) => {
+                tracing::info!(source = %self.name, "IAS zone 0x{nwk:04X} enrolled (zone id {zone_id})")
+            }
+            Err(why) => {
+                tracing::warn!(source = %self.name, "IAS zone 0x{nwk:04X} not enrolled: {why}")
+            }
+        }
+        Ok(())
     }
 
     /// ZDO_BIND_REQ (§3.12.1.14) of `cluster` on the device to the coordinator, then ZCL
@@ -1360,6 +1508,7 @@ mod tests {
             manufacturer: Some("M".into()),
             model: Some("P".into()),
             interviewed: true,
+            ias_zone_type: None,
         };
         let s = device_spec("gh1/plug", &d);
         let p = |n: &str| s.points.iter().find(|p| p.name.as_str() == n).unwrap();

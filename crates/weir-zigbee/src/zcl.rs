@@ -41,6 +41,8 @@ pub const FC_DISABLE_DEFAULT_RESPONSE: u8 = 0x10;
 pub const READ_ATTRIBUTES: u8 = 0x00;
 pub const READ_ATTRIBUTES_RSP: u8 = 0x01;
 pub const REPORT_ATTRIBUTES: u8 = 0x0A;
+pub const WRITE_ATTRIBUTES: u8 = 0x02;
+pub const WRITE_ATTRIBUTES_RSP: u8 = 0x04;
 pub const CONFIGURE_REPORTING: u8 = 0x06;
 pub const CONFIGURE_REPORTING_RSP: u8 = 0x07;
 pub const DEFAULT_RESPONSE: u8 = 0x0B;
@@ -54,6 +56,16 @@ pub const CLUSTER_PRESSURE: u16 = 0x0403;
 pub const CLUSTER_HUMIDITY: u16 = 0x0405;
 pub const CLUSTER_OCCUPANCY: u16 = 0x0406;
 pub const CLUSTER_SOIL_MOISTURE: u16 = 0x0408;
+pub const CLUSTER_IAS_ZONE: u16 = 0x0500;
+
+/// IAS Zone (ZCL §8.2): attributes, and commands by direction.
+pub const ATTR_IAS_ZONE_TYPE: u16 = 0x0001;
+pub const ATTR_IAS_CIE_ADDRESS: u16 = 0x0010;
+/// Server to client: Zone Status Change Notification, Zone Enroll Request.
+pub const IAS_ZONE_STATUS_CHANGE: u8 = 0x00;
+pub const IAS_ZONE_ENROLL_REQUEST: u8 = 0x01;
+/// Client to server: Zone Enroll Response.
+pub const IAS_ZONE_ENROLL_RESPONSE: u8 = 0x00;
 
 /// Basic cluster attributes (§3.2.2.2).
 pub const ATTR_MANUFACTURER_NAME: u16 = 0x0004;
@@ -100,6 +112,19 @@ impl ZclFrame {
         let mut v = vec![FC_CLUSTER_SPECIFIC, tsn, command];
         v.extend_from_slice(payload);
         v
+    }
+    /// Write Attributes (§2.5.3) of one attribute, client to server.
+    pub fn write_attribute(tsn: u8, attr: u16, data_type: u8, value: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x00, tsn, WRITE_ATTRIBUTES];
+        v.extend_from_slice(&attr.to_le_bytes());
+        v.push(data_type);
+        v.extend_from_slice(value);
+        v
+    }
+    /// A cluster-specific command from server to client (a notification).
+    pub fn is_cluster_from_server(&self) -> bool {
+        self.frame_control & 0x03 == FC_CLUSTER_SPECIFIC
+            && self.frame_control & FC_SERVER_TO_CLIENT != 0
     }
     /// Read Attributes (§2.5.1), client to server.
     pub fn read_attributes(tsn: u8, attrs: &[u16]) -> Vec<u8> {
@@ -386,6 +411,31 @@ pub fn configure_reporting_failure(p: &[u8]) -> Option<u8> {
     }
 }
 
+/// The point an IAS zone's alarm 1 bit becomes, by zone type (§8.2.2.2.1.3), its class, and
+/// whether it is inverted (a contact switch reports `contact: true` when closed, alarm 1 clear).
+pub fn ias_alarm_point(zone_type: Option<u16>) -> (&'static str, &'static str, bool) {
+    match zone_type {
+        Some(0x0015) => ("contact", "door", true),
+        Some(0x002A) => ("water_leak", "moisture", false),
+        Some(0x000D) => ("occupancy", "motion", false),
+        Some(0x0028) => ("smoke", "smoke", false),
+        Some(0x002B) => ("gas", "gas", false),
+        _ => ("alarm", "safety", false),
+    }
+}
+
+/// A Zone Status Change Notification's zone status (§8.2.2.4.1): the alarm point, `tamper`
+/// (bit 2) and `battery_low` (bit 3).
+pub fn decode_zone_status(zone_type: Option<u16>, status: u16) -> [Decoded; 3] {
+    let (point, _, inverted) = ias_alarm_point(zone_type);
+    let alarm1 = status & 0x0001 != 0;
+    [
+        Decoded::Bool(point, alarm1 != inverted),
+        Decoded::Bool("tamper", status & 0x0004 != 0),
+        Decoded::Bool("battery_low", status & 0x0008 != 0),
+    ]
+}
+
 /// A decoded attribute: point, value (as f64 or bool) and unit.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decoded {
@@ -463,6 +513,34 @@ mod tests {
         assert_eq!(
             decode(CLUSTER_TEMPERATURE, recs[0].attr, &recs[0].value),
             Some(Decoded::Float("temperature", 21.5, Some("°C")))
+        );
+    }
+
+    #[test]
+    fn zone_status_by_zone_type() {
+        assert_eq!(
+            decode_zone_status(Some(0x0015), 0x0001),
+            [
+                Decoded::Bool("contact", false),
+                Decoded::Bool("tamper", false),
+                Decoded::Bool("battery_low", false)
+            ]
+        );
+        assert_eq!(
+            decode_zone_status(Some(0x0015), 0x0000)[0],
+            Decoded::Bool("contact", true)
+        );
+        assert_eq!(
+            decode_zone_status(Some(0x002A), 0x0009)[0],
+            Decoded::Bool("water_leak", true)
+        );
+        assert_eq!(
+            decode_zone_status(Some(0x002A), 0x0009)[2],
+            Decoded::Bool("battery_low", true)
+        );
+        assert_eq!(
+            decode_zone_status(None, 0x0004)[1],
+            Decoded::Bool("tamper", true)
         );
     }
 

@@ -12,9 +12,10 @@ It creates a pty and links its device to --link (the "stick"). NV items are kept
 (formed or not, PAN id, key …) so the network survives a restart of the emulator. Control lines on
 stdin, events on stdout (one line each, flushed):
 
-    join <ieee> <nwk> temp|plug   announce a device (only while permit join is open; else
+    join <ieee> <nwk> temp|plug|door  announce a device (only while permit join is open; else
                                   prints `join-refused <ieee>`)
     report <nwk> temperature <°C> | humidity <%> | onoff 0|1
+    zone <nwk> <status>           an IAS Zone Status Change Notification (door kind)
     drop <nwk>                    the device disappears silently (requests to it get MAC_NO_ACK)
     leave <nwk>                   the device leaves the network (ZDO_LEAVE_IND)
     vanish                        close the pty and remove the link (the stick is unplugged)
@@ -26,7 +27,7 @@ stdin, events on stdout (one line each, flushed):
 Events: `ready`, `frame <NAME>` for every request parsed, `formed`, `started`, `permit-join <s>`,
 `joined <ieee>`, `bind <nwk> <cluster>` (or `bind-wrong …` when not bound to the coordinator),
 `configure-reporting <nwk> <cluster> <attr> <type> <min> <max> <change|->`, `onoff <nwk> <0|1>`,
-`vanished`, `returned`.
+`cie-written <nwk>`, `enrolled <nwk> <code> <zone id>`, `vanished`, `returned`.
 """
 import argparse
 import asyncio
@@ -39,6 +40,7 @@ import tty
 import zigpy.types as zt
 import zigpy.zcl.foundation as f
 import zigpy.zdo.types as zdo_t
+from zigpy.zcl.clusters.security import IasZone
 import zigpy_znp.commands as c
 import zigpy_znp.frames as frames
 import zigpy_znp.types as t
@@ -53,6 +55,11 @@ DEVICES = {
         logical=zdo_t.LogicalType.EndDevice, mains=False,
         inputs=[0x0000, 0x0001, 0x0402, 0x0405], outputs=[], device_type=0x0302,
         model="TH-1", manufacturer="Weir Test", power_source=0x03,
+    ),
+    "door": dict(
+        logical=zdo_t.LogicalType.EndDevice, mains=False,
+        inputs=[0x0000, 0x0001, 0x0500], outputs=[], device_type=0x0402,
+        model="DOOR-1", manufacturer="Weir Test", power_source=0x03, zone_type=IasZone.ZoneType.Contact_Switch,
     ),
     "plug": dict(
         logical=zdo_t.LogicalType.Router, mains=True,
@@ -271,6 +278,43 @@ class Emulator:
             rh.frame_control = rh.frame_control.replace(disable_default_response=True)
             body = b"".join(r.serialize() for r in recs)
             self.incoming(req.DstAddr, 0x0000, rh.serialize() + body)
+        elif hdr.frame_control.is_general and hdr.command_id == f.GeneralCommand.Read_Attributes and req.ClusterId == 0x0500:
+            ids, _ = f.GENERAL_COMMANDS[f.GeneralCommand.Read_Attributes].schema.deserialize(payload)
+            recs = []
+            for a in ids.attribute_ids:
+                if a == 0x0001 and "zone_type" in spec:
+                    v = f.TypeValue(0x31, zt.enum16(int(spec["zone_type"])))
+                else:
+                    recs.append(f.ReadAttributeRecord(attrid=a, status=f.Status.UNSUPPORTED_ATTRIBUTE))
+                    continue
+                recs.append(f.ReadAttributeRecord(attrid=a, status=f.Status.SUCCESS, value=v))
+            rh = f.ZCLHeader.general(hdr.tsn, f.GeneralCommand.Read_Attributes_rsp, direction=f.Direction.Server_to_Client)
+            rh.frame_control = rh.frame_control.replace(disable_default_response=True)
+            body = b"".join(r.serialize() for r in recs)
+            self.incoming(req.DstAddr, 0x0500, rh.serialize() + body)
+        elif hdr.frame_control.is_general and hdr.command_id == f.GeneralCommand.Write_Attributes and req.ClusterId == 0x0500:
+            recs, _ = f.GENERAL_COMMANDS[f.GeneralCommand.Write_Attributes].schema.deserialize(payload)
+            ok = False
+            for r in recs.attributes:
+                if r.attrid == 0x0010 and r.value.type == 0xF0:
+                    cie, _ = zt.EUI64.deserialize(r.value.value.serialize() if hasattr(r.value.value, "serialize") else bytes(r.value.value))
+                    ok = cie == COORD_IEEE
+            rh = f.ZCLHeader.general(hdr.tsn, f.GeneralCommand.Write_Attributes_rsp, direction=f.Direction.Server_to_Client)
+            rh.frame_control = rh.frame_control.replace(disable_default_response=True)
+            status = f.Status.SUCCESS if ok else f.Status.INVALID_VALUE
+            body = f.GENERAL_COMMANDS[f.GeneralCommand.Write_Attributes_rsp].schema(status_records=f.WriteAttributesResponse([f.WriteAttributesStatusRecord(status=status)])).serialize()
+            self.incoming(req.DstAddr, 0x0500, rh.serialize() + body)
+            say("cie-written" if ok else "cie-wrong", f"0x{req.DstAddr:04x}")
+            if ok:
+                # The zone asks to be enrolled (ZCL 8.2.2.4.2), as a real sensor does next.
+                self.tsn = (self.tsn + 1) & 0xFF
+                eh = f.ZCLHeader.cluster(self.tsn, 0x01, direction=f.Direction.Server_to_Client)
+                body = IasZone.client_commands[0x01].schema(zone_type=spec["zone_type"], manufacturer_code=0x1234).serialize()
+                self.incoming(req.DstAddr, 0x0500, eh.serialize() + body)
+        elif req.ClusterId == 0x0500 and hdr.frame_control.is_cluster and hdr.command_id == 0x00:
+            r, _ = IasZone.server_commands[0x00].schema.deserialize(payload)
+            d["zone_id"] = r.zone_id
+            say("enrolled", f"0x{req.DstAddr:04x}", int(r.enroll_response_code), r.zone_id)
         elif hdr.frame_control.is_general and hdr.command_id == f.GeneralCommand.Configure_Reporting:
             recs, _ = f.GENERAL_COMMANDS[f.GeneralCommand.Configure_Reporting].schema.deserialize(payload)
             for r in recs.config_records:
@@ -328,6 +372,15 @@ class Emulator:
             # A device paired before this emulator process started (NV holds it in a real stick).
             self.devices[int(w[2], 16)] = dict(kind=w[3], ieee=t.EUI64.convert(w[1]), onoff=0)
             say("known", w[1])
+        elif w[0] == "zone":
+            # zone <nwk> <status>: a Zone Status Change Notification (bit 0 alarm 1, bit 2 tamper,
+            # bit 3 battery low).
+            nwk = int(w[1], 16)
+            self.tsn = (self.tsn + 1) & 0xFF
+            zh = f.ZCLHeader.cluster(self.tsn, 0x00, direction=f.Direction.Server_to_Client)
+            zh.frame_control = zh.frame_control.replace(disable_default_response=True)
+            body = IasZone.client_commands[0x00].schema(zone_status=IasZone.ZoneStatus(int(w[2], 0)), extended_status=zt.bitmap8(0), zone_id=self.devices[nwk].get("zone_id", 0xFF), delay=0).serialize()
+            self.incoming(nwk, 0x0500, zh.serialize() + body)
         elif w[0] == "drop":
             # The device is gone without a word (unplugged): requests to it are not acknowledged.
             self.devices.pop(int(w[1], 16), None)
