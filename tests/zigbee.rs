@@ -151,13 +151,13 @@ fn wait_value(sub: &Subscriber, topic: &str, value: serde_json::Value) -> serde_
         .unwrap()
 }
 
-/// Publish `payload` on the plug's `on_off/set` until a result arrives (the forwarder subscribes
-/// to a device's command topics once the registry has it), and return the newest result.
-fn switch_plug(sub: &Subscriber, payload: &[u8]) -> serde_json::Value {
-    let topic = format!("t/{PLUG_ID}/on_off/set/result");
+/// Publish `payload` on `device`/`point`'s `set` topic until a result arrives (the forwarder
+/// subscribes to a device's command topics once the registry has it); the newest result.
+fn set(sub: &Subscriber, device: &str, point: &str, payload: &[u8]) -> serde_json::Value {
+    let topic = format!("t/{device}/{point}/set/result");
     let before = sub.count(|m| m.topic == topic);
     for _ in 0..30 {
-        sub.publish(&format!("t/{PLUG_ID}/on_off/set"), payload);
+        sub.publish(&format!("t/{device}/{point}/set"), payload);
         let got = (0..20).any(|_| {
             std::thread::sleep(Duration::from_millis(100));
             sub.count(|m| m.topic == topic) > before
@@ -167,6 +167,10 @@ fn switch_plug(sub: &Subscriber, payload: &[u8]) -> serde_json::Value {
         }
     }
     panic!("no result on {topic}");
+}
+
+fn switch_plug(sub: &Subscriber, payload: &[u8]) -> serde_json::Value {
+    set(sub, PLUG_ID, "on_off", payload)
 }
 
 #[test]
@@ -414,6 +418,17 @@ fn availability_by_silence_and_active_checks_and_a_device_leaving() {
     wait_value(&sub, &format!("t/{door}/contact"), true.into());
     wait_value(&sub, &format!("t/{door}/tamper"), true.into());
     wait_value(&sub, &format!("t/{door}/battery_low"), true.into());
+
+    // A dimmer: move to level through the router, the result from the default response.
+    let dimmer = "zigbee/00124b001caabb04";
+    emu.send("join 00:12:4b:00:1c:aa:bb:04 0x7777 dimmer");
+    let r = set(&sub, dimmer, "level", b"50");
+    assert_eq!(r["ok"], true, "{r}");
+    emu.wait_line("the dimmer at 50 %", |l| l == "level 0x7777 127");
+    let lv = wait_value(&sub, &format!("t/{dimmer}/level"), 50.0.into());
+    assert_eq!(lv["unit"], "%");
+    let r = set(&sub, dimmer, "level", b"150");
+    assert_eq!(r["ok"], false, "{r}");
 
     // The sensor leaves the network: it is removed from the device database.
     emu.send("leave 0x1234");

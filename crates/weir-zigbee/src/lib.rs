@@ -160,7 +160,7 @@ pub fn device_spec(id: &str, d: &DbDevice) -> DeviceSpec {
                             MeasureKind::Float => ValueType::Float,
                             MeasureKind::Bool => ValueType::Bool,
                         })
-                        .writable(*c == zcl::CLUSTER_ON_OFF),
+                        .writable(matches!(*c, zcl::CLUSTER_ON_OFF | zcl::CLUSTER_LEVEL)),
                 );
             }
         }
@@ -1379,34 +1379,54 @@ impl Run<'_> {
         else {
             return Ok(Err(format!("no paired zigbee device `{}`", c.device)));
         };
-        if c.point.as_str() != "on_off" {
-            return Ok(Err(format!("point `{}` cannot be written", c.point)));
-        }
-        let cmd = match &c.value {
-            Value::Bool(true) => zcl::ON_OFF_ON,
-            Value::Bool(false) => zcl::ON_OFF_OFF,
-            Value::I64(1) => zcl::ON_OFF_ON,
-            Value::I64(0) => zcl::ON_OFF_OFF,
-            Value::Str(s) if s.eq_ignore_ascii_case("on") => zcl::ON_OFF_ON,
-            Value::Str(s) if s.eq_ignore_ascii_case("off") => zcl::ON_OFF_OFF,
-            Value::Str(s) if s.eq_ignore_ascii_case("toggle") => zcl::ON_OFF_TOGGLE,
-            other => {
-                return Ok(Err(format!(
-                    "on_off takes true/false, on/off or toggle, not {other:?}"
-                )))
+        let (cluster, cmd, args): (u16, u8, Vec<u8>) = match c.point.as_str() {
+            "on_off" => {
+                let cmd = match &c.value {
+                    Value::Bool(true) | Value::I64(1) => zcl::ON_OFF_ON,
+                    Value::Bool(false) | Value::I64(0) => zcl::ON_OFF_OFF,
+                    Value::Str(s) if s.eq_ignore_ascii_case("on") => zcl::ON_OFF_ON,
+                    Value::Str(s) if s.eq_ignore_ascii_case("off") => zcl::ON_OFF_OFF,
+                    Value::Str(s) if s.eq_ignore_ascii_case("toggle") => zcl::ON_OFF_TOGGLE,
+                    other => {
+                        return Ok(Err(format!(
+                            "on_off takes true/false, on/off or toggle, not {other:?}"
+                        )))
+                    }
+                };
+                (zcl::CLUSTER_ON_OFF, cmd, Vec::new())
             }
+            "level" => {
+                let pct = match &c.value {
+                    Value::F64(f) if (0.0..=100.0).contains(f) => *f,
+                    Value::I64(i) if (0..=100).contains(i) => *i as f64,
+                    other => {
+                        return Ok(Err(format!(
+                            "level takes a percentage 0–100, not {other:?}"
+                        )))
+                    }
+                };
+                (
+                    zcl::CLUSTER_LEVEL,
+                    zcl::LEVEL_MOVE_TO_LEVEL_WITH_ON_OFF,
+                    zcl::move_to_level_args(pct),
+                )
+            }
+            other => return Ok(Err(format!("point `{other}` cannot be written"))),
         };
         let Some(ep) = d
             .endpoints
             .iter()
-            .find(|e| e.in_clusters.contains(&zcl::CLUSTER_ON_OFF))
+            .find(|e| e.in_clusters.contains(&cluster))
             .map(|e| e.id)
         else {
-            return Ok(Err(format!("`{}` has no on/off cluster", c.device)));
+            return Ok(Err(format!(
+                "`{}` has no cluster 0x{cluster:04X} for `{}`",
+                c.device, c.point
+            )));
         };
         let tsn = match self
-            .af_send(link, d.nwk, ep, zcl::CLUSTER_ON_OFF, |t| {
-                ZclFrame::cluster_command(t, cmd, &[])
+            .af_send(link, d.nwk, ep, cluster, |t| {
+                ZclFrame::cluster_command(t, cmd, &args)
             })
             .await?
         {
@@ -1418,7 +1438,7 @@ impl Run<'_> {
                 link,
                 "ZCL default response",
                 d.nwk,
-                zcl::CLUSTER_ON_OFF,
+                cluster,
                 tsn,
                 zcl::DEFAULT_RESPONSE,
             )

@@ -50,6 +50,7 @@ pub const DEFAULT_RESPONSE: u8 = 0x0B;
 pub const CLUSTER_BASIC: u16 = 0x0000;
 pub const CLUSTER_POWER_CONFIG: u16 = 0x0001;
 pub const CLUSTER_ON_OFF: u16 = 0x0006;
+pub const CLUSTER_LEVEL: u16 = 0x0008;
 pub const CLUSTER_ILLUMINANCE: u16 = 0x0400;
 pub const CLUSTER_TEMPERATURE: u16 = 0x0402;
 pub const CLUSTER_PRESSURE: u16 = 0x0403;
@@ -76,6 +77,14 @@ pub const ATTR_POWER_SOURCE: u16 = 0x0007;
 pub const ON_OFF_OFF: u8 = 0x00;
 pub const ON_OFF_ON: u8 = 0x01;
 pub const ON_OFF_TOGGLE: u8 = 0x02;
+/// Level Control: Move to Level (with On/Off) (§3.10.2.4.1, §3.10.2.4.5).
+pub const LEVEL_MOVE_TO_LEVEL_WITH_ON_OFF: u8 = 0x04;
+
+/// Move to Level arguments for `pct` percent: level 0–254 (255 is invalid), transition 0.
+pub fn move_to_level_args(pct: f64) -> Vec<u8> {
+    let level = (pct.clamp(0.0, 100.0) * 254.0 / 100.0).round() as u8;
+    vec![level, 0, 0]
+}
 
 /// A ZCL frame (§2.4.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -329,6 +338,12 @@ const SOIL: [Measure; 1] = [m(
     MeasureKind::Float,
 )];
 const ON_OFF: [Measure; 1] = [m("on_off", None, Some("switch"), MeasureKind::Bool)];
+const LEVEL: [Measure; 1] = [m(
+    "level",
+    Some("%"),
+    Some("brightness"),
+    MeasureKind::Float,
+)];
 const POWER: [Measure; 2] = [
     m("battery", Some("%"), Some("battery"), MeasureKind::Float),
     m(
@@ -349,6 +364,7 @@ pub fn measures_of_cluster(cluster: u16) -> &'static [Measure] {
         CLUSTER_OCCUPANCY => &OCCUPANCY,
         CLUSTER_SOIL_MOISTURE => &SOIL,
         CLUSTER_ON_OFF => &ON_OFF,
+        CLUSTER_LEVEL => &LEVEL,
         CLUSTER_POWER_CONFIG => &POWER,
         _ => &[],
     }
@@ -383,6 +399,7 @@ pub fn reporting_of_cluster(cluster: u16) -> Option<Reporting> {
         CLUSTER_SOIL_MOISTURE => r(0, 0x21, 10, 300, &100u16.to_le_bytes()),
         CLUSTER_OCCUPANCY => r(0, 0x18, 0, 300, &[]),
         CLUSTER_ON_OFF => r(0, 0x10, 0, 300, &[]),
+        CLUSTER_LEVEL => r(0, 0x20, 1, 300, &[1]),
         CLUSTER_POWER_CONFIG => r(0x0021, 0x20, 3600, 21600, &[2]),
         _ => return None,
     })
@@ -481,6 +498,17 @@ pub fn decode(cluster: u16, attr: u16, v: &AttrValue) -> Option<Decoded> {
         }
         (CLUSTER_OCCUPANCY, 0x0000) => Some(Decoded::Bool("occupancy", i? & 1 != 0)),
         (CLUSTER_ON_OFF, 0x0000) => Some(Decoded::Bool("on_off", i? != 0)),
+        // CurrentLevel uint8 0–254 (§3.10.2.3.1) as a percentage; 255 invalid.
+        (CLUSTER_LEVEL, 0x0000) => {
+            let x = i?;
+            (x != 0xFF).then(|| {
+                Decoded::Float(
+                    "level",
+                    (x as f64 * 1000.0 / 254.0).round() / 10.0,
+                    Some("%"),
+                )
+            })
+        }
         // BatteryVoltage uint8 = 100 mV; BatteryPercentageRemaining uint8 = 2 × % (§3.3.2.2.3).
         (CLUSTER_POWER_CONFIG, 0x0020) => Some(Decoded::Float(
             "battery_voltage",
@@ -514,6 +542,37 @@ mod tests {
             decode(CLUSTER_TEMPERATURE, recs[0].attr, &recs[0].value),
             Some(Decoded::Float("temperature", 21.5, Some("°C")))
         );
+    }
+
+    #[test]
+    fn scaled_measurements() {
+        let f = |c, a, v| decode(c, a, &v);
+        assert_eq!(
+            f(CLUSTER_ILLUMINANCE, 0, AttrValue::Uint(30001)),
+            Some(Decoded::Float("illuminance", 1000.0, Some("lx")))
+        );
+        assert_eq!(
+            f(CLUSTER_PRESSURE, 0, AttrValue::Int(1013)),
+            Some(Decoded::Float("pressure", 1013.0, Some("hPa")))
+        );
+        assert_eq!(
+            f(CLUSTER_POWER_CONFIG, 0x0021, AttrValue::Uint(151)),
+            Some(Decoded::Float("battery", 75.5, Some("%")))
+        );
+        assert_eq!(
+            f(CLUSTER_POWER_CONFIG, 0x0020, AttrValue::Uint(29)),
+            Some(Decoded::Float("battery_voltage", 2.9, Some("V")))
+        );
+        assert_eq!(
+            f(CLUSTER_LEVEL, 0, AttrValue::Uint(127)),
+            Some(Decoded::Float("level", 50.0, Some("%")))
+        );
+        assert_eq!(
+            f(CLUSTER_OCCUPANCY, 0, AttrValue::Uint(1)),
+            Some(Decoded::Bool("occupancy", true))
+        );
+        assert_eq!(move_to_level_args(50.0), vec![127, 0, 0]);
+        assert_eq!(move_to_level_args(100.0), vec![254, 0, 0]);
     }
 
     #[test]

@@ -12,9 +12,9 @@ It creates a pty and links its device to --link (the "stick"). NV items are kept
 (formed or not, PAN id, key …) so the network survives a restart of the emulator. Control lines on
 stdin, events on stdout (one line each, flushed):
 
-    join <ieee> <nwk> temp|plug|door  announce a device (only while permit join is open; else
+    join <ieee> <nwk> temp|plug|door|dimmer  announce a device (only while permit join is open; else
                                   prints `join-refused <ieee>`)
-    report <nwk> temperature <°C> | humidity <%> | onoff 0|1
+    report <nwk> temperature <°C> | humidity <%> | onoff 0|1 | level 0–254
     zone <nwk> <status>           an IAS Zone Status Change Notification (door kind)
     drop <nwk>                    the device disappears silently (requests to it get MAC_NO_ACK)
     leave <nwk>                   the device leaves the network (ZDO_LEAVE_IND)
@@ -60,6 +60,11 @@ DEVICES = {
         logical=zdo_t.LogicalType.EndDevice, mains=False,
         inputs=[0x0000, 0x0001, 0x0500], outputs=[], device_type=0x0402,
         model="DOOR-1", manufacturer="Weir Test", power_source=0x03, zone_type=IasZone.ZoneType.Contact_Switch,
+    ),
+    "dimmer": dict(
+        logical=zdo_t.LogicalType.Router, mains=True,
+        inputs=[0x0000, 0x0006, 0x0008], outputs=[], device_type=0x0101,
+        model="DIM-1", manufacturer="Weir Test", power_source=0x01,
     ),
     "plug": dict(
         logical=zdo_t.LogicalType.Router, mains=True,
@@ -333,6 +338,17 @@ class Emulator:
                 body = f.GENERAL_COMMANDS[f.GeneralCommand.Default_Response].schema(command_id=hdr.command_id, status=f.Status.SUCCESS).serialize()
                 self.incoming(req.DstAddr, 0x0006, rh.serialize() + body)
             self.report(req.DstAddr, "onoff", d["onoff"])
+        elif req.ClusterId == 0x0008 and hdr.frame_control.is_cluster and hdr.command_id == 0x04:
+            from zigpy.zcl.clusters.general import LevelControl
+            r, _ = LevelControl.server_commands[0x04].schema.deserialize(payload)
+            d["level"] = r.level
+            say("level", f"0x{req.DstAddr:04x}", r.level)
+            if not hdr.frame_control.disable_default_response:
+                rh = f.ZCLHeader.general(hdr.tsn, f.GeneralCommand.Default_Response, direction=f.Direction.Server_to_Client)
+                rh.frame_control = rh.frame_control.replace(disable_default_response=True)
+                body = f.GENERAL_COMMANDS[f.GeneralCommand.Default_Response].schema(command_id=hdr.command_id, status=f.Status.SUCCESS).serialize()
+                self.incoming(req.DstAddr, 0x0008, rh.serialize() + body)
+            self.report(req.DstAddr, "level", r.level)
         else:
             say("af-unhandled", hex(req.ClusterId), hdr.command_id)
 
@@ -349,6 +365,8 @@ class Emulator:
             cluster, tv = 0x0405, f.TypeValue(0x21, zt.uint16_t(round(float(value) * 100)))
         elif what == "onoff":
             cluster, tv = 0x0006, f.TypeValue(0x10, zt.Bool(int(value)))
+        elif what == "level":
+            cluster, tv = 0x0008, f.TypeValue(0x20, zt.uint8_t(int(value)))
         else:
             say("error unknown report", what)
             return
