@@ -430,6 +430,31 @@ fn availability_by_silence_and_active_checks_and_a_device_leaving() {
     let r = set(&sub, dimmer, "level", b"150");
     assert_eq!(r["ok"], false, "{r}");
 
+    // A metering plug: power and energy scaled by the multiplier/divisor read at the interview.
+    let meter = "zigbee/00124b001caabb05";
+    emu.send("join 00:12:4b:00:1c:aa:bb:05 0x6666 meter");
+    emu.wait_line("the meter's energy reporting configured", |l| {
+        l == "configure-reporting 0x6666 0x0702 0x0000 0x25 10 3600 1"
+    });
+    wait_until("the meter paired", Duration::from_secs(20), || {
+        gw.log().contains("Weir Test METER-1")
+    });
+    emu.send("report 0x6666 power 1234");
+    emu.send("report 0x6666 energy 56789");
+    emu.send("report 0x6666 voltage 230");
+    assert_eq!(
+        wait_value(&sub, &format!("t/{meter}/power"), 123.4.into())["unit"],
+        "W"
+    );
+    assert_eq!(
+        wait_value(&sub, &format!("t/{meter}/energy"), 56.789.into())["unit"],
+        "kWh"
+    );
+    assert_eq!(
+        wait_value(&sub, &format!("t/{meter}/voltage"), 230.0.into())["unit"],
+        "V"
+    );
+
     // The sensor leaves the network: it is removed from the device database.
     emu.send("leave 0x1234");
     wait_until("the sensor removed", Duration::from_secs(20), || {

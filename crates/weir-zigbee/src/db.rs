@@ -38,6 +38,9 @@ pub struct DbDevice {
     /// An IAS zone's type (ZCL §8.2.2.2.1.3), read at the interview.
     #[serde(default)]
     pub ias_zone_type: Option<u16>,
+    /// Multipliers and divisors of electrical and metering readings, read at the interview.
+    #[serde(default)]
+    pub scales: crate::zcl::Scales,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +125,7 @@ mod tests {
             model: Some("TH-1".into()),
             interviewed: true,
             ias_zone_type: None,
+            scales: Default::default(),
         };
         db.devices.insert(0x00124b001caabb01, d.clone());
         db.save().unwrap();

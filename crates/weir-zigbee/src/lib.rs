@@ -871,8 +871,10 @@ impl Run<'_> {
             self.m.unknown_attributes.inc();
         }
         let mut batch = Vec::new();
+        let empty = zcl::Scales::new();
+        let scales = self.db.devices.get(&ieee).map_or(&empty, |d| &d.scales);
         for r in &recs {
-            match zcl::decode(cluster, r.attr, &r.value) {
+            match zcl::decode_scaled(cluster, r.attr, &r.value, scales) {
                 Some(Decoded::Float(point, v, unit)) => batch.push(mk(point, Value::F64(v), unit)),
                 Some(Decoded::Bool(point, v)) => batch.push(mk(point, Value::Bool(v), None)),
                 None => {
@@ -996,6 +998,7 @@ impl Run<'_> {
             model: None,
             interviewed: false,
             ias_zone_type: None,
+            scales: Default::default(),
         };
         let complete = match self.interview_steps(link, nwk, &mut d).await {
             Ok(Ok(())) => true,
@@ -1130,6 +1133,61 @@ impl Run<'_> {
                     }
                     _ => {}
                 }
+            }
+        }
+        // Electrical measurement / metering: the multipliers and divisors readings are scaled by.
+        for cluster in [zcl::CLUSTER_ELECTRICAL, zcl::CLUSTER_METERING] {
+            let Some(ep) = d
+                .endpoints
+                .iter()
+                .find(|e| e.in_clusters.contains(&cluster))
+                .map(|e| e.id)
+            else {
+                continue;
+            };
+            let wanted: Vec<(&str, u16, u16)> = zcl::SCALE_ATTRS
+                .iter()
+                .filter(|(_, c, _, _)| *c == cluster)
+                .map(|(q, _, m, dv)| (*q, *m, *dv))
+                .collect();
+            let attrs: Vec<u16> = wanted.iter().flat_map(|(_, m, dv)| [*m, *dv]).collect();
+            let tsn = match self
+                .af_send(link, nwk, ep, cluster, |t| {
+                    ZclFrame::read_attributes(t, &attrs)
+                })
+                .await?
+            {
+                Ok(t) => t,
+                Err(why) => return Ok(Err(format!("multiplier/divisor read: {why}"))),
+            };
+            let z = match self
+                .wait_zcl(
+                    link,
+                    "multiplier/divisor",
+                    nwk,
+                    cluster,
+                    tsn,
+                    zcl::READ_ATTRIBUTES_RSP,
+                )
+                .await?
+            {
+                Ok(z) => z,
+                Err(why) => return Ok(Err(format!("multiplier/divisor read: {why}"))),
+            };
+            let recs = zcl::parse_read_rsp(&z.payload).0;
+            let get = |a: u16| {
+                recs.iter()
+                    .find(|r| r.attr == a)
+                    .and_then(|r| r.value.as_i64())
+                    .and_then(|v| u32::try_from(v).ok())
+                    .filter(|v| *v > 0)
+            };
+            for (q, m, dv) in wanted {
+                let s = zcl::Scale {
+                    multiplier: get(m).unwrap_or(1),
+                    divisor: get(dv).unwrap_or(1),
+                };
+                d.scales.insert(q.to_string(), s);
             }
         }
         // An IAS zone: its type, then the coordinator as its CIE (the zone then asks to enroll,
@@ -1529,6 +1587,7 @@ mod tests {
             model: Some("P".into()),
             interviewed: true,
             ias_zone_type: None,
+            scales: Default::default(),
         };
         let s = device_spec("gh1/plug", &d);
         let p = |n: &str| s.points.iter().find(|p| p.name.as_str() == n).unwrap();

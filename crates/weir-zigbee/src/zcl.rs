@@ -58,6 +58,43 @@ pub const CLUSTER_HUMIDITY: u16 = 0x0405;
 pub const CLUSTER_OCCUPANCY: u16 = 0x0406;
 pub const CLUSTER_SOIL_MOISTURE: u16 = 0x0408;
 pub const CLUSTER_IAS_ZONE: u16 = 0x0500;
+pub const CLUSTER_METERING: u16 = 0x0702;
+pub const CLUSTER_ELECTRICAL: u16 = 0x0B04;
+
+/// The multiplier/divisor attributes a device's readings are scaled by (ZCL §4.9.2.2.5 for
+/// Electrical Measurement, §10.4.2.2.4 for Metering): `(cluster, multiplier, divisor)` per
+/// quantity.
+pub const SCALE_ATTRS: [(&str, u16, u16, u16); 4] = [
+    ("voltage", CLUSTER_ELECTRICAL, 0x0600, 0x0601),
+    ("current", CLUSTER_ELECTRICAL, 0x0602, 0x0603),
+    ("power", CLUSTER_ELECTRICAL, 0x0604, 0x0605),
+    ("energy", CLUSTER_METERING, 0x0301, 0x0302),
+];
+
+/// A quantity's multiplier and divisor (1 and 1 when the device did not say).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Scale {
+    pub multiplier: u32,
+    pub divisor: u32,
+}
+
+impl Default for Scale {
+    fn default() -> Self {
+        Scale {
+            multiplier: 1,
+            divisor: 1,
+        }
+    }
+}
+
+impl Scale {
+    pub fn apply(&self, v: f64) -> f64 {
+        v * self.multiplier as f64 / self.divisor.max(1) as f64
+    }
+}
+
+/// Scales by quantity name (`voltage`, `current`, `power`, `energy`).
+pub type Scales = std::collections::BTreeMap<String, Scale>;
 
 /// IAS Zone (ZCL §8.2): attributes, and commands by direction.
 pub const ATTR_IAS_ZONE_TYPE: u16 = 0x0001;
@@ -338,6 +375,12 @@ const SOIL: [Measure; 1] = [m(
     MeasureKind::Float,
 )];
 const ON_OFF: [Measure; 1] = [m("on_off", None, Some("switch"), MeasureKind::Bool)];
+const ELECTRICAL: [Measure; 3] = [
+    m("power", Some("W"), Some("power"), MeasureKind::Float),
+    m("voltage", Some("V"), Some("voltage"), MeasureKind::Float),
+    m("current", Some("A"), Some("current"), MeasureKind::Float),
+];
+const METERING: [Measure; 1] = [m("energy", Some("kWh"), Some("energy"), MeasureKind::Float)];
 const LEVEL: [Measure; 1] = [m(
     "level",
     Some("%"),
@@ -366,6 +409,8 @@ pub fn measures_of_cluster(cluster: u16) -> &'static [Measure] {
         CLUSTER_ON_OFF => &ON_OFF,
         CLUSTER_LEVEL => &LEVEL,
         CLUSTER_POWER_CONFIG => &POWER,
+        CLUSTER_ELECTRICAL => &ELECTRICAL,
+        CLUSTER_METERING => &METERING,
         _ => &[],
     }
 }
@@ -400,6 +445,9 @@ pub fn reporting_of_cluster(cluster: u16) -> Option<Reporting> {
         CLUSTER_OCCUPANCY => r(0, 0x18, 0, 300, &[]),
         CLUSTER_ON_OFF => r(0, 0x10, 0, 300, &[]),
         CLUSTER_LEVEL => r(0, 0x20, 1, 300, &[1]),
+        // ActivePower int16 (§4.9.2.2.4), a change of 1 unit; CurrentSummationDelivered uint48.
+        CLUSTER_ELECTRICAL => r(0x050B, 0x29, 10, 300, &1i16.to_le_bytes()),
+        CLUSTER_METERING => r(0x0000, 0x25, 10, 3600, &[1, 0, 0, 0, 0, 0]),
         CLUSTER_POWER_CONFIG => r(0x0021, 0x20, 3600, 21600, &[2]),
         _ => return None,
     })
@@ -460,8 +508,53 @@ pub enum Decoded {
     Bool(&'static str, bool),
 }
 
-/// Decode a known attribute with its cluster's scaling (ZCL §4.2–4.8, §3.3, §3.8); `None` for an
-/// attribute this adapter does not know, or the cluster's "invalid measurement" value.
+/// Decode a known attribute with its cluster's scaling (ZCL §4.2–4.9, §3.3, §3.8, §10.4) and the
+/// device's multipliers and divisors; `None` for an attribute this adapter does not know, or the
+/// cluster's "invalid measurement" value.
+pub fn decode_scaled(cluster: u16, attr: u16, v: &AttrValue, scales: &Scales) -> Option<Decoded> {
+    let scale = |q: &str| scales.get(q).copied().unwrap_or_default();
+    let i = v.as_i64();
+    let round = |x: f64| (x * 1e6).round() / 1e6;
+    match (cluster, attr) {
+        // RMSVoltage uint16, RMSCurrent uint16, ActivePower int16 (§4.9.2.2.4); 0xFFFF / 0x8000
+        // invalid.
+        (CLUSTER_ELECTRICAL, 0x0505) => {
+            let x = i?;
+            (x != 0xFFFF).then(|| {
+                Decoded::Float(
+                    "voltage",
+                    round(scale("voltage").apply(x as f64)),
+                    Some("V"),
+                )
+            })
+        }
+        (CLUSTER_ELECTRICAL, 0x0508) => {
+            let x = i?;
+            (x != 0xFFFF).then(|| {
+                Decoded::Float(
+                    "current",
+                    round(scale("current").apply(x as f64)),
+                    Some("A"),
+                )
+            })
+        }
+        (CLUSTER_ELECTRICAL, 0x050B) => {
+            let x = i?;
+            (x != -0x8000)
+                .then(|| Decoded::Float("power", round(scale("power").apply(x as f64)), Some("W")))
+        }
+        // CurrentSummationDelivered uint48 × multiplier / divisor = kWh (§10.4.2.2.1).
+        (CLUSTER_METERING, 0x0000) => Some(Decoded::Float(
+            "energy",
+            round(scale("energy").apply(i? as f64)),
+            Some("kWh"),
+        )),
+        _ => decode(cluster, attr, v),
+    }
+}
+
+/// Decode a known attribute with its cluster's fixed scaling (ZCL §4.2–4.8, §3.3, §3.8); `None`
+/// for an attribute this adapter does not know, or the cluster's "invalid measurement" value.
 pub fn decode(cluster: u16, attr: u16, v: &AttrValue) -> Option<Decoded> {
     let i = v.as_i64();
     match (cluster, attr) {
@@ -541,6 +634,42 @@ mod tests {
         assert_eq!(
             decode(CLUSTER_TEMPERATURE, recs[0].attr, &recs[0].value),
             Some(Decoded::Float("temperature", 21.5, Some("°C")))
+        );
+    }
+
+    #[test]
+    fn electrical_and_metering_use_the_device_multiplier_and_divisor() {
+        let mut scales = Scales::new();
+        scales.insert(
+            "power".into(),
+            Scale {
+                multiplier: 1,
+                divisor: 10,
+            },
+        );
+        scales.insert(
+            "energy".into(),
+            Scale {
+                multiplier: 1,
+                divisor: 1000,
+            },
+        );
+        assert_eq!(
+            decode_scaled(CLUSTER_ELECTRICAL, 0x050B, &AttrValue::Int(1234), &scales),
+            Some(Decoded::Float("power", 123.4, Some("W")))
+        );
+        assert_eq!(
+            decode_scaled(CLUSTER_METERING, 0, &AttrValue::Uint(56789), &scales),
+            Some(Decoded::Float("energy", 56.789, Some("kWh")))
+        );
+        // Without a scale the raw value; other clusters as `decode`.
+        assert_eq!(
+            decode_scaled(CLUSTER_ELECTRICAL, 0x0505, &AttrValue::Uint(230), &scales),
+            Some(Decoded::Float("voltage", 230.0, Some("V")))
+        );
+        assert_eq!(
+            decode_scaled(CLUSTER_TEMPERATURE, 0, &AttrValue::Int(2000), &scales),
+            Some(Decoded::Float("temperature", 20.0, Some("°C")))
         );
     }
 

@@ -12,9 +12,9 @@ It creates a pty and links its device to --link (the "stick"). NV items are kept
 (formed or not, PAN id, key …) so the network survives a restart of the emulator. Control lines on
 stdin, events on stdout (one line each, flushed):
 
-    join <ieee> <nwk> temp|plug|door|dimmer  announce a device (only while permit join is open; else
+    join <ieee> <nwk> temp|plug|door|dimmer|meter  announce a device (only while permit join is open; else
                                   prints `join-refused <ieee>`)
-    report <nwk> temperature <°C> | humidity <%> | onoff 0|1 | level 0–254
+    report <nwk> temperature <°C> | humidity <%> | onoff 0|1 | level 0–254 | power|voltage|energy <raw>
     zone <nwk> <status>           an IAS Zone Status Change Notification (door kind)
     drop <nwk>                    the device disappears silently (requests to it get MAC_NO_ACK)
     leave <nwk>                   the device leaves the network (ZDO_LEAVE_IND)
@@ -65,6 +65,13 @@ DEVICES = {
         logical=zdo_t.LogicalType.Router, mains=True,
         inputs=[0x0000, 0x0006, 0x0008], outputs=[], device_type=0x0101,
         model="DIM-1", manufacturer="Weir Test", power_source=0x01,
+    ),
+    "meter": dict(
+        logical=zdo_t.LogicalType.Router, mains=True,
+        inputs=[0x0000, 0x0006, 0x0702, 0x0B04], outputs=[], device_type=0x0051,
+        model="METER-1", manufacturer="Weir Test", power_source=0x01,
+        # ACPowerMultiplier/Divisor 1/10, ACVoltage 1/1 (absent: unsupported), metering 1/1000.
+        attrs={0x0B04: {0x0604: (0x21, 1), 0x0605: (0x21, 10)}, 0x0702: {0x0301: (0x22, 1), 0x0302: (0x22, 1000)}},
     ),
     "plug": dict(
         logical=zdo_t.LogicalType.Router, mains=True,
@@ -297,6 +304,20 @@ class Emulator:
             rh.frame_control = rh.frame_control.replace(disable_default_response=True)
             body = b"".join(r.serialize() for r in recs)
             self.incoming(req.DstAddr, 0x0500, rh.serialize() + body)
+        elif hdr.frame_control.is_general and hdr.command_id == f.GeneralCommand.Read_Attributes and req.ClusterId in spec.get("attrs", {}):
+            ids, _ = f.GENERAL_COMMANDS[f.GeneralCommand.Read_Attributes].schema.deserialize(payload)
+            types = {0x21: zt.uint16_t, 0x22: zt.uint24_t}
+            table = spec["attrs"][req.ClusterId]
+            recs = []
+            for a in ids.attribute_ids:
+                if a in table:
+                    ty, val = table[a]
+                    recs.append(f.ReadAttributeRecord(attrid=a, status=f.Status.SUCCESS, value=f.TypeValue(ty, types[ty](val))))
+                else:
+                    recs.append(f.ReadAttributeRecord(attrid=a, status=f.Status.UNSUPPORTED_ATTRIBUTE))
+            rh = f.ZCLHeader.general(hdr.tsn, f.GeneralCommand.Read_Attributes_rsp, direction=f.Direction.Server_to_Client)
+            rh.frame_control = rh.frame_control.replace(disable_default_response=True)
+            self.incoming(req.DstAddr, req.ClusterId, rh.serialize() + b"".join(r.serialize() for r in recs))
         elif hdr.frame_control.is_general and hdr.command_id == f.GeneralCommand.Write_Attributes and req.ClusterId == 0x0500:
             recs, _ = f.GENERAL_COMMANDS[f.GeneralCommand.Write_Attributes].schema.deserialize(payload)
             ok = False
@@ -359,18 +380,27 @@ class Emulator:
         self.tsn = (self.tsn + 1) & 0xFF
         hdr = f.ZCLHeader.general(self.tsn, f.GeneralCommand.Report_Attributes, direction=f.Direction.Server_to_Client)
         hdr.frame_control = hdr.frame_control.replace(disable_default_response=True)
+        attr = 0x0000
         if what == "temperature":
             cluster, tv = 0x0402, f.TypeValue(0x29, zt.int16s(round(float(value) * 100)))
         elif what == "humidity":
             cluster, tv = 0x0405, f.TypeValue(0x21, zt.uint16_t(round(float(value) * 100)))
         elif what == "onoff":
             cluster, tv = 0x0006, f.TypeValue(0x10, zt.Bool(int(value)))
+        elif what == "power":  # raw ActivePower (int16)
+            cluster, tv = 0x0B04, f.TypeValue(0x29, zt.int16s(int(value)))
+            attr = 0x050B
+        elif what == "voltage":  # raw RMSVoltage (uint16)
+            cluster, tv = 0x0B04, f.TypeValue(0x21, zt.uint16_t(int(value)))
+            attr = 0x0505
+        elif what == "energy":  # raw CurrentSummationDelivered (uint48)
+            cluster, tv = 0x0702, f.TypeValue(0x25, zt.uint48_t(int(value)))
         elif what == "level":
             cluster, tv = 0x0008, f.TypeValue(0x20, zt.uint8_t(int(value)))
         else:
             say("error unknown report", what)
             return
-        self.incoming(nwk, cluster, hdr.serialize() + f.Attribute(0x0000, tv).serialize())
+        self.incoming(nwk, cluster, hdr.serialize() + f.Attribute(attr, tv).serialize())
 
     # --- control -------------------------------------------------------------------------
     def control(self, line):
