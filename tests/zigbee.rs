@@ -503,3 +503,103 @@ fn a_stick_plugged_in_after_start_is_picked_up_and_check_refuses_bad_settings() 
     let (code, out, err) = gw.cli(&["check"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// The pid of the `weir run` started with the configuration in `dir`.
+fn weir_pid(dir: &Path) -> u32 {
+    let cfg = dir.join("gateway.yaml").display().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(" run ") && cmd.contains(&cfg) {
+            return pid;
+        }
+    }
+    panic!("no weir process for {cfg}");
+}
+
+/// CPU seconds used by `pid` so far (user + system).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let hz = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    ticks as f64
+        / String::from_utf8_lossy(&hz.stdout)
+            .trim()
+            .parse::<f64>()
+            .unwrap()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Figures for the closing note (not a pass/fail test):
+/// `cargo test --release -p weir --features zigbee --test zigbee -- --ignored --nocapture bench`.
+/// Reports from the emulator as fast as the pty takes them (faster than a 115200-baud UART: its
+/// ceiling is computed from the frame size), decoded, committed and published; CPU per report;
+/// RSS with 200 paired devices.
+#[test]
+#[ignore]
+fn bench_reports_per_second_cpu_and_rss_with_200_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut emu = Emulator::start(dir.path());
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/zigbee/#");
+    let mport = free_port();
+    let gw = Gateway::start(
+        dir.path(),
+        &zigbee_config_with(broker.port, dir.path(), "      permit_join_s: 254\n").replace(
+            "sources:\n",
+            &format!("metrics:\n  listen: 127.0.0.1:{mport}\nsources:\n"),
+        ),
+    );
+    emu.wait_line("permit join opened", |l| l == "permit-join 254");
+    emu.send(&format!("join {SENSOR} 0x1234 temp"));
+    wait_until("paired", Duration::from_secs(30), || {
+        gw.log().contains("zigbee device paired")
+    });
+    let pid = weir_pid(dir.path());
+    let n: u64 = 5000;
+    let topic = format!("t/{SENSOR_ID}/temperature");
+    let before = zigbee_metric(mport, "weir_zigbee_reports_total").unwrap_or(0);
+    let (cpu0, t0) = (cpu_seconds(pid), std::time::Instant::now());
+    emu.send(&format!("flood 0x1234 {n}"));
+    wait_until("all reports decoded", Duration::from_secs(300), || {
+        zigbee_metric(mport, "weir_zigbee_reports_total").unwrap_or(0) >= before + n
+    });
+    let decoded = t0.elapsed().as_secs_f64();
+    wait_until("all readings published", Duration::from_secs(300), || {
+        sub.count(|m| m.topic == topic) as u64 >= n
+    });
+    let published = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu0;
+    // The report frame: AF_INCOMING_MSG with an 8-byte ZCL report, 33 bytes = 330 bits at 8N1.
+    let ceiling = 115_200.0 / 330.0;
+    println!(
+        "BENCH {n} reports: decoded {:.0}/s, published (outbox + MQTT QoS 1) {:.0}/s; 115200-baud ceiling {:.0}/s; CPU {:.1} µs/report",
+        n as f64 / decoded,
+        n as f64 / published,
+        ceiling,
+        cpu / n as f64 * 1e6
+    );
+    let rss0 = rss_kib(pid);
+    emu.send("joinmany 200");
+    wait_until("200 more devices paired", Duration::from_secs(600), || {
+        gw.log().matches("zigbee device paired").count() >= 201
+    });
+    println!(
+        "BENCH RSS {} KiB with 1 device, {} KiB with 201 paired devices",
+        rss0,
+        rss_kib(pid)
+    );
+}

@@ -16,6 +16,8 @@ stdin, events on stdout (one line each, flushed):
                                   prints `join-refused <ieee>`)
     report <nwk> temperature <°C> | humidity <%> | onoff 0|1 | level 0–254 | power|voltage|energy <raw>
     zone <nwk> <status>           an IAS Zone Status Change Notification (door kind)
+    flood <nwk> <n>               n temperature reports back to back (benchmark)
+    joinmany <n>                  n temperature sensors announce themselves (benchmark)
     drop <nwk>                    the device disappears silently (requests to it get MAC_NO_ACK)
     leave <nwk>                   the device leaves the network (ZDO_LEAVE_IND)
     vanish                        close the pty and remove the link (the stick is unplugged)
@@ -33,6 +35,7 @@ import argparse
 import asyncio
 import json
 import os
+import select
 import sys
 import time
 import tty
@@ -136,10 +139,15 @@ class Emulator:
         if self.master is None:
             return
         data = frames.TransportFrame(cmd.to_frame()).serialize()
-        try:
-            os.write(self.master, data)
-        except OSError:
-            pass
+        # The pty buffer is small: wait for room rather than drop (a UART does not drop either).
+        while data:
+            try:
+                n = os.write(self.master, data)
+                data = data[n:]
+            except BlockingIOError:
+                select.select([], [self.master], [], 1.0)
+            except OSError:
+                return
 
     def on_readable(self):
         try:
@@ -439,6 +447,20 @@ class Emulator:
             say("left", w[1])
         elif w[0] == "report":
             self.report(int(w[1], 16), w[2], w[3])
+        elif w[0] == "flood":
+            # flood <nwk> <n>: n temperature reports back to back (the benchmark).
+            nwk, n = int(w[1], 16), int(w[2])
+            for i in range(n):
+                self.report(nwk, "temperature", 20 + (i % 100) / 100)
+            say("flooded", n)
+        elif w[0] == "joinmany":
+            # joinmany <n>: n temperature sensors announce themselves (the memory figure).
+            for i in range(int(w[1])):
+                nwk = 0x1000 + i
+                ieee = t.EUI64.convert(f"00:12:4b:00:00:01:{i >> 8:02x}:{i & 0xFF:02x}")
+                self.devices[nwk] = dict(kind="temp", ieee=ieee, onoff=0)
+                self.send(c.ZDO.EndDeviceAnnceInd.Callback(Src=nwk, NWK=nwk, IEEE=ieee, Capabilities=c.zdo.MACCapabilities(0x80)))
+            say("joinedmany", w[1])
         elif w[0] == "vanish":
             self.unplug()
             say("vanished")
