@@ -504,6 +504,47 @@ fn a_stick_plugged_in_after_start_is_picked_up_and_check_refuses_bad_settings() 
     assert_eq!(code, 0, "{out}{err}");
 }
 
+#[test]
+fn a_wedged_coordinator_fails_the_command_and_is_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut emu = Emulator::start(dir.path());
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = Gateway::start(
+        dir.path(),
+        &zigbee_config_with(
+            broker.port,
+            dir.path(),
+            "      permit_join_s: 0\n      sreq_timeout_ms: 1000\n",
+        ),
+    );
+    emu.wait_line("the network formed", |l| l == "formed");
+    let r = set(&sub, "zigbee/coordinator", "permit_join", b"30");
+    assert_eq!(r["ok"], true, "{r}");
+    emu.wait_line("permit join opened", |l| l == "permit-join 30");
+
+    // The stick stops answering: the command fails naming the request, weir reopens.
+    emu.send("mute");
+    let r = set(&sub, "zigbee/coordinator", "permit_join", b"40");
+    assert_eq!(r["ok"], false, "{r}");
+    let err = r["error"].as_str().unwrap();
+    assert!(
+        err.contains("ZDO_MGMT_PERMIT_JOIN_REQ: no SRSP within 1000 ms"),
+        "{err}"
+    );
+    wait_until("weir gives the stick up", Duration::from_secs(20), || {
+        gw.log().contains("zigbee coordinator lost")
+    });
+    emu.send("unmute");
+    wait_until("weir recovers", Duration::from_secs(30), || {
+        gw.log().contains("zigbee coordinator is back")
+    });
+    let r = set(&sub, "zigbee/coordinator", "permit_join", b"50");
+    assert_eq!(r["ok"], true, "{r}");
+    emu.wait_line("permit join opened again", |l| l == "permit-join 50");
+    assert_eq!(gw.log().matches("zigbee coordinator lost").count(), 1);
+}
+
 /// The pid of the `weir run` started with the configuration in `dir`.
 fn weir_pid(dir: &Path) -> u32 {
     let cfg = dir.join("gateway.yaml").display().to_string();

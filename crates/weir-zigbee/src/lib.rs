@@ -14,8 +14,8 @@
 //! AF_DATA_CONFIRM and the ZCL default response.
 //!
 //! Invariants:
-//! * The source never returns an error because the coordinator went away: it logs one line, marks
-//!   its devices offline, reopens the port with backoff (a `/dev/serial/by-id` path that reappears
+//! * The source never returns an error because the coordinator went away or wedged (an SREQ
+//!   without SRSP): it logs one line, marks its devices offline, reopens the port with backoff (a `/dev/serial/by-id` path that reappears
 //!   works) and re-runs start-up; commands meanwhile are answered at once with an error.
 //! * Devices in the database are declared to the registry at start, before the coordinator
 //!   answers, so their command topics exist and a restart needs no re-pairing.
@@ -914,7 +914,11 @@ impl Run<'_> {
         p.extend_from_slice(&cluster.to_le_bytes());
         p.extend_from_slice(&[tsn, AF_ACK_REQUEST, 30, data.len() as u8]);
         p.extend_from_slice(&data);
-        let s = link.sreq(AF_DATA_REQUEST, p).await?;
+        let s = match link.sreq(AF_DATA_REQUEST, p).await {
+            Ok(s) => s,
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => return Ok(Err(e.to_string())),
+        };
         if s.first() != Some(&0) {
             return Ok(Err(format!(
                 "coordinator refused the request: {}",
@@ -928,7 +932,7 @@ impl Run<'_> {
             .await
         {
             Ok(c) => c,
-            Err(e) if e.is_port_gone() => return Err(e),
+            Err(e) if e.is_fatal() => return Err(e),
             Err(e) => return Ok(Err(e.to_string())),
         };
         match c.payload.first() {
@@ -963,7 +967,7 @@ impl Run<'_> {
             .await;
         match f {
             Ok(f) => Ok(ZclFrame::parse(&f.payload[17..]).ok_or_else(|| "malformed".to_string())),
-            Err(e) if e.is_port_gone() => Err(e),
+            Err(e) if e.is_fatal() => Err(e),
             Err(e) => Ok(Err(e.to_string())),
         }
     }
@@ -1006,7 +1010,7 @@ impl Run<'_> {
                 tracing::warn!(source = %self.name, device = %id, "interview incomplete: {why}");
                 false
             }
-            Err(e) if e.is_port_gone() => return Err(e),
+            Err(e) if e.is_fatal() => return Err(e),
             Err(e) => {
                 tracing::warn!(source = %self.name, device = %id, "interview incomplete: {e}");
                 false
@@ -1345,7 +1349,7 @@ impl Run<'_> {
             .await
         {
             Ok(r) => r,
-            Err(e) if e.is_port_gone() => return Err(e),
+            Err(e) if e.is_fatal() => return Err(e),
             Err(e) => return Ok(Err(e.to_string())),
         };
         if r.payload.get(2) != Some(&0) {
@@ -1386,10 +1390,7 @@ impl Run<'_> {
         let r = self.execute(link, &c).await;
         let (answer, fatal) = match r {
             Ok(a) => (a, None),
-            Err(e) if e.is_port_gone() => (
-                Err(format!("the zigbee coordinator was lost: {e}")),
-                Some(e),
-            ),
+            Err(e) if e.is_fatal() => (Err(format!("the zigbee coordinator failed: {e}")), Some(e)),
             Err(e) => (Err(e.to_string()), None),
         };
         let _ = c.reply.send(answer);

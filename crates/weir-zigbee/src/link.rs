@@ -40,6 +40,16 @@ impl LinkError {
     pub fn is_port_gone(&self) -> bool {
         matches!(self, LinkError::Io(_) | LinkError::Closed)
     }
+    /// The coordinator cannot go on as it is: the port failed, it stopped answering SREQs
+    /// (wedged) or it reset itself. The adapter reopens the port and runs start-up again; any
+    /// other error fails only the request it belongs to (a device that does not answer).
+    pub fn is_fatal(&self) -> bool {
+        self.is_port_gone()
+            || matches!(
+                self,
+                LinkError::Sreq(SreqError::Timeout { .. }) | LinkError::Reset { .. }
+            )
+    }
 }
 
 /// Counters shared with the adapter's metrics.
@@ -281,7 +291,10 @@ mod tests {
         let mut link = Link::new(ours, Duration::from_millis(300), c.clone());
         let e = link.sreq(mt::SYS_VERSION, vec![]).await.unwrap_err();
         assert_eq!(e.to_string(), "SYS_VERSION: no SRSP within 300 ms");
-        assert!(!e.is_port_gone());
+        assert!(
+            !e.is_port_gone() && e.is_fatal(),
+            "a wedged coordinator is reopened"
+        );
         assert_eq!(c.sreq_timeouts.get(), 1);
         // The next SREQ is not refused as busy: the timed-out one was forgotten.
         drop(peer);

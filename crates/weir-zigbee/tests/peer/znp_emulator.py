@@ -20,6 +20,7 @@ stdin, events on stdout (one line each, flushed):
     joinmany <n>                  n temperature sensors announce themselves (benchmark)
     drop <nwk>                    the device disappears silently (requests to it get MAC_NO_ACK)
     leave <nwk>                   the device leaves the network (ZDO_LEAVE_IND)
+    mute / unmute                 stop / resume answering requests (a wedged coordinator)
     vanish                        close the pty and remove the link (the stick is unplugged)
     return                        a new pty at the same link (plugged back)
     garbage                       write stray bytes and a frame with a bad FCS
@@ -184,6 +185,9 @@ class Emulator:
         return self.nv.get(HAS_CONFIGURED) == b"\x55"
 
     def handle(self, req):
+        if getattr(self, "muted", False):
+            say("muted", type(req).__qualname__)
+            return
         if isinstance(req, c.SYS.ResetReq.Req):
             self.send(c.SYS.ResetInd.Callback(Reason=t.ResetReason.PowerUp, TransportRev=2, ProductId=1, MajorRel=2, MinorRel=7, MaintRel=1))
         elif isinstance(req, c.SYS.Ping.Req):
@@ -461,6 +465,12 @@ class Emulator:
                 self.devices[nwk] = dict(kind="temp", ieee=ieee, onoff=0)
                 self.send(c.ZDO.EndDeviceAnnceInd.Callback(Src=nwk, NWK=nwk, IEEE=ieee, Capabilities=c.zdo.MACCapabilities(0x80)))
             say("joinedmany", w[1])
+        elif w[0] == "mute":
+            self.muted = True  # wedged: requests are read and never answered
+            say("mute")
+        elif w[0] == "unmute":
+            self.muted = False
+            say("unmute")
         elif w[0] == "vanish":
             self.unplug()
             say("vanished")
