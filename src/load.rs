@@ -95,7 +95,12 @@ fn config_dir(cfg_file: &Path) -> &Path {
 
 /// Report an adapter's own validation problems (`key` relative to the source's YAML path `at`,
 /// empty for the source itself); true when there were none.
-#[cfg(any(feature = "sim", feature = "modbus", feature = "coap", feature = "zigbee"))]
+#[cfg(any(
+    feature = "sim",
+    feature = "modbus",
+    feature = "coap",
+    feature = "zigbee"
+))]
 fn report<K: AsRef<str>>(
     d: &mut Diagnostics,
     at: &str,
