@@ -130,6 +130,24 @@ fn rules_derive_alert_and_actuate_through_the_daemon() {
                 && c("weir_rule_commands_total{rule=\"vent\",result=\"refused\"}") >= 5
         })
     });
+    // Every command a rule sent has its result published like an MQTT command's, through the
+    // outbox: the vent's `ok`, the heater's refusal (no such point) with the rule named.
+    wait_until("rule command results", Duration::from_secs(15), || {
+        sub.count(|m| m.topic == "t/gh1/actuators/vent/set/result") >= 1
+            && sub.count(|m| m.topic == "t/gh1/actuators/heater/set/result") >= 1
+    });
+    let vent = sub.last_json("t/gh1/actuators/vent/set/result").unwrap();
+    assert_eq!(vent["ok"], true, "{vent}");
+    assert_eq!(vent["origin"], "rule");
+    assert_eq!(vent["rule"], "vent");
+    assert_eq!(vent["value"], true);
+    assert!(vent["seq"].as_u64().is_some());
+    let heater = sub.last_json("t/gh1/actuators/heater/set/result").unwrap();
+    assert_eq!(heater["ok"], false);
+    assert_eq!(
+        heater["error"],
+        "device `gh1/actuators` has no point `heater` (writable: vent, irrigation, shade)"
+    );
     let log = gw.log();
     assert!(
         log.contains("rule failed") && log.contains("runaway"),
