@@ -56,7 +56,7 @@ fn typos_and_garbage_are_reported_with_path_and_line_and_exit_1() {
     let cfg = dir.path().join("bad.yaml");
     std::fs::write(
         &cfg,
-        "gateway:\n  id: gh\nmqtt:\n  host: 127.0.0.1\n  prot: 1883\nsources:\n  - sim:\n      greenhouses: 0\n  - sim:\n      intervall_ms: 5\n  - zigbee:\n      port: /dev/ttyUSB0\n",
+        "gateway:\n  id: gh\nmqtt:\n  host: 127.0.0.1\n  prot: 1883\nsources:\n  - sim:\n      greenhouses: 0\n  - sim:\n      intervall_ms: 5\n  - blue_tooth:\n      port: /dev/ttyUSB0\n",
     )
     .unwrap();
     let (code, _, err) = weir(&["check", "-c", cfg.to_str().unwrap()], &[]);
@@ -80,7 +80,7 @@ fn typos_and_garbage_are_reported_with_path_and_line_and_exit_1() {
     );
     assert!(
         err.contains(&format!(
-            "{f}:11: sources[2].zigbee: unknown source kind `zigbee`"
+            "{f}:11: sources[2].blue_tooth: unknown source kind `blue_tooth`"
         )),
         "{err}"
     );

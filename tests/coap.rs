@@ -924,3 +924,65 @@ fn a_polled_device_that_stops_answering_goes_stale_and_offline_then_back_online(
     });
     assert!(gw.is_running());
 }
+
+#[test]
+fn an_observe_stream_that_stops_goes_stale_at_its_max_age_then_back_online() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let mport = free_port();
+    // The peer's observable counter notifies every 100 ms with Max-Age 1 s.
+    let peer = Peer::start(port, 1);
+    let grace_ms = 500 * u64::from(time_scale());
+    let rest = format!(
+        "metrics:\n  listen: 127.0.0.1:{mport}\nsources:\n  - coap:\n      name: field\n      ack_timeout_ms: 100\n      max_retransmit: 1\n      backoff_max_ms: 400\n      reregister_grace_ms: {grace_ms}\n      stats_interval_s: 1\n      devices:\n        - id: plant/meter\n          address: 127.0.0.1:{port}\n          resources:\n            - {{ path: counter, point: count, read: observe }}\n"
+    );
+    let gw = Gateway::start(dir.path(), &config_with(broker.port, "", "", &rest));
+
+    // Before the device states a Max-Age the default 60 s (+ grace) stands; the first
+    // notification's Max-Age (1 s) replaces it.
+    wait_until(
+        "the period from the device's Max-Age",
+        Duration::from_secs(20),
+        || {
+            let d = device_doc(mport, "plant/meter");
+            d["availability"] == "online"
+                && point_doc(&d, "count")["expected_period_ms"] == 1000 + grace_ms
+        },
+    );
+    wait_until("notifications forwarded", Duration::from_secs(20), || {
+        sub.count(|m| m.topic == "t/plant/meter/count") >= 10
+    });
+    assert_eq!(
+        point_doc(&device_doc(mport, "plant/meter"), "count")["stale"],
+        false
+    );
+
+    // The stream stops (the device is gone; re-registering fails): stale, then offline.
+    drop(peer);
+    wait_until(
+        "the observed point stale, the device offline",
+        Duration::from_secs(30),
+        || {
+            let d = device_doc(mport, "plant/meter");
+            d["availability"] == "offline" && point_doc(&d, "count")["stale"] == true
+        },
+    );
+    assert!(
+        gw.log().contains("device=plant/meter point=count"),
+        "{}",
+        gw.log()
+    );
+
+    // Back: re-registered, notifications again, online and fresh.
+    let n = sub.count(|m| m.topic == "t/plant/meter/count");
+    let _peer = Peer::start(port, 2);
+    wait_until("the meter back online", Duration::from_secs(30), || {
+        let d = device_doc(mport, "plant/meter");
+        d["availability"] == "online" && point_doc(&d, "count")["stale"] == false
+    });
+    wait_until("notifications again", Duration::from_secs(10), || {
+        sub.count(|m| m.topic == "t/plant/meter/count") > n
+    });
+}

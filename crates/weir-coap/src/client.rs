@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use weir_core::{
     BusSender, CancellationToken, Command, CommandOutcome, DeviceId, PointId, Quality, Reading,
-    SourceError, Timestamp, Value,
+    RegistryHandle, SourceError, Timestamp, Value,
 };
 
 use crate::config::{CoapConfig, DeviceConfig, ReadMode, ResourceConfig, WriteFormat, WriteMethod};
@@ -69,6 +69,8 @@ struct Res {
     unit: Option<Arc<str>>,
     /// A Block2 response being reassembled (RFC 7959 §2.4): Content-Format and the bytes so far.
     partial: Option<(Option<u16>, Vec<u8>)>,
+    /// The expected period last told to the registry (Observe: Max-Age + grace).
+    announced_ms: Option<u64>,
 }
 
 enum Purpose {
@@ -102,6 +104,8 @@ pub struct DeviceClient {
     grace: Duration,
     max_body: usize,
     bus: BusSender,
+    /// Where an observed point's expected period is updated from the device's Max-Age.
+    registry: Option<RegistryHandle>,
     stats: Arc<Stats>,
     pending: Vec<Pending>,
     failures: u32,
@@ -119,6 +123,26 @@ impl std::fmt::Debug for DeviceClient {
 }
 
 impl DeviceClient {
+    /// Keep the registry told how often an observed point reports: a notification (or a
+    /// re-registration's answer) is due within the representation's Max-Age (RFC 7641 §4.3.1),
+    /// after which the client re-registers (`reregister_grace_ms`), so the point's expected
+    /// period is Max-Age + grace. A stream that stops then shows as stale after three periods.
+    pub fn with_registry(mut self, registry: RegistryHandle) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    fn note_max_age(&mut self, i: usize, max_age: Duration) {
+        let (Some(reg), Some(point)) = (&self.registry, &self.resources[i].point) else {
+            return;
+        };
+        let ms = (max_age + self.grace).as_millis().min(u64::MAX as u128) as u64;
+        if self.resources[i].announced_ms != Some(ms) {
+            reg.set_point_period(self.device.as_str(), point.as_str(), Some(ms));
+            self.resources[i].announced_ms = Some(ms);
+        }
+    }
+
     pub fn new(
         d: &DeviceConfig,
         cfg: &CoapConfig,
@@ -145,6 +169,7 @@ impl DeviceClient {
                     point: r.point.as_deref().map(PointId::new),
                     unit: r.unit.as_deref().map(Arc::from),
                     partial: None,
+                    announced_ms: None,
                     cfg: r.clone(),
                 })
                 .collect(),
@@ -159,6 +184,7 @@ impl DeviceClient {
             grace: Duration::from_millis(cfg.reregister_grace_ms),
             max_body: cfg.max_body_bytes,
             bus,
+            registry: None,
             stats,
             pending: Vec::new(),
             failures: 0,
@@ -550,6 +576,8 @@ impl DeviceClient {
         *last = now;
         *last_seq = seq;
         *max_age = max_age_of(p);
+        let age = *max_age;
+        self.note_max_age(i, age);
         self.stats.notifications.inc();
         match self.body_or_fetch(sock, i, p).await {
             Some((format, body)) => self.emit(i, format, &body).await,
@@ -700,6 +728,9 @@ impl DeviceClient {
                 } else {
                     ResState::Idle(now + Duration::from_millis(r.cfg.interval_ms))
                 };
+                if observing && seq.is_some() {
+                    self.note_max_age(i, max_age_of(p));
+                }
                 if let Some((format, body)) = self.body_or_fetch(sock, i, p).await {
                     self.emit(i, format, &body).await?;
                 }

@@ -10,9 +10,11 @@
 //!   response code is the command's result. See [`client`].
 //!
 //! Registry: declared devices with the points the configuration names; polled points expect a
-//! reading every `interval_ms`, observed and posted ones have no expected period (see
+//! reading every `interval_ms`, observed ones every Max-Age + `reregister_grace_ms` (60 s by
+//! default, then as each notification states), posted ones have no expected period (see
 //! `device_specs` on [`CoapConfig`]). A client exchange that fails sends no reading, so a polled
-//! device that stops answering goes stale, then offline, three intervals later.
+//! device that stops answering, or an Observe stream that stops and whose re-registration fails,
+//! goes stale, then offline, three periods later.
 //!
 //! The codec is the `coap-lite` crate; [`msg`] holds what it leaves to its user (Block values,
 //! empty messages, protocol constants), [`payload`] turns bodies into values.
@@ -180,7 +182,17 @@ impl SourceBuilder for CoapConfig {
                     let Some(point) = r.point.as_deref() else {
                         continue;
                     };
-                    let period = (r.read == config::ReadMode::Poll).then_some(r.interval_ms.max(1));
+                    // Polled: the poll interval. Observed: a notification or a re-registration's
+                    // answer is due within Max-Age + `reregister_grace_ms`; until the device
+                    // states its Max-Age, the default 60 s (RFC 7252 §5.10.5) stands, and the
+                    // client updates it from every notification.
+                    let period = match r.read {
+                        config::ReadMode::Poll => Some(r.interval_ms.max(1)),
+                        config::ReadMode::Observe => {
+                            Some(DEFAULT_MAX_AGE_MS + self.reregister_grace_ms)
+                        }
+                        _ => None,
+                    };
                     match spec.points.iter_mut().find(|p| p.name.as_str() == point) {
                         Some(p) => {
                             p.writable |= r.writable;
@@ -221,6 +233,9 @@ impl SourceBuilder for CoapConfig {
         Ok(Box::new(CoapSource::new(self.clone(), name, metrics)))
     }
 }
+
+/// Max-Age when a response has none (RFC 7252 §5.10.5).
+const DEFAULT_MAX_AGE_MS: u64 = 60_000;
 
 /// The unit of `point` read from resource `r`: the resource's `unit`, else the device's `units`.
 fn resource_unit<'a>(
@@ -314,7 +329,8 @@ impl Source for CoapSource {
                 self.name.clone(),
                 ctx.bus.clone(),
                 self.stats.clone(),
-            );
+            )
+            .with_registry(ctx.registry.clone());
             tasks.spawn(c.run(rx, stop.clone()));
         }
         let mut tick = tokio::time::interval(Duration::from_secs(self.cfg.stats_interval_s));
@@ -446,8 +462,9 @@ devices:
                         (s("temperature"), Some(s("°C")), false, Some(300)),
                         // The default poll interval, the unit from `units`.
                         (s("pressure"), Some(s("hPa")), false, Some(10_000)),
-                        // Observed: no period.
-                        (s("level"), None, false, None),
+                        // Observed: the default Max-Age (60 s) + the re-registration grace,
+                        // until the device states its own.
+                        (s("level"), None, false, Some(60_000 + 5_000)),
                         // Written at `valve`, polled at two paths: the shortest interval.
                         (s("valve"), None, true, Some(500)),
                     ]

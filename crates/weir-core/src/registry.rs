@@ -454,6 +454,51 @@ impl Registry {
         true
     }
 
+    /// Change how often `owner`'s `device`/`point` is expected to report (an Observe stream's
+    /// Max-Age, a sleepy device's reporting interval learned at run time). False when `owner` does
+    /// not own the device or it has no such point; announced as a change only when it changed.
+    pub fn set_point_period(
+        &self,
+        owner: &str,
+        device: &str,
+        point: &str,
+        period_ms: Option<u64>,
+    ) -> bool {
+        {
+            let mut devices = self.write();
+            let Some(slot) = devices.get_mut(device).filter(|s| &*s.owner == owner) else {
+                return false;
+            };
+            let Some(&i) = slot.index.get(point) else {
+                return false;
+            };
+            if slot.points[i].spec.expected_period_ms == period_ms {
+                return true;
+            }
+            // Slots are shared read-only with the hot path: build the changed one and swap it in.
+            let old = &slot.points[i];
+            let mut spec = old.spec.clone();
+            spec.expected_period_ms = period_ms;
+            let changed = Arc::new(PointSlot {
+                spec,
+                last_seen: AtomicI64::new(old.last_seen.load(Ordering::Relaxed)),
+                stale: AtomicBool::new(old.stale.load(Ordering::Relaxed)),
+            });
+            let mut s = Slot {
+                owner: slot.owner.clone(),
+                meta: slot.meta.clone(),
+                points: slot.points.clone(),
+                index: slot.index.clone(),
+                availability: AtomicU8::new(slot.availability.load(Ordering::Relaxed)),
+                last_seen: AtomicI64::new(slot.last_seen.load(Ordering::Relaxed)),
+            };
+            s.points[i] = changed;
+            *slot = Arc::new(s);
+        }
+        self.changed();
+        true
+    }
+
     /// The owner of `device`, if any.
     pub fn owner(&self, device: &str) -> Option<Arc<str>> {
         self.read().get(device).map(|s| s.owner.clone())
@@ -843,6 +888,11 @@ impl RegistryHandle {
     pub fn set_availability(&self, device: &str, a: Availability) -> bool {
         self.registry.set_availability(&self.owner, device, a)
     }
+    /// See [`Registry::set_point_period`].
+    pub fn set_point_period(&self, device: &str, point: &str, period_ms: Option<u64>) -> bool {
+        self.registry
+            .set_point_period(&self.owner, device, point, period_ms)
+    }
     /// The whole registry, read-only use.
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -1040,6 +1090,35 @@ mod tests {
         );
         assert_eq!(back[0].availability, Availability::Online);
         assert!(!r.snapshot()[0].points[1].stale);
+    }
+
+    #[test]
+    fn a_point_period_learned_at_run_time_applies_to_staleness() {
+        let r = Registry::default();
+        let ms = 1_000_000i64;
+        r.claim(
+            "coap",
+            DeviceSpec::new("p").point(PointSpec::new("count").period_ms(Some(60_000))),
+        )
+        .unwrap();
+        r.admit_at(
+            &mut vec![reading("coap", "p", "count", 0)],
+            Timestamp(1000 * ms),
+        );
+        // 10 s of silence is nothing at a 60 s period …
+        assert!(r.sweep(Timestamp(11_000 * ms), 3).0.is_empty());
+        // … but the device said Max-Age 1 s: now it is stale, and the last reading was kept.
+        let h = RegistryHandle::new(r.clone(), "coap");
+        assert!(h.set_point_period("p", "count", Some(1500)));
+        assert!(!RegistryHandle::new(r.clone(), "other").set_point_period("p", "count", None));
+        assert!(!h.set_point_period("p", "nope", None));
+        let (stale, _) = r.sweep(Timestamp(11_000 * ms), 3);
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].silent_ns, 10_000 * ms);
+        assert_eq!(
+            r.snapshot()[0].points[0].spec.expected_period_ms,
+            Some(1500)
+        );
     }
 
     #[test]
