@@ -261,10 +261,15 @@ async fn a_row_whose_publish_ends_the_connection_is_set_aside_and_the_rest_deliv
     assert_eq!(run.metrics.counter_sum("weir_mqtt_quarantined_total"), 1);
     assert_eq!(run.metrics.counter_sum("weir_mqtt_rejected_total"), 1);
     // One connection per strike, a first one that found the row and a last one that delivered
-    // the rest — not a storm (a lost ack of a good row may add a probe or two).
+    // the rest — not a storm. The good rows published in the same burst as the bad one can lose
+    // their PUBACKs when the broker closes (written before the close, but the client's writes
+    // after it draw a RST, and a RST discards what the client had not read yet: seen in CI,
+    // unresolved=[1..11] after the first session). Each such row is probed once, alone, before
+    // the bad row is: at most one extra connection per good row ahead of it (5 here), bounded
+    // by the in-flight window, never a loop.
     let n = broker.connections();
     assert!(
-        n > QUARANTINE_AFTER as usize && n <= QUARANTINE_AFTER as usize + 5,
+        n > QUARANTINE_AFTER as usize && n <= QUARANTINE_AFTER as usize + 2 + 5,
         "{n} connections"
     );
 }
