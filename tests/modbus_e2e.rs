@@ -533,21 +533,6 @@ rules:
     assert_eq!((sent("true"), sent("false")), (1, 2), "{log}");
 }
 
-/// `GET <path>` from the daemon's metrics listener: the body, or `None` while it is not up.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
-}
-
 /// The `/devices` document as (device id → device), empty while the listener is not up.
 fn devices_doc(mport: u16) -> std::collections::HashMap<String, serde_json::Value> {
     http_get(mport, "/devices")
@@ -565,10 +550,7 @@ fn availability(mport: u16, device: &str, point: &str) -> (String, Option<bool>)
     let Some(d) = docs.get(device) else {
         return (String::new(), None);
     };
-    let stale = d["points"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == point))
-        .and_then(|p| p["stale"].as_bool());
+    let stale = point_doc(d, point)["stale"].as_bool();
     (d["availability"].as_str().unwrap_or_default().into(), stale)
 }
 

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
@@ -18,14 +17,6 @@ fn free_udp_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 /// The value of one Prometheus sample (`name{labels}`), 0 when absent.
@@ -91,7 +82,7 @@ fn a_source_cannot_send_readings_for_a_device_another_source_owns() {
     post("field/probe/temperature", "12.5");
     wait_until("the refusal counted", Duration::from_secs(30), || {
         metric(
-            &http_get(mport, "/metrics"),
+            &http_get(mport, "/metrics").unwrap_or_default(),
             "weir_readings_refused_total{source=\"coap\",reason=\"not_owner\"}",
         ) >= 1
     });
@@ -136,19 +127,7 @@ fn a_source_cannot_send_readings_for_a_device_another_source_owns() {
     assert!(line("gh1/actuators").contains("vent (w)"), "{out}");
     assert!(line("field/probe").contains(" coap "), "{out}");
     assert!(line("gh1/climate").contains("online"), "{out}");
-    let doc: serde_json::Value = serde_json::from_str(
-        http_get(mport, "/devices")
-            .split_once("\r\n\r\n")
-            .unwrap()
-            .1,
-    )
-    .unwrap();
-    let probe = doc["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["id"] == "field/probe")
-        .unwrap();
+    let probe = device_doc(mport, "field/probe");
     assert_eq!(probe["owner"], "coap");
     assert_eq!(probe["points"][0]["name"], "temperature");
     assert_eq!(probe["points"][0]["writable"], false);

@@ -461,3 +461,47 @@ fn table_name(c: &rusqlite::Connection) -> String {
         .find(|n| n.contains("outbox") || n.contains("message"))
         .expect("an outbox table")
 }
+
+/// `GET <path>` from the daemon's metrics listener: the body, or `None` while it is not up.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// One device of the `/devices` document (`null` when absent or the listener is not up).
+pub fn device_doc(mport: u16, id: &str) -> serde_json::Value {
+    http_get(mport, "/devices")
+        .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .and_then(|doc| {
+            doc["devices"]
+                .as_array()?
+                .iter()
+                .find(|d| d["id"] == id)
+                .cloned()
+        })
+        .unwrap_or_default()
+}
+
+/// The point `name` of a device document.
+pub fn point_doc<'a>(dev: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    dev["points"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+/// The value of the unlabelled gauge `name` on `/metrics`.
+pub fn gauge(mport: u16, name: &str) -> Option<i64> {
+    http_get(mport, "/metrics")?
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
