@@ -287,6 +287,8 @@ struct Run<'a> {
     /// When each device was last heard, and whether it was declared offline.
     heard: HashMap<u64, Heard>,
     commands_open: bool,
+    /// When link qualities and last-seen times were last written to the database.
+    flushed_at: tokio::time::Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -301,7 +303,7 @@ struct Heard {
 impl Source for ZigbeeSource {
     async fn run(&mut self, ctx: SourceContext) -> Result<(), SourceError> {
         let key = network_key(&ctx.state_dir, &self.cfg)?;
-        let db = DeviceDb::open(&ctx.state_dir);
+        let db = DeviceDb::open(&ctx.state_dir).map_err(|e| SourceError::Other(e.to_string()))?;
         let mut run = Run {
             cfg: &self.cfg,
             name: self.name.clone(),
@@ -314,6 +316,7 @@ impl Source for ZigbeeSource {
             coord_ieee: None,
             heard: HashMap::new(),
             commands_open: true,
+            flushed_at: tokio::time::Instant::now(),
         };
         let now = tokio::time::Instant::now();
         for ieee in run.db.devices.keys() {
@@ -369,6 +372,7 @@ impl Source for ZigbeeSource {
                                 "zigbee coordinator lost ({e}); readings stop until it is back, reopening with backoff"
                             );
                             run.mark_offline();
+                            run.flush_seen();
                         }
                     }
                 }
@@ -636,8 +640,16 @@ impl Run<'_> {
         loop {
             tokio::select! {
                 biased;
-                _ = self.ctx.shutdown.cancelled() => return Ok(()),
-                _ = tick.tick() => self.availability(&mut link).await?,
+                _ = self.ctx.shutdown.cancelled() => {
+                    self.flush_seen();
+                    return Ok(());
+                }
+                _ = tick.tick() => {
+                    self.availability(&mut link).await?;
+                    if self.flushed_at.elapsed() >= db::SEEN_FLUSH_INTERVAL {
+                        self.flush_seen();
+                    }
+                }
                 c = self.ctx.commands.recv(), if self.commands_open => match c {
                     Some(c) => self.command(&mut link, c).await?,
                     None => self.commands_open = false,
@@ -675,12 +687,19 @@ impl Run<'_> {
             if p.len() >= 13 {
                 let ieee = u64::from_le_bytes(p[2..10].try_into().expect("8 bytes"));
                 let rejoin = p[12] != 0;
-                if !rejoin && self.db.devices.remove(&ieee).is_some() {
+                let removed = if rejoin {
+                    None
+                } else {
+                    self.db.delete(ieee).unwrap_or_else(|e| {
+                        tracing::error!(source = %self.name, "{e}");
+                        self.db.devices.remove(&ieee)
+                    })
+                };
+                if removed.is_some() {
                     let id = self.device_id(ieee);
                     self.ctx.registry.remove(&id);
                     self.by_nwk.retain(|_, v| *v != ieee);
                     self.heard.remove(&ieee);
-                    self.save_db();
                     tracing::info!(source = %self.name, device = %id, "zigbee device left the network");
                 }
             }
@@ -697,6 +716,7 @@ impl Run<'_> {
     /// Note that `ieee` was heard; a device declared offline is online again.
     fn heard_from(&mut self, ieee: u64) {
         let now = tokio::time::Instant::now();
+        self.db.seen(ieee, None);
         let was_offline = self.heard.get(&ieee).is_some_and(|h| h.offline);
         self.heard.insert(
             ieee,
@@ -800,8 +820,17 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn save_db(&self) {
-        if let Err(e) = self.db.save() {
+    /// Write `ieee`'s database row (after a pairing or a changed address).
+    fn save_db(&mut self, ieee: u64) {
+        if let Err(e) = self.db.put(ieee) {
+            tracing::error!(source = %self.name, "{e}");
+        }
+    }
+
+    /// Write the link qualities and last-seen times noted since the last flush.
+    fn flush_seen(&mut self) {
+        self.flushed_at = tokio::time::Instant::now();
+        if let Err(e) = self.db.flush_seen() {
             tracing::error!(source = %self.name, "{e}");
         }
     }
@@ -823,6 +852,7 @@ impl Run<'_> {
             return;
         };
         self.heard_from(ieee);
+        self.db.seen(ieee, Some(*lqi));
         let Some(z) = ZclFrame::parse(data) else {
             return;
         };
@@ -982,7 +1012,7 @@ impl Run<'_> {
                     self.by_nwk.retain(|_, v| *v != ieee);
                     d.nwk = nwk;
                     self.by_nwk.insert(nwk, ieee);
-                    self.save_db();
+                    self.save_db(ieee);
                 }
                 tracing::info!(source = %self.name, device = %id, "known zigbee device rejoined (0x{nwk:04X})");
                 self.heard_from(ieee);
@@ -1003,6 +1033,8 @@ impl Run<'_> {
             interviewed: false,
             ias_zone_type: None,
             scales: Default::default(),
+            lqi: None,
+            last_seen_ms: None,
         };
         let complete = match self.interview_steps(link, nwk, &mut d).await {
             Ok(Ok(())) => true,
@@ -1029,7 +1061,7 @@ impl Run<'_> {
             d.logical_type, if d.mains_powered { "mains" } else { "battery" }, points.join(", ")
         );
         self.db.devices.insert(ieee, d);
-        self.save_db();
+        self.save_db(ieee);
         self.heard_from(ieee);
         Ok(())
     }
@@ -1589,6 +1621,8 @@ mod tests {
             interviewed: true,
             ias_zone_type: None,
             scales: Default::default(),
+            lqi: None,
+            last_seen_ms: None,
         };
         let s = device_spec("gh1/plug", &d);
         let p = |n: &str| s.points.iter().find(|p| p.name.as_str() == n).unwrap();
