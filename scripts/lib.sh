@@ -78,3 +78,22 @@ need_zigbee_peers() {
   fi
   export WEIR_ZIGBEE_PYTHON="$venv/bin/python"
 }
+
+# BLE test peers: python-dbusmock's BlueZ template on a private D-Bus (Debian python3-dbusmock, run
+# by /usr/bin/python3, with dbus-daemon), libdbus for btleplug's build, and a virtualenv under
+# target/ (ignored by git) with the reference decoders PyPI bthome-ble and ruuvi-decoders that
+# tests/peers/ble_vectors.py turns into crates/weir-ble/tests/vectors.json. Exports
+# WEIR_BLE_PYTHON (that venv) and WEIR_DBUSMOCK_PYTHON (the interpreter that has dbusmock).
+need_ble_peers() {
+  apt_need dbus-daemon python3-dbusmock python3-dbus libdbus-1-dev pkg-config
+  local venv="${WEIR_BLE_VENV:-$PWD/target/ble-venv}"
+  if ! "$venv/bin/python" -c 'import bthome_ble, ruuvi_decoders' >/dev/null 2>&1; then
+    apt_need python3 python3-venv
+    echo "==> installing bthome-ble and ruuvi-decoders into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'bthome-ble==3.25.0' 'ruuvi-decoders==0.2.0'
+  fi
+  export WEIR_BLE_PYTHON="$venv/bin/python"
+  export WEIR_DBUSMOCK_PYTHON=/usr/bin/python3
+}
