@@ -7,6 +7,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use weir_core::CancellationToken;
 
+#[cfg(feature = "zigbee")]
+mod zigbee_cli;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "weir",
@@ -69,6 +72,12 @@ enum Cmd {
     Modbus {
         #[command(subcommand)]
         cmd: weir_modbus::commission::ModbusCmd,
+    },
+    /// Zigbee: list the paired devices, open the network for joining.
+    #[cfg(feature = "zigbee")]
+    Zigbee {
+        #[command(subcommand)]
+        cmd: zigbee_cli::ZigbeeCmd,
     },
     /// Work with the rules of a configuration.
     #[cfg(feature = "rules")]
@@ -221,6 +230,8 @@ fn main() -> ExitCode {
             print!("{out}");
             Ok(())
         })),
+        #[cfg(feature = "zigbee")]
+        Cmd::Zigbee { cmd } => report(zigbee_cli::run(cmd)),
         Cmd::Buffer {
             cmd: BufferCmd::Drain { config },
         } => {

@@ -479,6 +479,120 @@ fn availability_by_silence_and_active_checks_and_a_device_leaving() {
     assert!(db.iter().any(|i| i == PLUG), "{db:?}");
 }
 
+/// `weir zigbee permit-join` until the daemon answers (it takes commands once it is connected and
+/// subscribed); its output.
+fn cli_permit_join(gw: &Gateway, seconds: &str) -> String {
+    for _ in 0..10 {
+        let (code, out, err) = gw.cli(&[
+            "zigbee",
+            "permit-join",
+            "--seconds",
+            seconds,
+            "--timeout-s",
+            "3",
+        ]);
+        if code == 0 {
+            return out;
+        }
+        assert!(err.contains("no answer on"), "{err}");
+    }
+    panic!("weir zigbee permit-join never got an answer");
+}
+
+#[test]
+fn cli_opens_the_network_and_lists_the_device_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut emu = Emulator::start(dir.path());
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let mut gw = Gateway::start(dir.path(), &zigbee_config(broker.port, dir.path()));
+    emu.wait_line("the network formed", |l| l == "formed");
+    wait_until("weir formed it", Duration::from_secs(20), || {
+        gw.log().contains("network formed")
+    });
+
+    // An empty database lists no device (the daemon holds it open meanwhile).
+    let (code, out, err) = gw.cli(&["zigbee", "devices"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("IEEE "), "{out}");
+    assert!(out.ends_with("0 devices\n"), "{out}");
+
+    // permit-join goes through the daemon over MQTT and prints its answer.
+    let out = cli_permit_join(&gw, "90");
+    assert!(out.contains("open for joining for 90 s"), "{out}");
+    emu.wait_line("permit join opened", |l| l == "permit-join 90");
+    let r = sub
+        .last_json("t/zigbee/coordinator/permit_join/set/result")
+        .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+
+    emu.send(&format!("join {SENSOR} 0x1234 temp"));
+    emu.send(&format!("join {PLUG} 0x4a21 plug"));
+    wait_until("both devices paired", Duration::from_secs(30), || {
+        gw.log().matches("zigbee device paired").count() >= 2
+    });
+    emu.send("report 0x1234 temperature 21.5");
+    wait_value(&sub, &format!("t/{SENSOR_ID}/temperature"), 21.5.into());
+
+    // Listed while the daemon runs: names from gateway.yaml or zigbee/<ieee>, models, power.
+    let (code, out, err) = gw.cli(&["zigbee", "devices"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let line = |out: &str, ieee: &str| -> Vec<String> {
+        out.lines()
+            .find(|l| l.starts_with(ieee))
+            .unwrap_or_else(|| panic!("{ieee} not listed: {out}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    let plug = line(&out, PLUG);
+    assert_eq!(
+        plug[1..7],
+        ["0x4A21", PLUG_ID, "Weir", "Test", "PLUG-1", "mains"],
+        "{out}"
+    );
+    let sensor = line(&out, SENSOR);
+    assert_eq!(
+        sensor[1..7],
+        ["0x1234", SENSOR_ID, "Weir", "Test", "TH-1", "battery"],
+        "{out}"
+    );
+    assert!(out.ends_with("2 devices\n"), "{out}");
+    // Link quality and last seen reach the file within the flush interval.
+    wait_until(
+        "the sensor's lqi in the database",
+        Duration::from_secs(25),
+        || {
+            let (_, out, _) = gw.cli(&["zigbee", "devices", "--json"]);
+            let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+            doc.as_array().unwrap().iter().any(|d| {
+                d["ieee"] == SENSOR && d["lqi"] == 120 && d["last_seen_ms"].as_i64().is_some()
+            })
+        },
+    );
+    let (_, out, _) = gw.cli(&["zigbee", "devices"]);
+    let sensor = line(&out, SENSOR);
+    assert_eq!(sensor[7], "120", "{out}");
+    assert!(sensor[8].ends_with('s') && sensor[9] == "ago", "{out}");
+
+    // Closing the network works the same way.
+    let out = cli_permit_join(&gw, "0");
+    assert!(out.contains("closed for joining"), "{out}");
+    emu.wait_line("permit join closed", |l| l == "permit-join 0");
+
+    // With the daemon stopped: the list still reads the file; permit-join says nobody answered.
+    assert!(gw.terminate().success());
+    let (code, out, err) = gw.cli(&["zigbee", "devices", "--source", "zigbee"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.ends_with("2 devices\n"), "{out}");
+    let (code, _, err) = gw.cli(&["zigbee", "permit-join", "--timeout-s", "1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is `weir run` running"), "{err}");
+    let (code, _, err) = gw.cli(&["zigbee", "devices", "--source", "nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no zigbee source named `nope`"), "{err}");
+}
+
 #[test]
 fn a_stick_plugged_in_after_start_is_picked_up_and_check_refuses_bad_settings() {
     let dir = tempfile::tempdir().unwrap();

@@ -23,6 +23,7 @@
 //! * The network key is never logged; a user-set key equal to the well-known default is warned
 //!   about.
 
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod link;
