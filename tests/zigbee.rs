@@ -376,6 +376,45 @@ fn form_pair_report_command_restart_and_replug() {
 }
 
 #[test]
+fn an_aqara_heartbeat_in_basic_0xff01_becomes_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut emu = Emulator::start(dir.path());
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let gw = Gateway::start(
+        dir.path(),
+        &zigbee_config_with(broker.port, dir.path(), "      permit_join_s: 120\n"),
+    );
+    emu.wait_line("permit join opened", |l| l == "permit-join 120");
+    let aqara = "00:15:8d:00:02:11:22:33";
+    let id = "zigbee/00158d0002112233";
+    emu.send(&format!("join {aqara} 0x5a5a aqara"));
+    wait_until("the Aqara sensor paired", Duration::from_secs(30), || {
+        gw.log().contains("LUMI lumi.weather (end_device, battery)")
+    });
+    // The heartbeat, LUMI's manufacturer code in the ZCL header, tags encoded by zigpy.
+    emu.send("xiaomi 0x5a5a 3005 22.75 48.25 100325");
+    for (point, value, unit) in [
+        ("temperature", serde_json::json!(22.75), "°C"),
+        ("humidity", 48.25.into(), "%"),
+        ("pressure", 1003.25.into(), "hPa"),
+        ("battery_voltage", 3.005.into(), "V"),
+        // zha-quirks' curve: (3005 − 2820) / (3100 − 2820), in half percents.
+        ("battery", 66.0.into(), "%"),
+        ("device_temperature", 23.0.into(), "°C"),
+    ] {
+        let r = wait_value(&sub, &format!("t/{id}/{point}"), value);
+        assert_eq!(r["unit"], unit, "{point}: {r}");
+    }
+    wait_value(&sub, &format!("t/{id}/lqi"), 120.into());
+    // The counters zha-quirks keeps raw (tags 4, 5, 10) are not readings.
+    assert_eq!(
+        sub.count(|m| m.topic.starts_with(&format!("t/{id}/")) && m.topic.contains("0xff01")),
+        0
+    );
+}
+
+#[test]
 fn availability_by_silence_and_active_checks_and_a_device_leaving() {
     let dir = tempfile::tempdir().unwrap();
     let mut emu = Emulator::start(dir.path());

@@ -28,6 +28,7 @@ pub mod config;
 pub mod db;
 pub mod link;
 pub mod mt;
+pub mod xiaomi;
 pub mod zcl;
 
 use std::collections::HashMap;
@@ -162,6 +163,18 @@ pub fn device_spec(id: &str, d: &DbDevice) -> DeviceSpec {
                             MeasureKind::Bool => ValueType::Bool,
                         })
                         .writable(matches!(*c, zcl::CLUSTER_ON_OFF | zcl::CLUSTER_LEVEL)),
+                );
+            }
+        }
+    }
+    if xiaomi::is_lumi(d.manufacturer.as_deref(), d.model.as_deref()) {
+        for m in xiaomi::points(d.model.as_deref()) {
+            if !spec.points.iter().any(|p| p.name.as_str() == m.point) {
+                spec.points.push(
+                    PointSpec::new(PointId::new(m.point))
+                        .unit(m.unit)
+                        .class(m.class)
+                        .value_type(ValueType::Float),
                 );
             }
         }
@@ -890,10 +903,33 @@ impl Run<'_> {
             }
             return;
         }
-        if !z.is_general() || z.manufacturer.is_some() {
-            return;
+        let mut batch = Vec::new();
+        // Xiaomi/Aqara's tagged values in Basic attribute 0xFF01 (with or without LUMI's
+        // manufacturer code in the header).
+        let ff01 = cluster == zcl::CLUSTER_BASIC
+            && z.is_general()
+            && z.command == zcl::REPORT_ATTRIBUTES
+            && matches!(z.manufacturer, None | Some(xiaomi::MANUFACTURER_LUMI));
+        if let Some(tlv) = ff01.then(|| xiaomi::find_ff01(&z.payload)).flatten() {
+            let (items, cut) = xiaomi::parse_tlv(tlv);
+            let model = self.db.devices.get(&ieee).and_then(|d| d.model.as_deref());
+            let (decoded, unknown) = xiaomi::decode(model, &items);
+            if cut || unknown > 0 {
+                self.m.unknown_attributes.inc();
+                tracing::debug!(
+                    source = %self.name, device = %id,
+                    "attribute 0xFF01: {unknown} tag(s) not decoded{}", if cut { ", cut short" } else { "" }
+                );
+            }
+            for d in decoded {
+                match d {
+                    Decoded::Float(point, v, unit) => batch.push(mk(point, Value::F64(v), unit)),
+                    Decoded::Bool(point, v) => batch.push(mk(point, Value::Bool(v), None)),
+                }
+            }
         }
         let (recs, cut) = match z.command {
+            _ if !z.is_general() || z.manufacturer.is_some() => (Vec::new(), false),
             zcl::REPORT_ATTRIBUTES => zcl::parse_report(&z.payload),
             zcl::READ_ATTRIBUTES_RSP => zcl::parse_read_rsp(&z.payload),
             _ => return,
@@ -901,10 +937,12 @@ impl Run<'_> {
         if cut {
             self.m.unknown_attributes.inc();
         }
-        let mut batch = Vec::new();
         let empty = zcl::Scales::new();
         let scales = self.db.devices.get(&ieee).map_or(&empty, |d| &d.scales);
-        for r in &recs {
+        for r in recs
+            .iter()
+            .filter(|r| !(ff01 && r.attr == xiaomi::ATTR_FF01))
+        {
             match zcl::decode_scaled(cluster, r.attr, &r.value, scales) {
                 Some(Decoded::Float(point, v, unit)) => batch.push(mk(point, Value::F64(v), unit)),
                 Some(Decoded::Bool(point, v)) => batch.push(mk(point, Value::Bool(v), None)),

@@ -12,10 +12,13 @@ It creates a pty and links its device to --link (the "stick"). NV items are kept
 (formed or not, PAN id, key …) so the network survives a restart of the emulator. Control lines on
 stdin, events on stdout (one line each, flushed):
 
-    join <ieee> <nwk> temp|plug|door|dimmer|meter  announce a device (only while permit join is open; else
+    join <ieee> <nwk> temp|plug|door|dimmer|meter|aqara  announce a device (only while permit join is open; else
                                   prints `join-refused <ieee>`)
     report <nwk> temperature <°C> | humidity <%> | onoff 0|1 | level 0–254 | power|voltage|energy <raw>
     zone <nwk> <status>           an IAS Zone Status Change Notification (door kind)
+    xiaomi <nwk> <mV> <°C> <%> <Pa>  an Aqara heartbeat: Basic attribute 0xFF01 (type 0x42) holding
+                                  tagged values (battery mV, device temperature, temperature,
+                                  humidity, pressure), LUMI's manufacturer code in the header
     flood <nwk> <n>               n temperature reports back to back (benchmark)
     joinmany <n>                  n temperature sensors announce themselves (benchmark)
     drop <nwk>                    the device disappears silently (requests to it get MAC_NO_ACK)
@@ -76,6 +79,13 @@ DEVICES = {
         model="METER-1", manufacturer="Weir Test", power_source=0x01,
         # ACPowerMultiplier/Divisor 1/10, ACVoltage 1/1 (absent: unsupported), metering 1/1000.
         attrs={0x0B04: {0x0604: (0x21, 1), 0x0605: (0x21, 10)}, 0x0702: {0x0301: (0x22, 1), 0x0302: (0x22, 1000)}},
+    ),
+    # An Aqara temperature/humidity/pressure sensor (WSDCGQ11LM) as it describes itself: its
+    # battery only shows in the 0xFF01 heartbeat (`xiaomi` below).
+    "aqara": dict(
+        logical=zdo_t.LogicalType.EndDevice, mains=False,
+        inputs=[0x0000, 0x0003, 0xFFFF, 0x0402, 0x0403, 0x0405], outputs=[0x0000, 0x0004, 0xFFFF], device_type=0x5F01,
+        model="lumi.weather", manufacturer="LUMI", power_source=0x03,
     ),
     "plug": dict(
         logical=zdo_t.LogicalType.Router, mains=True,
@@ -441,6 +451,25 @@ class Emulator:
             zh.frame_control = zh.frame_control.replace(disable_default_response=True)
             body = IasZone.client_commands[0x00].schema(zone_status=IasZone.ZoneStatus(int(w[2], 0)), extended_status=zt.bitmap8(0), zone_id=self.devices[nwk].get("zone_id", 0xFF), delay=0).serialize()
             self.incoming(nwk, 0x0500, zh.serialize() + body)
+        elif w[0] == "xiaomi":
+            nwk, mv, temp, hum, pa = int(w[1], 16), int(w[2]), float(w[3]), float(w[4]), int(w[5])
+            items = [
+                (1, f.TypeValue(0x21, zt.uint16_t(mv))), (3, f.TypeValue(0x28, zt.int8s(round(temp)))),
+                (4, f.TypeValue(0x21, zt.uint16_t(0x13A8))), (5, f.TypeValue(0x21, zt.uint16_t(9))),
+                (10, f.TypeValue(0x21, zt.uint16_t(0))),
+                (100, f.TypeValue(0x29, zt.int16s(round(temp * 100)))),
+                (101, f.TypeValue(0x21, zt.uint16_t(round(hum * 100)))),
+                (102, f.TypeValue(0x2B, zt.int32s(pa))),
+            ]
+            content = b"".join(zt.uint8_t(tag).serialize() + tv.serialize() for tag, tv in items)
+            self.tsn = (self.tsn + 1) & 0xFF
+            hdr = f.ZCLHeader.general(self.tsn, f.GeneralCommand.Report_Attributes, manufacturer=0x115F, direction=f.Direction.Server_to_Client)
+            hdr.frame_control = hdr.frame_control.replace(disable_default_response=True)
+            # Raw bytes labelled "character string", as the devices send them.
+            rec = f.Attribute(0xFF01, f.TypeValue(0x42, zt.LVBytes(content)))
+            data = hdr.serialize() + rec.serialize()
+            assert data.endswith(content)
+            self.incoming(nwk, 0x0000, data)
         elif w[0] == "drop":
             # The device is gone without a word (unplugged): requests to it are not acknowledged.
             self.devices.pop(int(w[1], 16), None)
