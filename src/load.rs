@@ -26,6 +26,8 @@ pub const SOURCE_KINDS: &[&str] = &[
     "modbus",
     #[cfg(feature = "zigbee")]
     "zigbee",
+    #[cfg(feature = "ble")]
+    "ble",
 ];
 
 /// Stage sections compiled into this build.
@@ -99,7 +101,8 @@ fn config_dir(cfg_file: &Path) -> &Path {
     feature = "sim",
     feature = "modbus",
     feature = "coap",
-    feature = "zigbee"
+    feature = "zigbee",
+    feature = "ble"
 ))]
 fn report<K: AsRef<str>>(
     d: &mut Diagnostics,
@@ -157,6 +160,19 @@ pub fn source_builder(e: &SourceEntry, d: &mut Diagnostics) -> Option<Box<dyn So
             let c: weir_zigbee::ZigbeeConfig = d.parse(e.body.clone(), &e.path)?;
             let problems = c.validate();
             report(d, &e.path, problems).then(|| Box::new(c) as Box<dyn SourceBuilder>)
+        }
+        #[cfg(feature = "ble")]
+        "ble" => {
+            let c: weir_ble::BleConfig = d.parse(e.body.clone(), &e.path)?;
+            // Bind key files are relative to the configuration file.
+            let dir = config_dir(d.file()).to_path_buf();
+            match c.resolve(&dir) {
+                Ok(r) => Some(Box::new(r) as Box<dyn SourceBuilder>),
+                Err(problems) => {
+                    report(d, &e.path, problems);
+                    None
+                }
+            }
         }
         other => {
             d.error(

@@ -1,0 +1,324 @@
+//! The `ble` source section of gateway.yaml.
+//!
+//! ```yaml
+//! sources:
+//!   - name: ble
+//!     kind: ble
+//!     adapter: hci0                 # default: the first adapter BlueZ lists
+//!     devices:                      # the allowlist: MAC (or beacon id) → device id
+//!       "A4:C1:38:11:22:33": gh1/bed-north
+//!       "54:48:E6:8F:80:A5": { id: gh1/door, bindkey_file: /etc/weir/keys/door.key }
+//!       "ibeacon:fda50693-a4e2-4fb1-afcf-c6eb07647825:1:7": staff/badge-7
+//!       "C0:FF:EE:00:00:01": { id: gh1/tank, raw: true }   # hex points for a rhai rule
+//!     min_interval_ms: 1000
+//!     away_after_s: 300
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A BLE radio through BlueZ.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BleConfig {
+    /// BlueZ adapter name (`hci0`); absent: the first adapter BlueZ lists.
+    #[serde(default)]
+    pub adapter: Option<String>,
+    /// Devices by MAC (`A4:C1:38:11:22:33`) or beacon identity (`ibeacon:<uuid>:<major>:<minor>`,
+    /// `eddystone:<namespace>:<instance>`): a device id, or `{id, bindkey | bindkey_file, raw}`.
+    /// Only these are devices unless `allow_unknown` is set.
+    #[serde(default)]
+    pub devices: BTreeMap<String, DeviceEntry>,
+    /// Also make a device `ble/<mac>` of every advert in a known format from an unlisted
+    /// address (off by default: a busy street's phones and tags would become devices).
+    #[serde(default)]
+    pub allow_unknown: bool,
+    /// Emit the manufacturer and service data no decoder reads as hex string points
+    /// (`manufacturer_<company>`, `service_<uuid>`) for every allowed device (per device:
+    /// `raw: true`).
+    #[serde(default)]
+    pub raw: bool,
+    /// Adverts without a measurement counter (and raw points) give readings at most this often
+    /// per device; adverts with one (BTHome packet id, Ruuvi sequence, pvvx counter) give one
+    /// reading per counter value.
+    #[serde(default = "default_min_interval_ms")]
+    pub min_interval_ms: u64,
+    /// A device not heard for this long gets `present=false` (and `true` when heard again).
+    #[serde(default = "default_away_after_s")]
+    pub away_after_s: u64,
+    /// Emit the advert's signal strength as the `rssi` point (dBm) with each reading.
+    #[serde(default = "default_true")]
+    pub rssi: bool,
+    /// No advert from any allowed device for this long restarts discovery (a BlueZ scan that
+    /// silently stops delivering). 0 turns the check off.
+    #[serde(default = "default_silence_restart_s")]
+    pub silence_restart_s: u64,
+    /// How often the adapter and BlueZ are checked (adapter gone, bluetoothd restarted).
+    #[serde(default = "default_health_interval_ms")]
+    pub health_interval_ms: u64,
+}
+
+/// One `devices` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DeviceEntry {
+    Id(String),
+    Full(DeviceConfig),
+}
+
+/// A device with options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub id: String,
+    /// BTHome bind key, 32 hex digits (prefer `bindkey_file`).
+    #[serde(default)]
+    pub bindkey: Option<String>,
+    /// File holding the bind key (relative to the configuration file's directory).
+    #[serde(default)]
+    pub bindkey_file: Option<PathBuf>,
+    /// Emit undecoded data as hex points for this device.
+    #[serde(default)]
+    pub raw: bool,
+}
+
+fn default_min_interval_ms() -> u64 {
+    1000
+}
+fn default_away_after_s() -> u64 {
+    300
+}
+fn default_true() -> bool {
+    true
+}
+fn default_silence_restart_s() -> u64 {
+    120
+}
+fn default_health_interval_ms() -> u64 {
+    1000
+}
+
+/// A BTHome bind key; never printed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct BindKey(pub [u8; 16]);
+
+impl std::fmt::Debug for BindKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BindKey(…)")
+    }
+}
+
+/// A device after resolution (key files read).
+#[derive(Debug, Clone)]
+pub struct ResolvedDevice {
+    pub id: String,
+    pub key: Option<BindKey>,
+    pub raw: bool,
+}
+
+/// How a configured device is recognised.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Match {
+    Mac([u8; 6]),
+    Beacon(String),
+}
+
+/// The section with every device resolved: what `build` runs.
+#[derive(Debug, Clone)]
+pub struct ResolvedBle {
+    pub cfg: BleConfig,
+    pub devices: BTreeMap<Match, ResolvedDevice>,
+}
+
+/// `A4:C1:38:11:22:33`, `a4-c1-…` or `a4c138112233` → bytes, most significant first.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let hex: String = s.chars().filter(|c| *c != ':' && *c != '-').collect();
+    if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut m = [0u8; 6];
+    for (i, b) in m.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(m)
+}
+
+/// `a4c138112233`: the id part of `ble/<mac>`.
+pub fn mac_hex(m: &[u8; 6]) -> String {
+    crate::decode::hex(m)
+}
+
+pub fn parse_key(s: &str) -> Option<[u8; 16]> {
+    let hex: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut k = [0u8; 16];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(k)
+}
+
+impl BleConfig {
+    /// Check every setting and read the bind key files (relative to `dir`, the configuration
+    /// file's directory); problems as (key, message).
+    pub fn resolve(&self, dir: &Path) -> Result<ResolvedBle, Vec<(String, String)>> {
+        let mut p: Vec<(String, String)> = Vec::new();
+        if let Some(a) = &self.adapter {
+            if a.is_empty() || a.contains('/') {
+                p.push(("adapter".into(), "must be an adapter name like hci0".into()));
+            }
+        }
+        if self.health_interval_ms == 0 {
+            p.push(("health_interval_ms".into(), "must be positive".into()));
+        }
+        if self.away_after_s == 0 {
+            p.push(("away_after_s".into(), "must be positive".into()));
+        }
+        let mut devices = BTreeMap::new();
+        let mut ids: BTreeMap<String, String> = BTreeMap::new();
+        for (k, e) in &self.devices {
+            let at = format!("devices.{k}");
+            let m = if k.starts_with("ibeacon:")
+                || k.starts_with("eddystone:")
+                || k.starts_with("eddystone-url:")
+            {
+                Match::Beacon(k.to_ascii_lowercase())
+            } else if let Some(mac) = parse_mac(k) {
+                Match::Mac(mac)
+            } else {
+                p.push((
+                    at,
+                    "not a MAC address (A4:C1:38:11:22:33) or a beacon id (ibeacon:<uuid>:<major>:<minor>, eddystone:<namespace>:<instance>)".into(),
+                ));
+                continue;
+            };
+            let (id, key, raw) = match e {
+                DeviceEntry::Id(id) => (id.clone(), None, self.raw),
+                DeviceEntry::Full(d) => {
+                    let key = match (&d.bindkey, &d.bindkey_file) {
+                        (Some(_), Some(_)) => {
+                            p.push((
+                                format!("{at}.bindkey_file"),
+                                "give either `bindkey` or `bindkey_file`, not both".into(),
+                            ));
+                            None
+                        }
+                        (Some(s), None) => match parse_key(s) {
+                            Some(k) => Some(BindKey(k)),
+                            None => {
+                                p.push((
+                                    format!("{at}.bindkey"),
+                                    "must be 32 hex digits (the value is not shown)".into(),
+                                ));
+                                None
+                            }
+                        },
+                        (None, Some(f)) => {
+                            let path = if f.is_absolute() {
+                                f.clone()
+                            } else {
+                                dir.join(f)
+                            };
+                            match std::fs::read_to_string(&path) {
+                                Ok(s) => match parse_key(s.trim()) {
+                                    Some(k) => Some(BindKey(k)),
+                                    None => {
+                                        p.push((
+                                            format!("{at}.bindkey_file"),
+                                            format!(
+                                                "{} does not hold 32 hex digits (the content is not shown)",
+                                                path.display()
+                                            ),
+                                        ));
+                                        None
+                                    }
+                                },
+                                Err(e) => {
+                                    p.push((
+                                        format!("{at}.bindkey_file"),
+                                        format!("cannot read {}: {e}", path.display()),
+                                    ));
+                                    None
+                                }
+                            }
+                        }
+                        (None, None) => None,
+                    };
+                    (d.id.clone(), key, d.raw || self.raw)
+                }
+            };
+            if let Err(e) = weir_core::validate_device_id(&id) {
+                p.push((at.clone(), e.to_string()));
+            }
+            if let Some(other) = ids.insert(id.clone(), k.clone()) {
+                p.push((
+                    at.clone(),
+                    format!("device id `{id}` is also given to `{other}`"),
+                ));
+            }
+            if matches!(m, Match::Beacon(_)) && key.is_some() {
+                p.push((at.clone(), "a beacon has no bind key".into()));
+            }
+            devices.insert(m, ResolvedDevice { id, key, raw });
+        }
+        if p.is_empty() {
+            Ok(ResolvedBle {
+                cfg: self.clone(),
+                devices,
+            })
+        } else {
+            Err(p)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_resolves_and_names_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("door.key"),
+            "231d39c1d7cc1ab1aee224cd096db932\n",
+        )
+        .unwrap();
+        let c: BleConfig = serde_yaml::from_str(
+            "devices:\n  'A4:C1:38:11:22:33': gh1/bed\n  '54:48:E6:8F:80:A5': { id: gh1/door, bindkey_file: door.key }\n  'ibeacon:FDA50693-A4E2-4FB1-AFCF-C6EB07647825:1:7': staff/b7\n",
+        )
+        .unwrap();
+        let r = c.resolve(dir.path()).unwrap();
+        assert_eq!(r.devices.len(), 3);
+        let door = &r.devices[&Match::Mac([0x54, 0x48, 0xE6, 0x8F, 0x80, 0xA5])];
+        assert!(door.key.is_some());
+        assert_eq!(format!("{:?}", door.key), "Some(BindKey(…))");
+        assert!(r.devices.contains_key(&Match::Beacon(
+            "ibeacon:fda50693-a4e2-4fb1-afcf-c6eb07647825:1:7".into()
+        )));
+        assert!(serde_yaml::from_str::<BleConfig>("min_interval: 5\n").is_err());
+        let bad: BleConfig = serde_yaml::from_str(
+            "devices:\n  nope: x\n  'A4:C1:38:11:22:33': { id: a, bindkey: '12' }\n  'A4:C1:38:11:22:34': { id: a, bindkey_file: missing.key }\n",
+        )
+        .unwrap();
+        let keys: Vec<String> = bad
+            .resolve(dir.path())
+            .unwrap_err()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "devices.A4:C1:38:11:22:33.bindkey",
+                "devices.A4:C1:38:11:22:34.bindkey_file",
+                "devices.A4:C1:38:11:22:34",
+                "devices.nope"
+            ]
+        );
+    }
+}
