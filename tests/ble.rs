@@ -572,3 +572,101 @@ fn bench_adverts_through_the_pipeline() {
     }
     assert!(adverts_in > 0 && readings > 0);
 }
+
+#[test]
+fn weir_check_names_bad_ble_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        config_with(
+            free_port(),
+            "",
+            "",
+            "sources:\n  - ble:\n      name: ble\n      devices:\n        nope: gh1/a\n        \"A4:C1:38:11:22:33\": { id: gh1/door, bindkey_file: missing.key }\n        \"A4:C1:38:11:22:34\": { id: gh1/b, bindkey: \"123\" }\n        \"A4:C1:38:11:22:35\": { id: gh1/c, bind_key: x }\n",
+        )
+        .replace("{state}", &dir.path().join("state").display().to_string()),
+    )
+    .unwrap();
+    let out = weir_cmd().args(["check", "-c"]).arg(&cfg).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    // A YAML error stops the section before the semantic checks.
+    assert!(text.contains("unknown field `bind_key`"), "{text}");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("bind_key: x", "raw: true"),
+    )
+    .unwrap();
+    let out = weir_cmd().args(["check", "-c"]).arg(&cfg).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    for want in [
+        "devices.nope: not a MAC address",
+        "devices.A4:C1:38:11:22:33.bindkey_file: cannot read",
+        "devices.A4:C1:38:11:22:34.bindkey: must be 32 hex digits",
+    ] {
+        assert!(text.contains(want), "`{want}` in {text}");
+    }
+    std::fs::write(
+        dir.path().join("missing.key"),
+        "231d39c1d7cc1ab1aee224cd096db932\n",
+    )
+    .unwrap();
+    let fixed = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("        nope: gh1/a\n", "")
+        .replace("bindkey: \"123\"", "raw: false");
+    std::fs::write(&cfg, fixed).unwrap();
+    let out = weir_cmd().args(["check", "-c"]).arg(&cfg).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The commented-out `ble` example in the reference gateway.yaml, uncommented, passes
+/// `weir check`.
+#[test]
+fn the_reference_ble_example_is_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/gateway.yaml")).unwrap();
+    let start = text
+        .find("  # - ble:")
+        .expect("a ble example in gateway.yaml");
+    let mut out = text[..start].to_string();
+    let mut in_block = true;
+    for (i, line) in text[start..].lines().enumerate() {
+        in_block &= i == 0 || line.starts_with("  #     ");
+        match line.strip_prefix("  #") {
+            Some(rest) if in_block => {
+                out.push_str("  ");
+                out.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    std::fs::write(&cfg, out).unwrap();
+    let out = weir_cmd()
+        .args(["check", "-c"])
+        .arg(&cfg)
+        .env("WEIR_STATE_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ble (ble)"));
+}

@@ -60,12 +60,35 @@ pub struct BleConfig {
     pub health_interval_ms: u64,
 }
 
-/// One `devices` entry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+/// One `devices` entry: a device id, or a map of [`DeviceConfig`] (whose own errors, such as an
+/// unknown key, are reported as such).
+#[derive(Debug, Clone)]
 pub enum DeviceEntry {
     Id(String),
     Full(DeviceConfig),
+}
+
+impl<'de> Deserialize<'de> for DeviceEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = DeviceEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a device id, or { id, bindkey | bindkey_file, raw }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DeviceEntry, E> {
+                Ok(DeviceEntry::Id(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<DeviceEntry, A::Error> {
+                DeviceConfig::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(DeviceEntry::Full)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A device with options.
@@ -301,6 +324,12 @@ mod tests {
             "ibeacon:fda50693-a4e2-4fb1-afcf-c6eb07647825:1:7".into()
         )));
         assert!(serde_yaml::from_str::<BleConfig>("min_interval: 5\n").is_err());
+        let e = serde_yaml::from_str::<BleConfig>(
+            "devices: {'A4:C1:38:11:22:33': {id: a, bind_key: x}}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field `bind_key`"), "{e}");
         let bad: BleConfig = serde_yaml::from_str(
             "devices:\n  nope: x\n  'A4:C1:38:11:22:33': { id: a, bindkey: '12' }\n  'A4:C1:38:11:22:34': { id: a, bindkey_file: missing.key }\n",
         )
