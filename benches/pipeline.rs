@@ -134,6 +134,7 @@ fn fcfg(port: u16, id: &str, exit_when_empty: bool) -> ForwarderConfig {
         status_interval: Duration::from_secs(60),
         max_age: Duration::from_secs(86400),
         exit_when_empty,
+        format: weir_mqtt::FormatConfig::json(id),
     }
 }
 

@@ -392,7 +392,7 @@ fn stats(cfg: &weir_config::GatewayConfig) -> anyhow::Result<()> {
             .iter()
             .map(|d| serde_json::json!({
                 "id": d.message.id,
-                "topic": d.message.topic,
+                "topic": d.sent_topic.as_deref().unwrap_or(&d.message.topic),
                 "reason": d.reason,
                 "age_s": (now - d.message.enqueued_ns).max(0) as f64 / 1e9,
             }))

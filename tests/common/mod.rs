@@ -426,40 +426,28 @@ pub fn config(port: u16, sim: &str, extra_mqtt: &str, store: &str) -> String {
     )
 }
 
-/// Rows in an outbox file: (topic, seq), in id order.
+/// Rows in an outbox file: (topic, seq) as the JSON format publishes them with [`config`]'s
+/// topics (prefix `t`), in id order. Rows are typed since outbox schema version 3: they are
+/// encoded here by the gateway's own JSON format, read through a read-only handle.
 pub fn outbox_rows(path: &Path) -> Vec<(String, u64)> {
-    let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
-    let table = table_name(&c);
-    let mut st = c
-        .prepare(&format!("SELECT topic, payload FROM {table} ORDER BY id"))
-        .unwrap();
-    let rows = st
-        .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+    let mut o = weir_store::Outbox::open_read_only(path).unwrap();
+    let json = weir_mqtt::Encoder::new(
+        "t",
+        "{prefix}/{device}/{point}",
+        "{prefix}/{device}",
+        weir_config::PublishMode::PerReading,
+        1,
+    )
+    .json_format();
+    o.read_after(0, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let m = json.encode_row(row).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            (m.topic, v["seq"].as_u64().unwrap())
         })
-        .unwrap()
-        .map(|r| r.unwrap())
-        .map(|(t, p)| {
-            let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
-            (t, v["seq"].as_u64().unwrap())
-        })
-        .collect();
-    rows
-}
-
-fn table_name(c: &rusqlite::Connection) -> String {
-    let names: Vec<String> = c
-        .prepare("SELECT name FROM sqlite_master WHERE type='table'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
-    names
-        .into_iter()
-        .find(|n| n.contains("outbox") || n.contains("message"))
-        .expect("an outbox table")
+        .collect()
 }
 
 /// `GET <path>` from the daemon's metrics listener: the body, or `None` while it is not up.

@@ -1,11 +1,18 @@
 //! The forwarder: publishes outbox rows in commit order and deletes each only after its PUBACK.
 //!
+//! The forwarder is format-agnostic: the will, the command topics, what is published on connect
+//! and how a row becomes a message belong to a [`NorthboundFormat`](crate::northbound) (JSON, or
+//! Sparkplug B), chosen by [`FormatConfig`].
+//!
 //! Per session (one MQTT connection):
-//! 1. connect with the last will `offline` (retained) on `<prefix>/status`, subscribe to the
-//!    command topics, then publish `online` (retained) there and the status document — so
-//!    `online` also means commands sent from now on are heard;
-//! 2. read rows after a cursor in id order (a page at a time) and hand them to rumqttc while fewer
-//!    than `max_inflight` messages are unacknowledged;
+//! 1. connect with the format's last will (JSON: `offline`, retained, on `<prefix>/status`),
+//!    subscribe to the format's command topics, then publish what the format publishes on connect
+//!    (JSON: `online`, retained, on `<prefix>/status`) and the status document on
+//!    `<prefix>/status/metrics` — so `online` also means commands sent from now on are heard;
+//! 2. while the format is ready, read rows after a cursor in id order (a page at a time), have the
+//!    format encode each (a row committed before the session became ready is *historical*), and
+//!    hand them to rumqttc while fewer than `max_inflight` messages are unacknowledged; a row the
+//!    format cannot encode is set aside as a dead letter;
 //! 3. match `Outgoing::Publish(pkid)` events and `PubAck(pkid)` to rows with the I/O-free
 //!    [`Inflight`] tracker, and delete acknowledged rows in batches;
 //! 4. every `max_age / 4` (1 s to 60 s) drop rows past `store.max_age_s`, during a session as
@@ -50,7 +57,9 @@ use weir_core::{
 use weir_store::{Outbox, StoredMessage};
 
 use crate::conn::{ConnectOptions, Ev, PublishError, Session};
+use crate::format::Encoder;
 use crate::inflight::{Ack, Inflight, Sent};
+use crate::northbound::{Inbound, InboundCommand, Message, NorthboundFormat};
 
 /// Rows read from the outbox per query.
 const PAGE: usize = 1000;
@@ -81,6 +90,36 @@ pub struct ForwarderConfig {
     pub max_age: Duration,
     /// Return once the outbox is empty and everything is acknowledged (`weir buffer drain`).
     pub exit_when_empty: bool,
+    /// The northbound format (`mqtt.format`).
+    pub format: FormatConfig,
+}
+
+/// Which [`NorthboundFormat`] a forwarder publishes with, and its settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum FormatConfig {
+    /// Today's JSON topics and payloads, with these topic templates.
+    Json(Encoder),
+}
+
+impl FormatConfig {
+    /// JSON with the default topics under `prefix`.
+    pub fn json(prefix: &str) -> FormatConfig {
+        FormatConfig::Json(Encoder::new(
+            prefix,
+            "{prefix}/{device}/{point}",
+            "{prefix}/{device}",
+            weir_config::PublishMode::PerReading,
+            1,
+        ))
+    }
+
+    /// A fresh format for one forwarder run.
+    pub fn build(&self) -> Box<dyn NorthboundFormat> {
+        match self {
+            FormatConfig::Json(e) => Box::new(e.json_format()),
+        }
+    }
 }
 
 /// Lock the outbox; a poisoned lock (a panic while holding it) still holds a consistent SQLite
@@ -172,8 +211,8 @@ enum End {
     Lost(String),
 }
 
-/// A result to publish on `…/set/result`.
-type Outgoing = (String, Vec<u8>);
+/// A command's outcome, for the format to answer.
+type Outgoing = (InboundCommand, Result<(), String>);
 
 /// How long acknowledged rows wait to be deleted together (fewer, larger delete transactions).
 const FLUSH_DELAY: Duration = Duration::from_millis(20);
@@ -226,6 +265,7 @@ impl Forwarder {
     /// Run until `shutdown` (or, with `exit_when_empty`, until the outbox is delivered).
     pub async fn run(self, shutdown: CancellationToken) {
         let (results_tx, mut results_rx) = mpsc::channel::<Outgoing>(256);
+        let mut format = self.cfg.format.build();
         let mut backoff = Backoff::new(self.cfg.reconnect_min, self.cfg.reconnect_max);
         let mut across = Across {
             last_error: None,
@@ -240,6 +280,7 @@ impl Forwarder {
             let mut outcome = Outcome::default();
             let end = self
                 .session(
+                    format.as_mut(),
                     &shutdown,
                     &results_tx,
                     &mut results_rx,
@@ -248,7 +289,9 @@ impl Forwarder {
                 )
                 .await;
             self.m.connected.set(0);
-            if matches!(end, End::Lost(_)) && self.judge(&mut across.suspects, &outcome) {
+            if matches!(end, End::Lost(_))
+                && self.judge(format.as_ref(), &mut across.suspects, &outcome)
+            {
                 outcome.progress = true;
             }
             if outcome.progress || outcome.lasted >= STABLE_SESSION {
@@ -299,7 +342,12 @@ impl Forwarder {
     /// After a lost connection: strike the probed row if its publish was followed by the loss,
     /// quarantine it after [`QUARANTINE_AFTER`] strikes, or start probing the oldest unresolved
     /// row. Returns whether a row was quarantined (progress).
-    fn judge(&self, suspects: &mut Suspects, outcome: &Outcome) -> bool {
+    fn judge(
+        &self,
+        format: &dyn NorthboundFormat,
+        suspects: &mut Suspects,
+        outcome: &Outcome,
+    ) -> bool {
         match suspects.probe {
             Some(row) if outcome.unresolved.contains(&row) => {
                 let struck = outcome
@@ -326,7 +374,8 @@ impl Forwarder {
                      instead of accepting the message)"
                 );
                 tracing::error!(row, "mqtt: {reason}; setting it aside as a dead letter");
-                match blocking(|| lock(&self.outbox).dead_letter(&[(row, reason)])) {
+                let topic = self.sent_topic(format, row);
+                match blocking(|| lock(&self.outbox).dead_letter_sent(&[(row, reason, topic)])) {
                     Ok(_) => {
                         self.m.quarantined.inc();
                         self.m.rejected.inc();
@@ -412,8 +461,10 @@ impl Forwarder {
         serde_json::to_vec(&doc).unwrap_or_default()
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn session(
         &self,
+        format: &mut dyn NorthboundFormat,
         shutdown: &CancellationToken,
         results_tx: &mpsc::Sender<Outgoing>,
         results_rx: &mut mpsc::Receiver<Outgoing>,
@@ -426,9 +477,11 @@ impl Forwarder {
             suspects,
         } = across;
         let max_inflight = self.cfg.connect.max_inflight as usize;
-        let status_topic = format!("{}/status", self.cfg.prefix);
         let metrics_topic = format!("{}/status/metrics", self.cfg.prefix);
-        let mut s = Session::new(&self.cfg.connect);
+        let mut opts = self.cfg.connect.clone();
+        let will = format.will();
+        opts.will = (will.topic, will.payload);
+        let mut s = Session::new(&opts);
         // Connect.
         let first = tokio::select! {
             _ = shutdown.cancelled() => return End::Shutdown,
@@ -459,13 +512,22 @@ impl Forwarder {
 
         let mut next_status = Instant::now() + self.cfg.status_interval;
 
-        let send_other =
-            |s: &Session, inflight: &mut Inflight, topic: &str, retain: bool, payload: Vec<u8>| {
-                match s.publish(topic, 1, retain, payload) {
-                    Ok(()) => inflight.request(None),
-                    Err(e) => tracing::warn!(topic, "mqtt: could not queue message: {e}"),
+        let send_other = |s: &Session, inflight: &mut Inflight, m: Message| match s
+            .publish(&m.topic, m.qos, m.retain, m.payload)
+        {
+            Ok(()) => {
+                if m.qos > 0 {
+                    inflight.request(None);
                 }
-            };
+            }
+            Err(e) => tracing::warn!(topic = m.topic, "mqtt: could not queue message: {e}"),
+        };
+        let status = |payload: Vec<u8>| Message {
+            topic: metrics_topic.clone(),
+            payload,
+            qos: 1,
+            retain: true,
+        };
         // One subscription per device the registry knows, whatever the depth of its id
         // (`<prefix>/<device…>/+/set`): a write to a read-only point is answered as such; devices
         // added at run time are subscribed when the registry announces them. A device nobody owns
@@ -475,16 +537,25 @@ impl Forwarder {
         let mut reg_changes = self.router.registry().changes();
         let mut subscribed = std::collections::HashSet::new();
         if self.cfg.commands {
-            self.subscribe_commands(&s, &mut subscribed);
+            for filter in format.fixed_filters() {
+                if let Err(e) = s.subscribe(&filter) {
+                    tracing::warn!("mqtt: could not subscribe to {filter}: {e}");
+                }
+            }
+            self.subscribe_commands(&s, &*format, &mut subscribed);
         }
-        send_other(&s, &mut inflight, &status_topic, true, b"online".to_vec());
-        send_other(
-            &s,
-            &mut inflight,
-            &metrics_topic,
-            true,
-            self.status_document(),
-        );
+        reg_changes.mark_unchanged();
+        for m in format.on_connected(self.router.registry()) {
+            send_other(&s, &mut inflight, m);
+        }
+        send_other(&s, &mut inflight, status(self.status_document()));
+        // Rows committed before this instant are the backlog (historical where the format says so).
+        let mut ready = format.ready();
+        let mut live_since = if ready {
+            Timestamp::now().as_nanos()
+        } else {
+            i64::MAX
+        };
 
         let end = loop {
             // Fill the window from the outbox.
@@ -495,7 +566,13 @@ impl Forwarder {
             } else {
                 max_inflight
             };
-            while stopping.is_none() && inflight.len() < window {
+            if format.ready() != ready {
+                ready = !ready;
+                if ready {
+                    live_since = Timestamp::now().as_nanos();
+                }
+            }
+            while ready && stopping.is_none() && inflight.len() < window {
                 if buffer.is_empty() {
                     if exhausted {
                         break;
@@ -517,22 +594,40 @@ impl Forwarder {
                         break;
                     }
                 }
-                let Some(m) = buffer.pop_front() else { break };
-                last_requested = m.id;
+                let Some(row) = buffer.pop_front() else { break };
+                last_requested = row.id;
+                let id = row.id;
+                let historical = row.enqueued_ns < live_since;
+                let m = match format.encode(row, historical) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::error!(
+                            row = id,
+                            format = format.name(),
+                            "mqtt: cannot encode the row ({e}); setting it aside as a dead letter"
+                        );
+                        self.m.rejected.inc();
+                        done.dead.push((id, format!("cannot encode: {e}")));
+                        if suspects.probe.is_some_and(|p| id >= p) {
+                            suspects.probe = None;
+                        }
+                        continue;
+                    }
+                };
                 match s.publish(&m.topic, m.qos, m.retain, m.payload) {
                     Ok(()) => {
-                        inflight.request(Some(m.id));
+                        inflight.request(Some(id));
                         self.m.published.inc();
                     }
                     Err(PublishError::InvalidTopic(t)) => {
                         tracing::error!(
-                            row = m.id,
+                            row = id,
                             "mqtt: cannot publish to invalid topic `{t}`; setting the row aside \
                              as a dead letter"
                         );
                         self.m.rejected.inc();
-                        done.dead.push((m.id, format!("invalid topic `{t}`")));
-                        if suspects.probe.is_some_and(|p| m.id >= p) {
+                        done.dead.push((id, format!("invalid topic `{t}`")));
+                        if suspects.probe.is_some_and(|p| id >= p) {
                             suspects.probe = None;
                         }
                     }
@@ -546,10 +641,10 @@ impl Forwarder {
                 break End::Lost("rumqttc request queue full".into());
             }
             if done.acked.len() >= DELETE_BATCH {
-                self.flush(&mut done, outcome);
+                self.flush(&*format, &mut done, outcome);
             }
             if self.cfg.exit_when_empty && exhausted && buffer.is_empty() && inflight.is_empty() {
-                self.flush(&mut done, outcome);
+                self.flush(&*format, &mut done, outcome);
                 // Rows may have been committed since the last read.
                 exhausted = false;
                 if blocking(|| lock(&self.outbox).read_after(cursor, 1))
@@ -586,25 +681,41 @@ impl Forwarder {
                     stopping = Some(Instant::now() + SHUTDOWN_ACK_WAIT);
                 }
                 ev = s.poll() => match ev {
-                    Ok(ev) => self.on_event(ev, &mut inflight, &mut done, suspects, results_tx),
+                    Ok(ev) => match self.on_event(ev, format, &mut inflight, &mut done, suspects, results_tx) {
+                        None => {}
+                        Some(Inbound::Publish(msgs)) => {
+                            for m in msgs {
+                                send_other(&s, &mut inflight, m);
+                            }
+                        }
+                        Some(Inbound::Reconnect(why)) => break End::Lost(why),
+                        Some(Inbound::Ignore | Inbound::Commands(_)) => {}
+                    },
                     Err(e) => {
                         for ev in s.leftover() {
-                            self.on_event(ev, &mut inflight, &mut done, suspects, results_tx);
+                            self.on_event(ev, format, &mut inflight, &mut done, suspects, results_tx);
                         }
                         break End::Lost(format!("connection lost: {e}"));
                     }
                 },
-                Some((topic, payload)) = results_rx.recv() => {
-                    send_other(&s, &mut inflight, &topic, false, payload);
+                Some((cmd, outcome)) = results_rx.recv() => {
+                    if let Some(m) = format.answer(&cmd, &outcome) {
+                        send_other(&s, &mut inflight, m);
+                    }
                 }
-                Ok(()) = reg_changes.changed(), if self.cfg.commands => {
-                    self.subscribe_commands(&s, &mut subscribed);
+                Ok(()) = reg_changes.changed() => {
+                    if self.cfg.commands {
+                        self.subscribe_commands(&s, &*format, &mut subscribed);
+                    }
+                    for m in format.on_registry_change(self.router.registry()) {
+                        send_other(&s, &mut inflight, m);
+                    }
                 }
                 _ = self.wake.notified(), if idle => {
                     exhausted = false;
                 }
                 _ = tokio::time::sleep_until(next_tick) => {
-                    self.flush(&mut done, outcome);
+                    self.flush(&*format, &mut done, outcome);
                     if Instant::now() >= *next_age_check {
                         *next_age_check = Instant::now() + self.age_check_interval();
                         if self.enforce_age() > 0 {
@@ -617,19 +728,21 @@ impl Forwarder {
                     if Instant::now() >= next_status {
                         next_status = Instant::now() + self.cfg.status_interval;
                         let doc = self.status_document();
-                        send_other(&s, &mut inflight, &metrics_topic, true, doc);
+                        send_other(&s, &mut inflight, status(doc));
                     }
                 }
             }
         };
-        self.flush(&mut done, outcome);
+        self.flush(&*format, &mut done, outcome);
         outcome.lasted = connected_at.elapsed();
         outcome.probe_sent = done.probe_sent;
         outcome.unresolved = inflight.clear();
         if matches!(end, End::Shutdown | End::Drained) {
             // A clean goodbye: the retained status says offline (the will only fires on a lost
             // connection), then DISCONNECT.
-            send_other(&s, &mut inflight, &status_topic, true, b"offline".to_vec());
+            for m in format.goodbye() {
+                send_other(&s, &mut inflight, m);
+            }
             s.disconnect();
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
                 while s.poll().await.is_ok() {}
@@ -639,15 +752,17 @@ impl Forwarder {
         end
     }
 
-    /// Feed a client event to the in-flight tracker and act on what it resolved.
+    /// Feed a client event to the in-flight tracker and act on what it resolved; an incoming
+    /// message goes to the format, and what it asks for beyond commands is returned.
     fn on_event(
         &self,
         ev: Ev,
+        format: &mut dyn NorthboundFormat,
         inflight: &mut Inflight,
         done: &mut Done,
         suspects: &mut Suspects,
         results_tx: &mpsc::Sender<Outgoing>,
-    ) {
+    ) -> Option<Inbound> {
         let resolved = match ev {
             Ev::Sent(pkid) => match inflight.sent(pkid) {
                 Sent::Delivered(id) => {
@@ -695,8 +810,16 @@ impl Forwarder {
                 Ack::NotARow | Ack::Unknown => None,
             },
             Ev::Message { topic, payload } => {
-                self.on_command(&topic, &payload, results_tx);
-                None
+                return match format.on_message(&topic, &payload) {
+                    Inbound::Commands(cmds) => {
+                        for c in cmds {
+                            self.on_command(c, results_tx);
+                        }
+                        None
+                    }
+                    Inbound::Ignore => None,
+                    other => Some(other),
+                };
             }
             Ev::Connected | Ev::Other => None,
         };
@@ -709,10 +832,21 @@ impl Forwarder {
                 done.probe_sent = None;
             }
         }
+        None
     }
 
     /// Delete the acknowledged rows and set the refused ones aside, each in one transaction.
-    fn flush(&self, done: &mut Done, outcome: &mut Outcome) {
+    /// The topic the format publishes row `id` on (read again: refusals are rare).
+    fn sent_topic(&self, format: &dyn NorthboundFormat, id: i64) -> Option<String> {
+        let row = blocking(|| lock(&self.outbox).read_after(id - 1, 1))
+            .ok()?
+            .into_iter()
+            .next()
+            .filter(|r| r.id == id)?;
+        format.topic_of(&row)
+    }
+
+    fn flush(&self, format: &dyn NorthboundFormat, done: &mut Done, outcome: &mut Outcome) {
         if !done.acked.is_empty() {
             outcome.progress = true;
             if let Err(e) = blocking(|| lock(&self.outbox).delete(&done.acked)) {
@@ -723,7 +857,12 @@ impl Forwarder {
         }
         if !done.dead.is_empty() {
             outcome.progress = true;
-            if let Err(e) = blocking(|| lock(&self.outbox).dead_letter(&done.dead)) {
+            let rows: Vec<(i64, String, Option<String>)> = done
+                .dead
+                .drain(..)
+                .map(|(id, reason)| (id, reason, self.sent_topic(format, id)))
+                .collect();
+            if let Err(e) = blocking(|| lock(&self.outbox).dead_letter_sent(&rows)) {
                 // They stay in the outbox and are offered to the broker again.
                 tracing::error!("outbox: could not set refused rows aside: {e}");
             }
@@ -731,17 +870,21 @@ impl Forwarder {
         }
     }
 
-    /// Subscribe `<prefix>/<device>/+/set` for every known device not subscribed yet.
+    /// Subscribe the format's command filter (JSON: `<prefix>/<device>/+/set`) for every known
+    /// device not subscribed yet.
     fn subscribe_commands(
         &self,
         s: &Session,
+        format: &dyn NorthboundFormat,
         subscribed: &mut std::collections::HashSet<weir_core::DeviceId>,
     ) {
         for d in self.router.registry().ids() {
             if subscribed.contains(&d) {
                 continue;
             }
-            let filter = format!("{}/{}/+/set", self.cfg.prefix, d);
+            let Some(filter) = format.device_filter(&d) else {
+                continue;
+            };
             match s.subscribe(&filter) {
                 Ok(()) => {
                     subscribed.insert(d);
@@ -751,33 +894,26 @@ impl Forwarder {
         }
     }
 
-    fn on_command(&self, topic: &str, payload: &[u8], results: &mpsc::Sender<Outgoing>) {
-        let Some(rest) = topic
-            .strip_prefix(self.cfg.prefix.as_str())
-            .and_then(|r| r.strip_prefix('/'))
-            .and_then(|r| r.strip_suffix("/set"))
-        else {
-            return;
-        };
-        let Some((device, point)) = rest.rsplit_once('/') else {
-            return;
-        };
+    /// Hand a parsed command to the router; its outcome comes back through `results` for the
+    /// format to answer.
+    fn on_command(&self, cmd: InboundCommand, results: &mpsc::Sender<Outgoing>) {
         self.m.commands.inc();
-        let result_topic = format!("{topic}/result");
-        let value = parse_command_value(payload);
         let router = self.router.clone();
         let results = results.clone();
-        let (device, point) = (device.to_string(), point.to_string());
-        tracing::info!(device, point, "command received over MQTT");
+        tracing::info!(
+            device = cmd.device,
+            point = cmd.point,
+            "command received over MQTT"
+        );
         tokio::spawn(async move {
-            let outcome = match value {
-                Err(e) => Err(e),
+            let outcome = match &cmd.value {
+                Err(e) => Err(e.clone()),
                 Ok(v) => match tokio::time::timeout(
                     COMMAND_TIMEOUT,
                     router.execute(
-                        device.as_str().into(),
-                        point.as_str().into(),
-                        v,
+                        cmd.device.as_str().into(),
+                        cmd.point.as_str().into(),
+                        v.clone(),
                         CommandOrigin::Mqtt,
                     ),
                 )
@@ -791,20 +927,13 @@ impl Forwarder {
                 },
             };
             if let Err(e) = &outcome {
-                tracing::warn!(device, point, "command failed: {e}");
+                tracing::warn!(
+                    device = cmd.device,
+                    point = cmd.point,
+                    "command failed: {e}"
+                );
             }
-            let doc = match outcome {
-                Ok(()) => {
-                    serde_json::json!({ "ok": true, "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string() })
-                }
-                Err(e) => {
-                    serde_json::json!({ "ok": false, "error": e, "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string() })
-                }
-            };
-            if results
-                .try_send((result_topic, doc.to_string().into_bytes()))
-                .is_err()
-            {
+            if results.try_send((cmd, outcome)).is_err() {
                 tracing::warn!("command results queue full; result not published");
             }
         });
@@ -911,6 +1040,7 @@ mod tests {
             status_interval: Duration::from_secs(1),
             max_age: Duration::from_secs(3600),
             exit_when_empty: false,
+            format: FormatConfig::json("t"),
         };
         let f = Forwarder::new(
             cfg,

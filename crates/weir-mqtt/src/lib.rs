@@ -11,6 +11,7 @@ pub mod conn;
 pub mod format;
 pub mod forwarder;
 pub mod inflight;
+pub mod northbound;
 pub mod tls;
 
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,8 @@ use weir_store::{AppendReport, Outbox, StoreError};
 
 pub use conn::ConnectOptions;
 pub use format::Encoder;
-pub use forwarder::{Forwarder, ForwarderConfig};
+pub use forwarder::{FormatConfig, Forwarder, ForwarderConfig};
+pub use northbound::NorthboundFormat;
 
 /// Commits readings to the outbox, encoded for MQTT, and wakes the forwarder.
 #[derive(Debug, Clone)]
@@ -68,7 +70,7 @@ impl OutboxWriter {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let report = forwarder::blocking(|| {
-            forwarder::lock(&self.outbox).append(|seqs| encoder.encode_all(readings, events, seqs))
+            forwarder::lock(&self.outbox).append_rows(|seqs| encoder.rows(readings, events, seqs))
         })?;
         self.wake.notify_one();
         Ok(report)
@@ -111,5 +113,6 @@ pub fn forwarder_config(cfg: &GatewayConfig) -> Result<ForwarderConfig, tls::Tls
         status_interval: Duration::from_secs(cfg.mqtt.status_interval_s.max(1)),
         max_age: cfg.store_max_age(),
         exit_when_empty: false,
+        format: FormatConfig::Json(Encoder::from_config(cfg)),
     })
 }

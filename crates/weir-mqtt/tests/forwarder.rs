@@ -154,6 +154,7 @@ fn config(port: u16, max_inflight: u16, max_age: Duration) -> ForwarderConfig {
         status_interval: Duration::from_secs(1),
         max_age,
         exit_when_empty: false,
+        format: weir_mqtt::FormatConfig::json("t"),
     }
 }
 

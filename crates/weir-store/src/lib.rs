@@ -89,13 +89,19 @@
 //! `journal_size_limit = 64 MiB` (the WAL file is truncated back after a checkpoint instead of staying at
 //! its high-water size). All statements are prepared once and cached (`prepare_cached`).
 //!
-//! # Schema (version 2)
+//! # Schema (version 3)
 //!
 //! The database header carries `PRAGMA application_id = 0x57454952` (`"WEIR"`) and
-//! `PRAGMA user_version = 2`; both are checked on open. Version 2 added the `dead_letter` table:
-//! a writer opening a version 1 outbox adds it (and sets version 2) in the open transaction, keeping
-//! every row; a reader of a version 1 file sees no dead letters. A version 2 file is refused by a
-//! build that only knows version 1 (as any newer schema is).
+//! `PRAGMA user_version = 3`; both are checked on open. Version 2 added the `dead_letter` table;
+//! version 3 made rows typed: a row carries what a northbound format needs to encode the message at
+//! publish time (the device as its key, its [`RowKind`], the per-device `seq` assigned at commit,
+//! and the [`record`] — point, typed value, unit, reading time, quality and reason — in `payload`),
+//! not the encoded message. A writer opening a version 1 or 2 outbox upgrades it in place in the
+//! open transaction (`CREATE TABLE dead_letter`, `ALTER TABLE … ADD COLUMN kind, seq`, no row
+//! rewritten), keeping every row: the rows stored before read back as [`RowKind::Message`] and are
+//! published as stored, in id order, before any row of the new build (ids keep increasing). A
+//! reader of an older file sees it as it is (message rows, no dead letters for version 1) and
+//! changes nothing. A newer file is refused by a build that only knows an older version.
 //!
 //! ```sql
 //! CREATE TABLE outbox (
@@ -104,8 +110,10 @@
 //!     payload     BLOB    NOT NULL,
 //!     qos         INTEGER NOT NULL,     -- 0..=255 as given by the caller (MQTT uses 0..=2)
 //!     retain      INTEGER NOT NULL,     -- 0 / 1
-//!     enqueued_ns INTEGER NOT NULL      -- UTC wall clock at append, ns since the Unix epoch
-//! );
+//!     enqueued_ns INTEGER NOT NULL,     -- UTC wall clock at append, ns since the Unix epoch
+//!     kind        INTEGER NOT NULL DEFAULT 0,  -- RowKind; 0: topic/payload are the MQTT message
+//!     seq         INTEGER NOT NULL DEFAULT 0   -- per-device seq assigned at commit (typed rows)
+//! );                                    -- typed rows: topic = device id, payload = record
 //! CREATE TABLE batch (                  -- one row per append that stored rows
 //!     first_id    INTEGER PRIMARY KEY,  -- its rows are first_id..=last_id (some may be gone)
 //!     last_id     INTEGER NOT NULL,
@@ -134,7 +142,10 @@
 //!     retain      INTEGER NOT NULL,
 //!     enqueued_ns INTEGER NOT NULL,     -- as in outbox
 //!     dead_ns     INTEGER NOT NULL,     -- UTC wall clock when it was set aside
-//!     reason      TEXT    NOT NULL      -- why, for `weir buffer stats`
+//!     reason      TEXT    NOT NULL,     -- why, for `weir buffer stats`
+//!     kind        INTEGER NOT NULL DEFAULT 0,  -- as in outbox (since version 3)
+//!     seq         INTEGER NOT NULL DEFAULT 0,
+//!     sent_topic  TEXT                  -- the topic it was published on, if the forwarder said
 //! );
 //! ```
 //!
@@ -155,6 +166,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
+pub mod record;
+
 /// Fixed per-row overhead, in bytes, added to `len(topic) + len(payload)` when sizing a row for the byte
 /// bound. It approximates SQLite's record header, the id, qos/retain/timestamp columns and the cell
 /// pointer, so `max_bytes` roughly tracks the file's real growth.
@@ -164,7 +177,7 @@ pub const ROW_OVERHEAD_BYTES: u64 = 32;
 pub const APPLICATION_ID: i32 = 0x5745_4952;
 
 /// `PRAGMA user_version` of the schema this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Dead letters kept at most (invariant 11); beyond it the oldest are dropped.
 pub const DEAD_LETTER_MAX_ROWS: u64 = 10_000;
@@ -205,6 +218,17 @@ CREATE TABLE meta (
 INSERT INTO meta VALUES (0, 0, 0, 0, 0, 0, 0, 0);
 ";
 
+/// Added by version 3 (typed rows, see [`record`]); also run on a version 1 or 2 file opened for
+/// writing. `ALTER TABLE … ADD COLUMN` with a constant default rewrites no row: rows already
+/// stored read back as kind 0 (a message published as stored) with `seq` 0.
+const SCHEMA_V3_SQL: &str = "
+ALTER TABLE outbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE dead_letter ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE dead_letter ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE dead_letter ADD COLUMN sent_topic TEXT;
+";
+
 /// Added by version 2; also run on a version 1 file opened for writing.
 const SCHEMA_V2_SQL: &str = "
 CREATE TABLE dead_letter (
@@ -219,24 +243,28 @@ CREATE TABLE dead_letter (
 );
 ";
 
-const SQL_DEAD_LETTER_MOVE: &str =
-    "INSERT OR REPLACE INTO dead_letter (id, topic, payload, qos, retain, enqueued_ns, dead_ns, reason) \
-     SELECT id, topic, payload, qos, retain, enqueued_ns, ?2, ?3 FROM outbox WHERE id = ?1";
+const SQL_DEAD_LETTER_MOVE: &str = "INSERT OR REPLACE INTO dead_letter \
+     (id, topic, payload, qos, retain, enqueued_ns, dead_ns, reason, kind, seq, sent_topic) \
+     SELECT id, topic, payload, qos, retain, enqueued_ns, ?2, ?3, kind, seq, ?4 FROM outbox \
+     WHERE id = ?1";
 const SQL_DEAD_LETTER_TRIM: &str = "DELETE FROM dead_letter WHERE id IN \
      (SELECT id FROM dead_letter ORDER BY id DESC LIMIT -1 OFFSET ?1)";
 const SQL_DEAD_LETTER_STATS: &str =
     "SELECT count(*), coalesce(sum(octet_length(topic) + length(payload)), 0) FROM dead_letter";
 const SQL_DEAD_LETTER_LIST: &str = "SELECT id, topic, payload, qos, retain, enqueued_ns, dead_ns, \
-     reason FROM dead_letter ORDER BY id LIMIT ?1";
+     reason, kind, seq, sent_topic FROM dead_letter ORDER BY id LIMIT ?1";
+/// The same for a read-only handle on a version 2 file (no `kind`/`seq` columns yet).
+const SQL_DEAD_LETTER_LIST_V2: &str = "SELECT id, topic, payload, qos, retain, enqueued_ns, \
+     dead_ns, reason, 0, 0, NULL FROM dead_letter ORDER BY id LIMIT ?1";
 const SQL_DEAD_LETTER_ALL: &str =
-    "SELECT id, topic, payload, qos, retain FROM dead_letter ORDER BY id";
+    "SELECT id, topic, payload, qos, retain, kind, seq FROM dead_letter ORDER BY id";
 const SQL_DEAD_LETTER_CLEAR: &str = "DELETE FROM dead_letter";
 const SQL_DEAD_LETTER_AGE: &str = "DELETE FROM dead_letter WHERE enqueued_ns < ?1";
 const SQL_HAS_DEAD_LETTER: &str =
     "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'dead_letter'";
 
-const SQL_INSERT: &str = "INSERT INTO outbox (id, topic, payload, qos, retain, enqueued_ns) \
-                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+const SQL_INSERT: &str = "INSERT INTO outbox (id, topic, payload, qos, retain, enqueued_ns, kind, \
+                          seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 const SQL_UPSERT_SEQ: &str = "INSERT INTO device_seq (device, last_seq) VALUES (?1, ?2) \
                               ON CONFLICT (device) DO UPDATE SET last_seq = excluded.last_seq";
 const SQL_SELECT_SEQS: &str = "SELECT device, last_seq FROM device_seq";
@@ -260,8 +288,12 @@ const SQL_ANY_BATCH_OLDER: &str = "SELECT 1 FROM batch WHERE enqueued_ns < ?1 LI
 const SQL_DELETE_BATCHES_OLDER: &str = "DELETE FROM batch WHERE enqueued_ns < ?1";
 const SQL_PRUNE_BATCHES: &str = "DELETE FROM batch WHERE last_id < \
                                  coalesce((SELECT min(id) FROM outbox), 9223372036854775807)";
-const SQL_READ_AFTER: &str = "SELECT id, topic, payload, qos, retain, enqueued_ns FROM outbox \
-                              WHERE id > ?1 ORDER BY id LIMIT ?2";
+const SQL_READ_AFTER: &str = "SELECT id, topic, payload, qos, retain, enqueued_ns, kind, seq \
+                              FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2";
+/// The same for a read-only handle on a file of version 1 or 2 (no `kind`/`seq` columns yet).
+const SQL_READ_AFTER_V2: &str = "SELECT id, topic, payload, qos, retain, enqueued_ns, 0, 0 \
+                                 FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2";
+const SQL_HAS_KIND: &str = "SELECT 1 FROM pragma_table_info('outbox') WHERE name = 'kind'";
 const SQL_STATS: &str = "SELECT rows, bytes, \
                          (SELECT b.enqueued_ns FROM batch b WHERE EXISTS (SELECT 1 FROM outbox o \
                           WHERE o.id BETWEEN b.first_id AND b.last_id) ORDER BY b.enqueued_ns LIMIT 1), \
@@ -295,16 +327,82 @@ pub struct NewMessage {
     pub retain: bool,
 }
 
-/// A committed message as read back by [`Outbox::read_after`].
+/// What a row holds (the `kind` column). A northbound format encodes a typed row when it is
+/// published; a [`RowKind::Message`] row is published as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RowKind {
+    /// `topic` and `payload` are the MQTT message, published as stored: every row written before
+    /// schema version 3, and messages appended with [`Outbox::append`].
+    Message = 0,
+    /// One reading of device `topic` ([`record::encode_reading`] in `payload`), to be published as
+    /// one message.
+    Reading = 1,
+    /// Several readings of device `topic` (concatenated records), to be published as one message.
+    Readings = 2,
+    /// An alert raised or cleared for device `topic` ([`record::encode_alert`]).
+    Alert = 3,
+    /// The result of a command to device `topic` ([`record::encode_result`]).
+    CommandResult = 4,
+}
+
+impl RowKind {
+    /// The kind stored as `code`; an unknown code (a newer build's row) is `None`.
+    pub fn from_code(code: u8) -> Option<RowKind> {
+        Some(match code {
+            0 => RowKind::Message,
+            1 => RowKind::Reading,
+            2 => RowKind::Readings,
+            3 => RowKind::Alert,
+            4 => RowKind::CommandResult,
+            _ => return None,
+        })
+    }
+}
+
+/// A typed row to append with [`Outbox::append_rows`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRow {
+    pub kind: RowKind,
+    /// The device id (the MQTT topic for [`RowKind::Message`]).
+    pub key: String,
+    /// The record (see [`record`]); the MQTT payload for [`RowKind::Message`].
+    pub body: Vec<u8>,
+    /// The row's sequence number, taken from the [`SeqAllocator`] (0 when it has none).
+    pub seq: u64,
+    pub qos: u8,
+    pub retain: bool,
+}
+
+impl From<NewMessage> for NewRow {
+    fn from(m: NewMessage) -> NewRow {
+        NewRow {
+            kind: RowKind::Message,
+            key: m.topic,
+            body: m.payload,
+            seq: 0,
+            qos: m.qos,
+            retain: m.retain,
+        }
+    }
+}
+
+/// A committed row as read back by [`Outbox::read_after`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     pub id: i64,
+    /// The MQTT topic of a [`RowKind::Message`] row; the device id of a typed row.
     pub topic: String,
+    /// The MQTT payload of a [`RowKind::Message`] row; the record of a typed row.
     pub payload: Vec<u8>,
     pub qos: u8,
     pub retain: bool,
     /// UTC wall clock at append, nanoseconds since the Unix epoch.
     pub enqueued_ns: i64,
+    /// The `kind` column as stored (see [`RowKind::from_code`]).
+    pub kind: u8,
+    /// The sequence number assigned at commit (0 for rows without one).
+    pub seq: u64,
 }
 
 /// What one [`Outbox::append`] did.
@@ -352,6 +450,9 @@ pub struct DeadLetter {
     pub dead_ns: i64,
     /// Why it was set aside.
     pub reason: String,
+    /// The MQTT topic it was published on, when the forwarder said (typed rows store the device,
+    /// not the topic).
+    pub sent_topic: Option<String>,
 }
 
 /// Errors of the outbox; each names the database file and, where it applies, the operation.
@@ -637,6 +738,8 @@ enum Kind {
     Ours,
     /// A Weir outbox of version 1, before the dead-letter table.
     V1,
+    /// A Weir outbox of version 2, before typed rows.
+    V2,
 }
 
 fn classify(path: &Path, (app_id, version, objects): (i32, i32, i64)) -> Result<Kind, StoreError> {
@@ -651,6 +754,7 @@ fn classify(path: &Path, (app_id, version, objects): (i32, i32, i64)) -> Result<
         }),
         APPLICATION_ID if version == SCHEMA_VERSION => Ok(Kind::Ours),
         APPLICATION_ID if version == 1 => Ok(Kind::V1),
+        APPLICATION_ID if version == 2 => Ok(Kind::V2),
         APPLICATION_ID => Err(StoreError::UnsupportedSchema {
             path: path.to_path_buf(),
             found: version,
@@ -727,6 +831,8 @@ pub struct Outbox {
     pending: HashMap<String, u64>,
     /// Whether the file has the dead-letter table (a reader of a version 1 file: no).
     has_dead_letter: bool,
+    /// Whether the file has the `kind`/`seq` columns (a reader of a version 1 or 2 file: no).
+    has_kind: bool,
     /// The exclusive lock of a writer (invariant 8), released when the handle is dropped.
     _lock: Option<std::fs::File>,
 }
@@ -790,6 +896,7 @@ impl Outbox {
             Kind::Empty => {
                 tx.execute_batch(SCHEMA_SQL).map_err(&err)?;
                 tx.execute_batch(SCHEMA_V2_SQL).map_err(&err)?;
+                tx.execute_batch(SCHEMA_V3_SQL).map_err(&err)?;
                 tx.pragma_update(None, "application_id", APPLICATION_ID)
                     .map_err(&err)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -798,9 +905,16 @@ impl Outbox {
             }
             Kind::V1 => {
                 tx.execute_batch(SCHEMA_V2_SQL).map_err(&err)?;
+                tx.execute_batch(SCHEMA_V3_SQL).map_err(&err)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(&err)?;
-                tracing::info!(path = %path.display(), "outbox upgraded to schema version 2 (dead letters)");
+                tracing::info!(path = %path.display(), "outbox upgraded from schema version 1 to 3 (dead letters, typed rows); stored rows are kept and published first, as stored");
+            }
+            Kind::V2 => {
+                tx.execute_batch(SCHEMA_V3_SQL).map_err(&err)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(&err)?;
+                tracing::info!(path = %path.display(), "outbox upgraded from schema version 2 to 3 (typed rows); stored rows are kept and published first, as stored");
             }
             Kind::Ours => {}
         }
@@ -831,6 +945,7 @@ impl Outbox {
             seqs,
             pending: HashMap::new(),
             has_dead_letter: true,
+            has_kind: true,
             _lock: Some(lock),
         })
     }
@@ -851,7 +966,7 @@ impl Outbox {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         match classify(path, identify(&conn, path, OP)?)? {
-            Kind::Ours | Kind::V1 => {}
+            Kind::Ours | Kind::V1 | Kind::V2 => {}
             Kind::Empty => {
                 return Err(StoreError::NotAnOutbox {
                     path: path.to_path_buf(),
@@ -864,6 +979,10 @@ impl Outbox {
             .prepare(SQL_HAS_DEAD_LETTER)
             .and_then(|mut s| s.exists([]))
             .map_err(&err)?;
+        let has_kind = conn
+            .prepare(SQL_HAS_KIND)
+            .and_then(|mut s| s.exists([]))
+            .map_err(&err)?;
         Ok(Outbox {
             conn,
             path: path.to_path_buf(),
@@ -872,6 +991,7 @@ impl Outbox {
             seqs: HashMap::new(),
             pending: HashMap::new(),
             has_dead_letter,
+            has_kind,
             _lock: None,
         })
     }
@@ -963,6 +1083,15 @@ impl Outbox {
         &mut self,
         build: F,
     ) -> Result<AppendReport, StoreError> {
+        self.append_rows(|seqs| build(seqs).into_iter().map(NewRow::from).collect())
+    }
+
+    /// [`Outbox::append`] for typed rows: the same single transaction, the same bounds; each row
+    /// keeps its kind and the `seq` the closure gave it.
+    pub fn append_rows<F: FnOnce(&mut SeqAllocator<'_>) -> Vec<NewRow>>(
+        &mut self,
+        build: F,
+    ) -> Result<AppendReport, StoreError> {
         const OP: &str = "append";
         let limits = self.limits(OP)?;
         self.check_free_space(OP, limits)?;
@@ -999,21 +1128,24 @@ impl Outbox {
         let first_id = m.last_id + 1;
         {
             let mut insert = tx.prepare_cached(SQL_INSERT).map_err(&err)?;
-            for msg in &messages {
+            for row in &messages {
                 let id = m.last_id + 1;
+                let seq = to_i64(path, OP, "sequence number", row.seq)?;
                 insert
                     .execute(params![
                         id,
-                        msg.topic,
-                        msg.payload,
-                        msg.qos,
-                        msg.retain,
-                        enqueued_ns
+                        row.key,
+                        row.body,
+                        row.qos,
+                        row.retain,
+                        enqueued_ns,
+                        row.kind as u8,
+                        seq
                     ])
                     .map_err(&err)?;
                 m.last_id = id;
                 m.rows += 1;
-                m.bytes += row_size(msg.topic.len(), msg.payload.len());
+                m.bytes += row_size(row.key.len(), row.body.len());
             }
         }
         if !messages.is_empty() {
@@ -1067,7 +1199,12 @@ impl Outbox {
             return Ok(Vec::new());
         }
         let err = sql_err(&self.path, OP);
-        let mut stmt = self.conn.prepare_cached(SQL_READ_AFTER).map_err(&err)?;
+        let sql = if self.has_kind {
+            SQL_READ_AFTER
+        } else {
+            SQL_READ_AFTER_V2
+        };
+        let mut stmt = self.conn.prepare_cached(sql).map_err(&err)?;
         let sql_limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut rows = stmt.query(params![after_id, sql_limit]).map_err(&err)?;
         let mut out = Vec::with_capacity(limit.min(4096));
@@ -1079,6 +1216,8 @@ impl Outbox {
                 qos: row.get(3).map_err(&err)?,
                 retain: row.get(4).map_err(&err)?,
                 enqueued_ns: row.get(5).map_err(&err)?,
+                kind: row.get(6).map_err(&err)?,
+                seq: to_u64(&self.path, OP, "seq", row.get(7).map_err(&err)?)?,
             });
         }
         Ok(out)
@@ -1218,6 +1357,17 @@ impl Outbox {
     /// Beyond [`DEAD_LETTER_MAX_ROWS`] the oldest dead letters are dropped (counted in
     /// `dropped_for_space_total`).
     pub fn dead_letter(&mut self, rows: &[(i64, String)]) -> Result<u64, StoreError> {
+        let rows: Vec<(i64, String, Option<String>)> =
+            rows.iter().map(|(id, r)| (*id, r.clone(), None)).collect();
+        self.dead_letter_sent(&rows)
+    }
+
+    /// [`Outbox::dead_letter`] with the topic each row was published on (for `weir buffer
+    /// stats`), if known.
+    pub fn dead_letter_sent(
+        &mut self,
+        rows: &[(i64, String, Option<String>)],
+    ) -> Result<u64, StoreError> {
         const OP: &str = "dead_letter";
         let limits = self.limits(OP)?;
         if rows.is_empty() {
@@ -1228,10 +1378,10 @@ impl Outbox {
         self.write(OP, limits, |tx, path, m| {
             let err = sql_err(path, OP);
             let rows_before = m.rows;
-            for (id, reason) in rows {
+            for (id, reason, topic) in rows {
                 let n = tx
                     .prepare_cached(SQL_DEAD_LETTER_MOVE)
-                    .and_then(|mut s| s.execute(params![id, now, reason]))
+                    .and_then(|mut s| s.execute(params![id, now, reason, topic]))
                     .map_err(&err)?;
                 if n > 0 {
                     delete_range(tx, path, OP, m, *id, *id)?;
@@ -1260,11 +1410,21 @@ impl Outbox {
         let mut requeued = 0;
         self.write(OP, limits, |tx, path, m| {
             let err = sql_err(path, OP);
-            let rows: Vec<(String, Vec<u8>, u8, bool)> = tx
+            type Row = (String, Vec<u8>, u8, bool, u8, i64);
+            let rows: Vec<Row> = tx
                 .prepare_cached(SQL_DEAD_LETTER_ALL)
                 .and_then(|mut s| {
-                    s.query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
-                        .collect::<Result<_, _>>()
+                    s.query_map([], |r| {
+                        Ok((
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                        ))
+                    })?
+                    .collect::<Result<_, _>>()
                 })
                 .map_err(&err)?;
             if rows.is_empty() {
@@ -1273,10 +1433,10 @@ impl Outbox {
             let first_id = m.last_id + 1;
             {
                 let mut insert = tx.prepare_cached(SQL_INSERT).map_err(&err)?;
-                for (topic, payload, qos, retain) in &rows {
+                for (topic, payload, qos, retain, kind, seq) in &rows {
                     let id = m.last_id + 1;
                     insert
-                        .execute(params![id, topic, payload, qos, retain, now])
+                        .execute(params![id, topic, payload, qos, retain, now, kind, seq])
                         .map_err(&err)?;
                     m.last_id = id;
                     m.rows += 1;
@@ -1308,8 +1468,13 @@ impl Outbox {
         }
         let err = sql_err(&self.path, OP);
         let sql_limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = if self.has_kind {
+            SQL_DEAD_LETTER_LIST
+        } else {
+            SQL_DEAD_LETTER_LIST_V2
+        };
         self.conn
-            .prepare_cached(SQL_DEAD_LETTER_LIST)
+            .prepare_cached(sql)
             .and_then(|mut s| {
                 s.query_map([sql_limit], |r| {
                     Ok(DeadLetter {
@@ -1320,9 +1485,12 @@ impl Outbox {
                             qos: r.get(3)?,
                             retain: r.get(4)?,
                             enqueued_ns: r.get(5)?,
+                            kind: r.get(8)?,
+                            seq: u64::try_from(r.get::<_, i64>(9)?).unwrap_or(0),
                         },
                         dead_ns: r.get(6)?,
                         reason: r.get(7)?,
+                        sent_topic: r.get(10)?,
                     })
                 })?
                 .collect::<Result<_, _>>()

@@ -816,7 +816,8 @@ fn a_writer_that_bypassed_the_lock_is_detected_and_ids_and_seqs_keep_increasing(
             let payload = s.to_string();
             bytes += size(&topic, payload.as_bytes());
             tx.execute(
-                "INSERT INTO outbox VALUES (?1, ?2, ?3, 1, 0, 0)",
+                "INSERT INTO outbox (id, topic, payload, qos, retain, enqueued_ns) \
+                 VALUES (?1, ?2, ?3, 1, 0, 0)",
                 rusqlite::params![id, topic, payload.as_bytes()],
             )
             .unwrap();
@@ -991,7 +992,7 @@ PRAGMA user_version = 1;
 
 #[test]
 fn a_version_1_outbox_is_upgraded_in_place_and_keeps_its_rows() {
-    assert_eq!(SCHEMA_VERSION, 2);
+    assert_eq!(SCHEMA_VERSION, 3);
     let dir = tempfile::tempdir().unwrap();
     let path = db(&dir);
     rusqlite::Connection::open(&path)
@@ -1028,7 +1029,7 @@ fn a_version_1_outbox_is_upgraded_in_place_and_keeps_its_rows() {
     let version: i32 = c
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     drop(c);
     let mut ob = Outbox::open(&path, limits()).unwrap();
     assert_eq!(ob.stats().unwrap().dead_letter_rows, 1);
@@ -1233,4 +1234,98 @@ fn a_reserve_larger_than_the_free_space_refuses_appends_and_keeps_deletes() {
     let mut ob = Outbox::open(&path, limits()).unwrap();
     append_seq(&mut ob, "d", 1);
     assert_eq!(seqs_of(&all(&mut ob), "d"), vec![3, 4]);
+}
+
+/// Version 2 (today's message rows plus dead letters), as the builds before typed rows created it.
+const SCHEMA_V2_TAIL: &str = "
+CREATE TABLE dead_letter (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL,
+    qos INTEGER NOT NULL, retain INTEGER NOT NULL, enqueued_ns INTEGER NOT NULL,
+    dead_ns INTEGER NOT NULL, reason TEXT NOT NULL);
+INSERT INTO dead_letter VALUES (9, 'd/old', X'39', 1, 0, 1000, 2000, 'refused');
+PRAGMA user_version = 2;
+";
+
+#[test]
+fn a_version_2_outbox_keeps_its_message_rows_ahead_of_typed_rows() {
+    use weir_store::record::{self, QualityRef, ReadingRef, ValueRef};
+    use weir_store::{NewRow, RowKind};
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(&format!("{SCHEMA_V1}{SCHEMA_V2_TAIL}"))
+        .unwrap();
+    // A reader of the old file sees its rows as messages and changes nothing.
+    let before = std::fs::read(&path).unwrap();
+    let mut r = Outbox::open_read_only(&path).unwrap();
+    let old = r.read_after(0, 10).unwrap();
+    assert_eq!(old.len(), 3);
+    assert!(old
+        .iter()
+        .all(|m| m.kind == RowKind::Message as u8 && m.seq == 0));
+    assert_eq!(r.dead_letters(10).unwrap()[0].message.kind, 0);
+    drop(r);
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+
+    let mut ob = Outbox::open(&path, limits()).unwrap();
+    let mut body = Vec::new();
+    record::encode_reading(
+        &mut body,
+        &ReadingRef {
+            point: "t",
+            value: ValueRef::F64(1.5),
+            unit: Some("°C"),
+            ts_ns: 5,
+            quality: QualityRef::Good,
+        },
+    );
+    let rep = ob
+        .append_rows(|seq| {
+            vec![NewRow {
+                kind: RowKind::Reading,
+                key: "d".into(),
+                body: body.clone(),
+                seq: seq.next("d"),
+                qos: 1,
+                retain: false,
+            }]
+        })
+        .unwrap();
+    assert_eq!(rep.first_id, 4);
+    let rows = all(&mut ob);
+    // Old rows first, as stored; then the typed row with its seq continuing the device's series.
+    assert_eq!(
+        rows.iter()
+            .map(|m| (m.id, m.kind, m.seq, m.topic.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (1, 0, 0, "d/1"),
+            (2, 0, 0, "d/2"),
+            (3, 0, 0, "d/3"),
+            (4, 1, 4, "d")
+        ]
+    );
+    let got: Vec<_> = record::readings(&rows[3].payload)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(got[0].unit, Some("°C"));
+    // A typed row set aside and requeued keeps its kind, seq and body (replay is identical).
+    assert_eq!(ob.dead_letter(&[(4, "refused".into())]).unwrap(), 1);
+    let dead = ob.dead_letters(10).unwrap();
+    assert_eq!(
+        dead.iter()
+            .map(|d| (d.message.id, d.message.kind, d.message.seq))
+            .collect::<Vec<_>>(),
+        [(4, RowKind::Reading as u8, 4), (9, 0, 0)]
+    );
+    assert_eq!(ob.requeue_dead_letters().unwrap(), 2);
+    let rows = all(&mut ob);
+    let back = &rows[rows.len() - 2];
+    assert_eq!((back.kind, back.seq, &back.payload), (1, 4, &body));
+    assert_eq!(rows[rows.len() - 1].topic, "d/old");
+    let st = ob.stats().unwrap();
+    assert_eq!(
+        st.bytes,
+        rows.iter().map(|m| size(&m.topic, &m.payload)).sum::<u64>()
+    );
 }
