@@ -162,6 +162,7 @@ impl Pipeline {
             for d in self.registry.admit(&mut batch) {
                 tracing::info!(device = %d.device, "heard again: device back online");
             }
+            weir_core::clock::mark_unsynchronised(&mut batch);
             for s in self.stages.iter_mut() {
                 s.process(&mut batch);
                 s.take_events(&mut ev);

@@ -11,6 +11,8 @@
 //! * [`Registry`] — every device, its one owning source, its points and availability;
 //! * [`Event`] — alerts and command results, typed, travelling with the readings;
 //! * [`StageBuilder`] — how a pipeline stage is built from its config section;
+//! * [`clock`] — whether the wall clock is synchronised; readings taken while it is not are
+//!   marked uncertain;
 //! * [`Metrics`] — counters and gauges rendered for Prometheus and the status topic;
 //! * shutdown is a [`CancellationToken`] handed to every task.
 //!
@@ -20,6 +22,7 @@
 
 mod backoff;
 mod bus;
+pub mod clock;
 mod command;
 mod event;
 mod fanout;

@@ -230,12 +230,15 @@ impl From<&str> for Value {
 }
 
 /// How far a reading can be trusted. A device's own error (a Modbus exception, a timeout, a NACK)
-/// becomes `Bad(reason)` on its points rather than an error of the gateway.
+/// becomes `Bad(reason)` on its points rather than an error of the gateway. `Uncertain(reason)`
+/// is a value that is probably right but cannot be vouched for: its time was taken while the
+/// system clock was not synchronised (`clock_unsynchronised`, see [`crate::clock`]), or a rule
+/// said so.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub enum Quality {
     #[default]
     Good,
-    Uncertain,
+    Uncertain(Arc<str>),
     Bad(Arc<str>),
 }
 
@@ -244,13 +247,14 @@ impl Quality {
     pub fn as_str(&self) -> &'static str {
         match self {
             Quality::Good => "good",
-            Quality::Uncertain => "uncertain",
+            Quality::Uncertain(_) => "uncertain",
             Quality::Bad(_) => "bad",
         }
     }
+    /// Why a reading is bad or uncertain.
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Quality::Bad(r) => Some(r),
+            Quality::Bad(r) | Quality::Uncertain(r) => Some(r),
             _ => None,
         }
     }

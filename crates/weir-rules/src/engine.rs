@@ -428,7 +428,7 @@ fn register_reading(e: &mut Engine) {
         |r: &mut ScriptReading, q: ImmutableString| -> RhaiResult<()> {
             let q = match q.as_str() {
                 "good" => Quality::Good,
-                "uncertain" => Quality::Uncertain,
+                "uncertain" => Quality::Uncertain(Arc::from("set by rule")),
                 "bad" => Quality::Bad(Arc::from("rejected by rule")),
                 s => match s.strip_prefix("bad:") {
                     Some(reason) => Quality::Bad(Arc::from(reason.trim())),

@@ -90,7 +90,7 @@ pub fn parse_line(line: &str, prev_ts: Timestamp) -> Result<Reading, String> {
     };
     let quality = match r.quality.as_deref().unwrap_or("good") {
         "good" => Quality::Good,
-        "uncertain" => Quality::Uncertain,
+        "uncertain" => Quality::Uncertain(Arc::from(r.reason.as_deref().unwrap_or(""))),
         "bad" => Quality::Bad(Arc::from(r.reason.as_deref().unwrap_or(""))),
         q => return Err(format!("quality `{q}`: use good, uncertain or bad")),
     };
