@@ -79,6 +79,23 @@ need_zigbee_peers() {
   export WEIR_ZIGBEE_PYTHON="$venv/bin/python"
 }
 
+# need_herdsman: zigbee-herdsman 10.9.5 (npm, the library under Zigbee2MQTT) under target/herdsman,
+# an independent host that tests/zigbee.rs runs against the ZNP emulator (11.x does not install
+# from the registry; 10.9.5 runs on node 20). Exports WEIR_HERDSMAN_NODE_PATH (its node_modules).
+need_herdsman() {
+  local dir="${WEIR_HERDSMAN_DIR:-$PWD/target/herdsman}"
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_need nodejs npm
+  fi
+  if [ "$(node -p 'require(process.argv[1] + "/node_modules/zigbee-herdsman/package.json").version' "$dir" 2>/dev/null)" != "10.9.5" ]; then
+    echo "==> installing zigbee-herdsman 10.9.5 into $dir"
+    mkdir -p "$dir"
+    [ -f "$dir/package.json" ] || echo '{"name":"weir-herdsman-peer","private":true}' > "$dir/package.json"
+    (cd "$dir" && npm install --no-audit --no-fund --loglevel=error --save-exact zigbee-herdsman@10.9.5)
+  fi
+  export WEIR_HERDSMAN_NODE_PATH="$dir/node_modules"
+}
+
 # BLE test peers: python-dbusmock's BlueZ template on a private D-Bus (Debian python3-dbusmock, run
 # by /usr/bin/python3, with dbus-daemon), libdbus for btleplug's build, and a virtualenv under
 # target/ (ignored by git) with the reference decoders PyPI bthome-ble and ruuvi-decoders that

@@ -375,6 +375,102 @@ fn form_pair_report_command_restart_and_replug() {
     assert_eq!(gw.terminate().code(), Some(0));
 }
 
+const HERDSMAN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/crates/weir-zigbee/tests/peer/herdsman_join.js"
+);
+
+/// zigbee-herdsman's node_modules: `$WEIR_HERDSMAN_NODE_PATH` (scripts/lib.sh `need_herdsman`),
+/// else target/herdsman/node_modules.
+fn herdsman_node_path() -> String {
+    std::env::var("WEIR_HERDSMAN_NODE_PATH").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/herdsman/node_modules").into()
+    })
+}
+
+/// A child process killed when dropped, its stdout lines collected.
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l2 = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, lines }
+    }
+    fn has(&self, f: impl Fn(&str) -> bool) -> bool {
+        self.lines.lock().unwrap().iter().any(|l| f(l))
+    }
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The emulator checked by an independent host: zigbee-herdsman 10.9.5 (Zigbee2MQTT's library)
+/// commissions a network on the blank emulated stick, opens it, and interviews a device that
+/// joins; then weir, started on the stick herdsman formed, adopts that network instead of
+/// forming its own (herdsman marks a Z-Stack 3 stick configured in NV item 0x0060).
+#[test]
+fn zigbee_herdsman_forms_and_interviews_on_the_emulator_and_weir_adopts_its_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut emu = Emulator::start(dir.path());
+    let node = Proc::spawn(
+        Command::new("node")
+            .arg(HERDSMAN)
+            .arg(dir.path().join("ttyZNP"))
+            .arg(dir.path())
+            .env("NODE_PATH", herdsman_node_path()),
+    );
+    wait_until(
+        "herdsman started a network and opened it",
+        Duration::from_secs(60),
+        || node.has(|l| l == "permit-join 120") || node.has(|l| l.starts_with("error")),
+    );
+    assert!(node.has(|l| l == "started reset"), "{}", node.log());
+    emu.wait_line("permit join opened by herdsman", |l| l == "permit-join 120");
+    assert_eq!(emu.count(|l| l == "formed"), 1);
+    emu.send(&format!("join {SENSOR} 0x1234 temp"));
+    wait_until(
+        "herdsman interviewed the sensor",
+        Duration::from_secs(90),
+        || node.has(|l| l.starts_with("interview ") && !l.contains(" started ")),
+    );
+    assert!(
+        node.has(|l| l == r#"interview 0x00124b001caabb01 successful "Weir Test" "TH-1""#),
+        "{}",
+        node.log()
+    );
+    wait_until("herdsman stopped", Duration::from_secs(30), || {
+        node.has(|l| l == "stopped")
+    });
+
+    // weir on the same stick: the network herdsman formed is adopted, not formed again.
+    let broker = Mosquitto::start();
+    let gw = Gateway::start(dir.path(), &zigbee_config(broker.port, dir.path()));
+    emu.wait_line("started from NV", |l| l == "started");
+    wait_until("weir adopts the network", Duration::from_secs(20), || {
+        gw.log()
+            .contains("adopting the network the coordinator holds (PAN id 0x1A62)")
+    });
+    assert_eq!(emu.count(|l| l == "formed"), 1, "re-formed: {}", gw.log());
+}
+
 #[test]
 fn an_aqara_heartbeat_in_basic_0xff01_becomes_readings() {
     let dir = tempfile::tempdir().unwrap();

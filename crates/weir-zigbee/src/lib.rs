@@ -59,8 +59,12 @@ mod nv {
     pub const CHANLIST: u16 = 0x0084;
     pub const LOGICAL_TYPE: u16 = 0x0087;
     pub const ZDO_DIRECT_CB: u16 = 0x008F;
-    /// Written once a network was formed here (the convention zigbee-herdsman uses too).
-    pub const HAS_CONFIGURED: u16 = 0x0F00;
+    /// Written (0x55) once a network was formed, by every host: 0x0060 on Z-Stack 3.x, 0x0F00 on
+    /// Z-Stack 1.2 (zigpy-znp's and zigbee-herdsman's `HAS_CONFIGURED_ZSTACK3` / `_ZSTACK1`). A
+    /// stick formed by either host, on either item, is adopted. (Until the herdsman cross-check,
+    /// weir wrote 0x0F00 on Z-Stack 3 too; such sticks are still adopted.)
+    pub const HAS_CONFIGURED_ZSTACK3: u16 = 0x0060;
+    pub const HAS_CONFIGURED_ZSTACK1: u16 = 0x0F00;
     pub const HAS_CONFIGURED_VALUE: u8 = 0x55;
 }
 
@@ -508,8 +512,20 @@ impl Run<'_> {
                 v[2], v[3], v[4], v[1], v[0]
             );
         }
-        let formed = self.nv_read(&mut link, nv::HAS_CONFIGURED).await?
-            == Some(vec![nv::HAS_CONFIGURED_VALUE]);
+        // SYS_VERSION's product id: 0 is Z-Stack 1.2, 1 and 2 are Z-Stack 3.x.
+        let zstack3 = v.get(1).is_some_and(|p| *p != 0);
+        let configured_item = if zstack3 {
+            nv::HAS_CONFIGURED_ZSTACK3
+        } else {
+            nv::HAS_CONFIGURED_ZSTACK1
+        };
+        let mut formed = false;
+        for item in [nv::HAS_CONFIGURED_ZSTACK3, nv::HAS_CONFIGURED_ZSTACK1] {
+            if self.nv_read(&mut link, item).await? == Some(vec![nv::HAS_CONFIGURED_VALUE]) {
+                formed = true;
+                break;
+            }
+        }
         if formed {
             let pan = self.nv_read(&mut link, nv::PANID).await?;
             tracing::info!(
@@ -520,7 +536,7 @@ impl Run<'_> {
             // ZDO_STARTUP_FROM_APP (§3.12.1.26), start delay 100 ms.
             link.sreq(ZDO_STARTUP_FROM_APP, vec![100, 0]).await?;
         } else {
-            self.form(&mut link).await?;
+            self.form(&mut link, configured_item).await?;
         }
         link.wait_for(
             "ZDO_STATE_CHANGE_IND (started as coordinator)",
@@ -582,7 +598,7 @@ impl Run<'_> {
     }
 
     /// Form a network from the configuration (Z-Stack 3 BDB formation).
-    async fn form(&self, link: &mut Link) -> Result<(), LinkError> {
+    async fn form(&self, link: &mut Link, configured_item: u16) -> Result<(), LinkError> {
         let ext = parse_ieee(&self.cfg.extended_pan_id).unwrap_or(0xDDDD_DDDD_DDDD_DDDD);
         let mask: u32 = 1 << self.cfg.channel;
         tracing::info!(
@@ -628,11 +644,11 @@ impl Run<'_> {
             }
         }
         // Mark the stick as configured (item init: 0x09 means created, 0 means it existed).
-        let mut p = nv::HAS_CONFIGURED.to_le_bytes().to_vec();
+        let mut p = configured_item.to_le_bytes().to_vec();
         p.extend_from_slice(&[1, 0, 1, nv::HAS_CONFIGURED_VALUE]);
         let s = link.sreq(SYS_OSAL_NV_ITEM_INIT, p).await?;
         if s.first() == Some(&0) {
-            self.nv_write(link, nv::HAS_CONFIGURED, &[nv::HAS_CONFIGURED_VALUE])
+            self.nv_write(link, configured_item, &[nv::HAS_CONFIGURED_VALUE])
                 .await?;
         }
         tracing::info!(source = %self.name, "network formed");

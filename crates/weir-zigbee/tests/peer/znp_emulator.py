@@ -54,7 +54,17 @@ import zigpy_znp.types as t
 from zigpy_znp.commands.app_config import BDBCommissioningMode, BDBCommissioningStatus
 from zigpy_znp.exceptions import InvalidFrame
 
-HAS_CONFIGURED = 0x0F00
+# The "configured" flag hosts write once they formed a network: 0x0060 on Z-Stack 3 (zigpy-znp's
+# and zigbee-herdsman's HAS_CONFIGURED_ZSTACK3), 0x0F00 on Z-Stack 1.2 (HAS_CONFIGURED_ZSTACK1).
+HAS_CONFIGURED = (t.uint16_t(0x0060), t.uint16_t(0x0F00))
+NV_NIB = 0x0021
+NV_EXTPANID = 0x002D
+NV_NWK_ACTIVE_KEY_INFO = 0x003A
+NV_NWK_ALTERN_KEY_INFO = 0x003B
+NV_PRECFGKEY = 0x0062
+NV_PANID = 0x0083
+NV_CHANLIST = 0x0084
+NV_NWKKEY = 0x0082
 COORD_IEEE = t.EUI64.convert("00:12:4b:00:00:00:00:01")
 
 DEVICES = {
@@ -106,6 +116,10 @@ class Emulator:
         self.nv = {}
         if os.path.exists(state_path):
             self.nv = {int(k): bytes.fromhex(v) for k, v in json.load(open(state_path)).items()}
+        # Items a CC2652 has from the factory: the (aligned, 24-byte) network key item, which hosts
+        # read to learn the NV alignment.
+        self.nv.setdefault(NV_NWKKEY, bytes(24))
+        self.endpoints = []  # AF_REGISTERed by the host
         self.master = None
         self.buf = b""
         self.permit_until = 0.0
@@ -160,6 +174,12 @@ class Emulator:
             except OSError:
                 return
 
+    def send_raw(self, header, body):
+        """A frame whose payload zigpy-znp has no (correct) schema for, built from zigpy types."""
+        if self.master is None:
+            return
+        os.write(self.master, frames.TransportFrame(frames.GeneralFrame(header, body)).serialize())
+
     def on_readable(self):
         try:
             data = os.read(self.master, 4096)
@@ -192,13 +212,46 @@ class Emulator:
 
     # --- requests ------------------------------------------------------------------------
     def formed(self):
-        return self.nv.get(HAS_CONFIGURED) == b"\x55"
+        return any(self.nv.get(i) == b"\x55" for i in HAS_CONFIGURED)
+
+    def network_params(self):
+        """PAN id, extended PAN id and channel as configured in NV by the host."""
+        pan = int.from_bytes(self.nv.get(NV_PANID, b"\xff\xff")[:2], "little")
+        mask = int.from_bytes(self.nv.get(NV_CHANLIST, (1 << 11).to_bytes(4, "little"))[:4], "little")
+        channel = next((ch for ch in range(11, 27) if mask & (1 << ch)), 11)
+        ext, _ = t.EUI64.deserialize(self.nv.get(NV_EXTPANID, bytes(COORD_IEEE.serialize()))[:8])
+        return pan, ext, channel
+
+    def write_network_state(self):
+        """What Z-Stack keeps in NV after forming: the NIB and the active/alternate key info."""
+        pan, ext, channel = self.network_params()
+        mask = 1 << channel
+        key = self.nv.get(NV_PRECFGKEY, bytes(16))[:16]
+        desc = t.NwkKeyDesc(KeySeqNum=0, Key=t.KeyData(key))
+        nib = t.NIB(
+            SequenceNum=0, PassiveAckTimeout=5, MaxBroadcastRetries=2, MaxChildren=0, MaxDepth=20, MaxRouters=0,
+            dummyNeighborTable=0, BroadcastDeliveryTime=30, ReportConstantCost=0, RouteDiscRetries=0, dummyRoutingTable=0,
+            SecureAllFrames=1, SecurityLevel=5, SymLink=1, CapabilityFlags=143, TransactionPersistenceTime=7,
+            nwkProtocolVersion=2, RouteDiscoveryTime=5, RouteExpiryTime=30, nwkDevAddress=0x0000, nwkLogicalChannel=channel,
+            nwkCoordAddress=0x0000, nwkCoordExtAddress=t.EUI64.convert("00:00:00:00:00:00:00:00"), nwkPanId=pan,
+            nwkState=t.NwkState.NWK_ROUTER, channelList=t.Channels(mask), beaconOrder=15, superFrameOrder=15, scanDuration=0,
+            battLifeExt=0, allocatedRouterAddresses=1, allocatedEndDeviceAddresses=1, nodeDepth=0, extendedPANID=ext,
+            nwkKeyLoaded=t.Bool.true, spare1=t.NwkKeyDesc(KeySeqNum=0, Key=t.KeyData(bytes(16))),
+            spare2=t.NwkKeyDesc(KeySeqNum=0, Key=t.KeyData(bytes(16))), spare3=0, spare4=0, nwkLinkStatusPeriod=15,
+            nwkRouterAgeLimit=3, nwkUseMultiCast=t.Bool.false, nwkIsConcentrator=t.Bool.true, nwkConcentratorDiscoveryTime=120,
+            nwkConcentratorRadius=30, nwkAllFresh=1, nwkManagerAddr=0x0000, nwkTotalTransmissions=0, nwkUpdateId=0,
+        )
+        self.nv[NV_NIB] = nib.serialize(align=True)
+        self.nv[NV_NWK_ACTIVE_KEY_INFO] = desc.serialize()
+        self.nv[NV_NWK_ALTERN_KEY_INFO] = desc.serialize()
+        self.save()
 
     def handle(self, req):
         if getattr(self, "muted", False):
             say("muted", type(req).__qualname__)
             return
         if isinstance(req, c.SYS.ResetReq.Req):
+            self.endpoints = []  # AF registrations live in RAM
             self.send(c.SYS.ResetInd.Callback(Reason=t.ResetReason.PowerUp, TransportRev=2, ProductId=1, MajorRel=2, MinorRel=7, MaintRel=1))
         elif isinstance(req, c.SYS.Ping.Req):
             self.send(c.SYS.Ping.Rsp(Capabilities=t.MTCapabilities(0x0659)))
@@ -217,7 +270,7 @@ class Emulator:
         elif isinstance(req, c.SYS.OSALNVItemInit.Req):
             existed = req.Id in self.nv
             if not existed:
-                self.nv[req.Id] = bytes(req.Value)
+                self.nv[req.Id] = bytes(req.Value).ljust(req.ItemLen, b"\x00")[: req.ItemLen]
                 self.save()
             # Z-Stack answers NV_ITEM_UNINIT (0x09) when it created the item, SUCCESS when it existed.
             self.send(c.SYS.OSALNVItemInit.Rsp(Status=t.Status.SUCCESS if existed else t.Status.NV_ITEM_UNINIT))
@@ -226,6 +279,7 @@ class Emulator:
         elif isinstance(req, c.AppConfig.BDBStartCommissioning.Req):
             self.send(c.AppConfig.BDBStartCommissioning.Rsp(Status=t.Status.SUCCESS))
             if req.Mode == BDBCommissioningMode.NwkFormation:
+                self.write_network_state()
                 self.send(c.ZDO.StateChangeInd.Callback(State=t.DeviceState.StartingAsCoordinator))
                 self.send(c.ZDO.StateChangeInd.Callback(State=t.DeviceState.StartedAsCoordinator))
                 self.send(c.AppConfig.BDBCommissioningNotification.Callback(Status=BDBCommissioningStatus.Success, Mode=BDBCommissioningMode.NwkFormation, RemainingModes=BDBCommissioningMode.NONE))
@@ -238,7 +292,69 @@ class Emulator:
             else:
                 self.send(c.ZDO.StartupFromApp.Rsp(State=c.zdo.StartupState.NotStarted))
         elif isinstance(req, c.AF.Register.Req):
-            self.send(c.AF.Register.Rsp(Status=t.Status.SUCCESS))
+            if any(r.Endpoint == req.Endpoint for r in self.endpoints):
+                # APS_DUPLICATE_ENTRY, as Z-Stack answers an endpoint registered twice.
+                self.send(c.AF.Register.Rsp(Status=t.Status.APS_DUPLICATE_ENTRY))
+            else:
+                self.endpoints.append(req)
+                self.send(c.AF.Register.Rsp(Status=t.Status.SUCCESS))
+        elif isinstance(req, c.SYS.OSALNVLength.Req):
+            self.send(c.SYS.OSALNVLength.Rsp(ItemLen=len(self.nv.get(req.Id, b""))))
+        elif isinstance(req, c.SYS.OSALNVReadExt.Req):
+            v = self.nv.get(req.Id)
+            if v is None:
+                self.send(c.SYS.OSALNVReadExt.Rsp(Status=t.Status.INVALID_PARAMETER, Value=t.ShortBytes(b"")))
+            else:
+                self.send(c.SYS.OSALNVReadExt.Rsp(Status=t.Status.SUCCESS, Value=t.ShortBytes(v[req.Offset:req.Offset + 244])))
+        elif isinstance(req, c.SYS.OSALNVWriteExt.Req):
+            v = self.nv.get(req.Id)
+            if v is None or req.Offset + len(req.Value) > len(v):
+                # Z-Stack writes only within an item's length (items are created by ITEM_INIT).
+                self.send(c.SYS.OSALNVWriteExt.Rsp(Status=t.Status.NV_ITEM_UNINIT if v is None else t.Status.INVALID_PARAMETER))
+            else:
+                self.nv[req.Id] = v[:req.Offset] + bytes(req.Value) + v[req.Offset + len(req.Value):]
+                self.save()
+                self.send(c.SYS.OSALNVWriteExt.Rsp(Status=t.Status.SUCCESS))
+        elif isinstance(req, c.SYS.OSALNVDelete.Req):
+            existed = self.nv.pop(req.Id, None) is not None
+            self.save()
+            self.send(c.SYS.OSALNVDelete.Rsp(Status=t.Status.SUCCESS if existed else t.Status.NV_ITEM_UNINIT))
+        elif isinstance(req, c.SYS.NVLength.Req):
+            # Z-Stack 3 extended NV tables (address manager, security, link keys): empty here.
+            self.send(c.SYS.NVLength.Rsp(Length=0))
+        elif isinstance(req, c.SYS.NVRead.Req):
+            self.send(c.SYS.NVRead.Rsp(Status=t.Status.NV_ITEM_UNINIT, Value=t.ShortBytes(b"")))
+        elif isinstance(req, c.SYS.GetExtAddr.Req):
+            self.send(c.SYS.GetExtAddr.Rsp(ExtAddr=COORD_IEEE))
+        elif isinstance(req, c.UTIL.LEDControl.Req):
+            self.send(c.UTIL.LEDControl.Rsp(Status=t.Status.SUCCESS))
+        elif isinstance(req, c.ZDO.ExtNwkInfo.Req):
+            # Z-Stack's layout (MT_ZDO.c, MT_ZdoExtNwkInfo, 24 bytes from the NIB): short address,
+            # device state, PAN id, parent address, extended PAN id, parent IEEE, channel (1 byte).
+            # zigbee-herdsman reads it so; zigpy-znp's ExtNwkInfo.Rsp schema (no device state, a
+            # 4-byte channel mask) does not match the firmware and zigpy-znp never sends this
+            # request, so this one answer is assembled from zigpy types in the firmware's layout.
+            if NV_NIB in self.nv:
+                pan, ext, channel = self.network_params()
+                body = (t.NWK(0x0000).serialize() + t.DeviceState.StartedAsCoordinator.serialize()
+                        + t.uint16_t(pan).serialize() + t.NWK(0x0000).serialize()
+                        + ext.serialize() + COORD_IEEE.serialize() + t.uint8_t(channel).serialize())
+            else:
+                body = (t.NWK(0xFFFE).serialize() + t.DeviceState.InitializedNotStarted.serialize()
+                        + t.uint16_t(0xFFFF).serialize() + t.NWK(0xFFFE).serialize()
+                        + bytes(8) + bytes(8) + t.uint8_t(0).serialize())
+            self.send_raw(c.ZDO.ExtNwkInfo.Rsp.header, body)
+        elif isinstance(req, c.ZDO.ExtFindGroup.Req):
+            groups = getattr(self, "groups", set())
+            # MT_ZdoExtFindGroup: status then the aps_Group_t (ID, name length, 16-byte name),
+            # zeroed when the group is not there (status FAILURE).
+            if (req.Endpoint, req.GroupId) in groups:
+                self.send(c.ZDO.ExtFindGroup.Rsp(Group=t.Bytes(b"\x00" + req.GroupId.serialize() + bytes(17))))
+            else:
+                self.send(c.ZDO.ExtFindGroup.Rsp(Group=t.Bytes(b"\x01" + bytes(19))))
+        elif isinstance(req, c.ZDO.ExtAddGroup.Req):
+            self.groups = getattr(self, "groups", set()) | {(req.Endpoint, req.GroupId)}
+            self.send(c.ZDO.ExtAddGroup.Rsp(Status=t.Status.SUCCESS))
         elif isinstance(req, c.UTIL.GetDeviceInfo.Req):
             self.send(c.UTIL.GetDeviceInfo.Rsp(Status=t.Status.SUCCESS, IEEE=COORD_IEEE, NWK=0x0000, DeviceType=t.DeviceTypeCapabilities(7), DeviceState=t.DeviceState.StartedAsCoordinator if self.formed() else t.DeviceState.InitializedNotStarted, AssociatedDevices=[]))
         elif isinstance(req, c.ZDO.MgmtPermitJoinReq.Req):
@@ -259,10 +375,22 @@ class Emulator:
             self.send(c.ZDO.NodeDescRsp.Callback(Src=req.DstAddr, Status=t.ZDOStatus.SUCCESS, NWK=req.NWKAddrOfInterest, NodeDescriptor=nd))
         elif isinstance(req, c.ZDO.ActiveEpReq.Req):
             self.send(c.ZDO.ActiveEpReq.Rsp(Status=t.Status.SUCCESS))
-            if req.NWKAddrOfInterest in self.devices:
+            if req.NWKAddrOfInterest == 0x0000:
+                # The coordinator itself: the endpoints the host registered.
+                self.send(c.ZDO.ActiveEpRsp.Callback(Src=0x0000, Status=t.ZDOStatus.SUCCESS, NWK=0x0000, ActiveEndpoints=[r.Endpoint for r in self.endpoints]))
+            elif req.NWKAddrOfInterest in self.devices:
                 self.send(c.ZDO.ActiveEpRsp.Callback(Src=req.DstAddr, Status=t.ZDOStatus.SUCCESS, NWK=req.NWKAddrOfInterest, ActiveEndpoints=[1]))
         elif isinstance(req, c.ZDO.SimpleDescReq.Req):
             self.send(c.ZDO.SimpleDescReq.Rsp(Status=t.Status.SUCCESS))
+            if req.NWKAddrOfInterest == 0x0000:
+                # The coordinator: what the host registered on that endpoint.
+                r = next((r for r in self.endpoints if r.Endpoint == req.Endpoint), None)
+                if r is None:
+                    self.send(c.ZDO.SimpleDescRsp.Callback(Src=0x0000, Status=t.ZDOStatus.NOT_ACTIVE, NWK=0x0000, SimpleDescriptor=zdo_t.SizePrefixedSimpleDescriptor()))
+                else:
+                    sd = zdo_t.SizePrefixedSimpleDescriptor(endpoint=r.Endpoint, profile=r.ProfileId, device_type=r.DeviceId, device_version=r.DeviceVersion, input_clusters=list(r.InputClusters), output_clusters=list(r.OutputClusters))
+                    self.send(c.ZDO.SimpleDescRsp.Callback(Src=0x0000, Status=t.ZDOStatus.SUCCESS, NWK=0x0000, SimpleDescriptor=sd))
+                return
             d = self.devices.get(req.NWKAddrOfInterest)
             if d is None:
                 return
@@ -280,8 +408,24 @@ class Emulator:
             say("bind" if ok else "bind-wrong", f"0x{req.Dst:04x}", f"0x{req.ClusterId:04x}")
         elif isinstance(req, c.AF.DataRequest.Req):
             self.af_data(req)
+        elif isinstance(req, c.ZDO.ExtRouteDisc.Req):
+            self.send(c.ZDO.ExtRouteDisc.Rsp(Status=t.Status.SUCCESS))
+        elif isinstance(req, c.AF.DataRequestExt.Req):
+            dst = req.DstAddrModeAddress
+            if dst.mode == t.AddrMode.NWK and dst.address in self.devices:
+                from types import SimpleNamespace
+                self.af_data(SimpleNamespace(DstAddr=dst.address, DstEndpoint=req.DstEndpoint, ClusterId=req.ClusterId, TSN=req.TSN, Data=req.Data))
+            else:
+                # Broadcast, group or unknown destination: sent, confirmed, nobody answers here.
+                say("af-ext", str(dst.mode), f"0x{req.ClusterId:04x}")
+                self.send(c.AF.DataRequestExt.Rsp(Status=t.Status.SUCCESS))
+                self.send(c.AF.DataConfirm.Callback(Status=t.Status.SUCCESS, Endpoint=req.DstEndpoint, TSN=req.TSN))
         else:
             say("unhandled", type(req).__qualname__)
+            if req.header.type == t.CommandType.SREQ:
+                # Z-Stack answers a request it does not know with an RPC error (MT_RPC_ERR_COMMAND_ID),
+                # never with silence.
+                self.send(c.RPCError.CommandNotRecognized.Rsp(ErrorCode=c.rpc_error.ErrorCode.InvalidCommandId, RequestHeader=req.header))
 
     def af_data(self, req):
         d = self.devices.get(req.DstAddr)
@@ -436,6 +580,9 @@ class Emulator:
                 return
             self.devices[nwk] = dict(kind=kind, ieee=ieee, onoff=0)
             caps = c.zdo.MACCapabilities(0x8E if DEVICES[kind]["mains"] else 0x80)
+            # As Z-Stack does: the trust center indication when the device is let in (joined
+            # directly to the coordinator), then the device's own announcement.
+            self.send(c.ZDO.TCDevInd.Callback(SrcNwk=nwk, SrcIEEE=ieee, ParentNwk=0x0000))
             self.send(c.ZDO.EndDeviceAnnceInd.Callback(Src=nwk, NWK=nwk, IEEE=ieee, Capabilities=caps))
             say("joined", w[1])
         elif w[0] == "known":
@@ -504,11 +651,13 @@ class Emulator:
             self.unplug()
             say("vanished")
         elif w[0] == "return":
+            self.endpoints = []  # plugged back: powered up afresh
             self.plug()
             say("returned")
         elif w[0] == "reset":
             # A watchdog reset: the ZNP restarts from NV, not joined until started again.
             self.permit_until = 0.0
+            self.endpoints = []
             self.send(c.SYS.ResetInd.Callback(Reason=t.ResetReason.Watchdog, TransportRev=2, ProductId=1, MajorRel=2, MinorRel=7, MaintRel=1))
             say("reset")
         elif w[0] == "garbage":
