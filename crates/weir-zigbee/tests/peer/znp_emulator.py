@@ -33,7 +33,13 @@ stdin, events on stdout (one line each, flushed):
 Events: `ready`, `frame <NAME>` for every request parsed, `formed`, `started`, `permit-join <s>`,
 `joined <ieee>`, `bind <nwk> <cluster>` (or `bind-wrong …` when not bound to the coordinator),
 `configure-reporting <nwk> <cluster> <attr> <type> <min> <max> <change|->`, `onoff <nwk> <0|1>`,
-`cie-written <nwk>`, `enrolled <nwk> <code> <zone id>`, `vanished`, `returned`.
+`cie-written <nwk>`, `enrolled <nwk> <code> <zone id>`, `af-ext <mode> <cluster>` (an
+AF_DATA_REQUEST_EXT to no emulated device), `unhandled <request>` (answered with an RPC error, as
+Z-Stack does), `vanished`, `returned`.
+
+Besides weir, zigbee-herdsman 10.9.5 runs against it (tests/peer/herdsman_join.js): NV items by
+length/offset, the extended NV tables (empty), the coordinator's own endpoints and descriptors,
+groups and route discovery are answered the way Z-Stack 3.x answers them.
 """
 import argparse
 import asyncio
