@@ -96,6 +96,31 @@ need_herdsman() {
   export WEIR_HERDSMAN_NODE_PATH="$dir/node_modules"
 }
 
+# need_sparkplug_peers: Eclipse Tahu's sparkplug-payload (npm, the reference Sparkplug B decoder)
+# under target/sparkplug-node and a virtualenv under target/ with pysparkplug (PyPI, an independent
+# Sparkplug B host implementation). Exports WEIR_SPARKPLUG_NODE_PATH and WEIR_SPARKPLUG_PYTHON.
+need_sparkplug_peers() {
+  local dir="${WEIR_SPARKPLUG_NODE_DIR:-$PWD/target/sparkplug-node}"
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_need nodejs npm
+  fi
+  if [ "$(node -p 'require(process.argv[1] + "/node_modules/sparkplug-payload/package.json").version' "$dir" 2>/dev/null)" != "1.0.3" ]; then
+    echo "==> installing sparkplug-payload 1.0.3 into $dir"
+    mkdir -p "$dir"
+    [ -f "$dir/package.json" ] || echo '{"name":"weir-sparkplug-peer","private":true}' > "$dir/package.json"
+    (cd "$dir" && npm install --no-audit --no-fund --loglevel=error --save-exact sparkplug-payload@1.0.3)
+  fi
+  export WEIR_SPARKPLUG_NODE_PATH="$dir/node_modules"
+  local venv="${WEIR_SPARKPLUG_VENV:-$PWD/target/sparkplug-venv}"
+  if ! "$venv/bin/python" -c 'import pysparkplug' >/dev/null 2>&1; then
+    apt_need python3 python3-venv
+    echo "==> creating $venv with pysparkplug"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check 'pysparkplug==0.6.1'
+  fi
+  export WEIR_SPARKPLUG_PYTHON="$venv/bin/python"
+}
+
 # BLE test peers: python-dbusmock's BlueZ template on a private D-Bus (Debian python3-dbusmock, run
 # by /usr/bin/python3, with dbus-daemon), libdbus for btleplug's build, and a virtualenv under
 # target/ (ignored by git) with the reference decoders PyPI bthome-ble and ruuvi-decoders that

@@ -35,7 +35,7 @@ pub struct ConnectOptions {
     pub credentials: Option<(String, String)>,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub max_inflight: u16,
-    /// Last will: topic, payload (retained, QoS 1).
+    /// Last will: topic, payload (QoS 1; retained unless [`Session::with_will_retain`] says not).
     pub will: (String, Vec<u8>),
     pub max_packet_bytes: usize,
 }
@@ -134,6 +134,11 @@ fn transport(o: &ConnectOptions) -> Transport {
 impl Session {
     /// Prepare a session; nothing is sent until [`Session::poll`].
     pub fn new(o: &ConnectOptions) -> Session {
+        Session::with_will_retain(o, true)
+    }
+
+    /// [`Session::new`] with the will retained or not (Sparkplug's NDEATH is not retained).
+    pub fn with_will_retain(o: &ConnectOptions, will_retain: bool) -> Session {
         // Room for a full window of publishes plus status, results and subscriptions.
         let cap = o.max_inflight as usize + 64;
         let inner = if o.v5 {
@@ -152,7 +157,7 @@ impl Session {
                 o.will.0.clone(),
                 o.will.1.clone(),
                 qos5(1),
-                true,
+                will_retain,
                 None,
             ));
             if let Some((u, p)) = &o.credentials {
@@ -177,7 +182,7 @@ impl Session {
                 o.will.0.clone(),
                 o.will.1.clone(),
                 QoS::AtLeastOnce,
-                true,
+                will_retain,
             ));
             if let Some((u, p)) = &o.credentials {
                 m.set_credentials(u.clone(), p.clone());

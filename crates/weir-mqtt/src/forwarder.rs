@@ -100,6 +100,8 @@ pub struct ForwarderConfig {
 pub enum FormatConfig {
     /// Today's JSON topics and payloads, with these topic templates.
     Json(Encoder),
+    /// Sparkplug B 3.0.
+    SparkplugB(crate::sparkplug::SparkplugConfig),
 }
 
 impl FormatConfig {
@@ -118,6 +120,9 @@ impl FormatConfig {
     pub fn build(&self) -> Box<dyn NorthboundFormat> {
         match self {
             FormatConfig::Json(e) => Box::new(e.json_format()),
+            FormatConfig::SparkplugB(c) => {
+                Box::new(crate::sparkplug::SparkplugFormat::new(c.clone()))
+            }
         }
     }
 }
@@ -481,7 +486,7 @@ impl Forwarder {
         let mut opts = self.cfg.connect.clone();
         let will = format.will();
         opts.will = (will.topic, will.payload);
-        let mut s = Session::new(&opts);
+        let mut s = Session::with_will_retain(&opts, will.retain);
         // Connect.
         let first = tokio::select! {
             _ = shutdown.cancelled() => return End::Shutdown,

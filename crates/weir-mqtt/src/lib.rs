@@ -12,6 +12,7 @@ pub mod format;
 pub mod forwarder;
 pub mod inflight;
 pub mod northbound;
+pub mod sparkplug;
 pub mod tls;
 
 use std::sync::{Arc, Mutex};
