@@ -670,3 +670,89 @@ fn the_reference_ble_example_is_valid() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ble (ble)"));
 }
+
+/// Publish `payload` on a point's `set` topic until a result arrives (the forwarder subscribes
+/// to a device's command topics once the registry has it); the newest result.
+fn set(sub: &Subscriber, device: &str, point: &str, payload: &[u8]) -> serde_json::Value {
+    let topic = format!("t/{device}/{point}/set/result");
+    let before = sub.count(|m| m.topic == topic);
+    for _ in 0..30 {
+        sub.publish(&format!("t/{device}/{point}/set"), payload);
+        let got = (0..20).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            sub.count(|m| m.topic == topic) > before
+        });
+        if got {
+            return sub.last_json(&topic).unwrap();
+        }
+    }
+    panic!("no result on {topic}");
+}
+
+#[test]
+fn gatt_read_notify_write_from_mqtt_and_reconnect() {
+    const VALVE: &str = "D0:00:00:00:00:01";
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let mut bz = Bluez::start(dir.path());
+    bz.cmd("adapter hci0");
+    bz.cmd(&format!("device {VALVE}"));
+    // Environmental Sensing / Temperature (0x2A6E, sint16 0.01 °C): 21.00 °C.
+    bz.cmd(&format!("gatt {VALVE} 181a 2a6e 3408 read,notify"));
+    // A vendor characteristic: the valve, uint8, writable.
+    bz.cmd(&format!("gatt {VALVE} ffe0 ffe1 00 read,write"));
+    let mport = free_port();
+    let devices = format!(
+        "        \"{VALVE}\":\n          id: gh1/valve\n          gatt:\n            - {{ point: temperature, characteristic: 2a6e, type: i16, scale: 0.01, unit: \"°C\", read_every_s: 1, notify: true }}\n            - {{ point: valve, service: ffe0, characteristic: ffe1, type: u8, writable: true }}\n"
+    );
+    let _weir = Weir::start(
+        dir.path(),
+        &ble_config(
+            broker.port,
+            mport,
+            "      silence_restart_s: 0\n      reconnect_backoff_ms: 200\n",
+            &devices,
+        ),
+        &bz.address,
+    );
+    let topic = "t/gh1/valve/temperature";
+    wait_until("a GATT connection", Duration::from_secs(30), || {
+        counter(mport, &ble("gatt_connects")) >= 1
+    });
+    assert_eq!(wait_values(&sub, topic, 1)[0], serde_json::json!(21.0));
+    // A notification: 24.00 °C.
+    bz.cmd(&format!("notify {VALVE} 2a6e 6009"));
+    wait_until("the notified value", Duration::from_secs(20), || {
+        values(&sub, topic).contains(&serde_json::json!(24.0))
+    });
+
+    // A write from MQTT …/set: the device's value changes, the result is ok.
+    let r = set(&sub, "gh1/valve", "valve", b"1");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(bz.cmd(&format!("value {VALVE} ffe1")), "ok value 01");
+    // 300 does not fit a u8: refused before anything is sent.
+    let r = set(&sub, "gh1/valve", "valve", b"300");
+    assert_eq!(r["ok"], false, "{r}");
+    // The device refuses writes: the result names the ATT error.
+    bz.cmd(&format!(
+        "fail_writes {VALVE} ffe1 org.bluez.Error.NotPermitted Write not permitted"
+    ));
+    let r = set(&sub, "gh1/valve", "valve", b"0");
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(r.to_string().contains("WRITE_NOT_PERMITTED"), "{r}");
+    assert_eq!(bz.cmd(&format!("value {VALVE} ffe1")), "ok value 01");
+
+    // The device drops the connection: reconnected with backoff, reads go on.
+    bz.cmd(&format!("drop {VALVE}"));
+    wait_until("a reconnection", Duration::from_secs(30), || {
+        counter(mport, &ble("gatt_disconnects")) >= 1 && counter(mport, &ble("gatt_connects")) >= 2
+    });
+    assert_eq!(bz.cmd(&format!("connected {VALVE}")), "ok connected 1");
+    bz.cmd(&format!("notify {VALVE} 2a6e c409"));
+    wait_until(
+        "a value after the reconnection",
+        Duration::from_secs(20),
+        || values(&sub, topic).contains(&serde_json::json!(25.0)),
+    );
+}

@@ -19,6 +19,16 @@ line on stdin, answering `ok …` or `err …` on stdout:
                                     new packet id (pipelined, one round trip per 200); prints
                                     `ok burst N SECONDS`
     owner                           print the unique name owning org.bluez
+    gatt MAC SVC CHAR HEX FLAGS     a GATT service SVC (added once) with characteristic CHAR on the
+                                    device, value HEX, flags comma-separated (read,write,notify);
+                                    the device's Connect/Disconnect then set Connected and
+                                    ServicesResolved (the template's do not)
+    notify MAC CHAR HEX             the characteristic's value changes: PropertiesChanged(Value),
+                                    which BlueZ sends for a notification while Notifying is true
+    fail_writes MAC CHAR ERROR [MSG]  writes to CHAR fail with D-Bus error ERROR (org.bluez.Error.*)
+    value MAC CHAR                  print the characteristic's value (what a write stored)
+    drop MAC                        the device drops the connection (Connected=false)
+    connected MAC                   print 1 when the device is connected, else 0
 
 Every advert is set the way BlueZ reports one (python-dbusmock's Properties.Set emits
 PropertiesChanged, which btleplug turns into advertisement events). See ../../PEERS notes: Set
@@ -125,6 +135,21 @@ def add_device(mac):
     p.Set(DEVICE_IFACE, "ServiceData", dbus.Dictionary({}, signature="sv"))
 
 
+gatt_services = {}
+gatt_chars = {}
+
+
+def root_mock():
+    return dbus.Interface(bus.get_object("org.bluez", "/"), "org.freedesktop.DBus.Mock")
+
+
+def emit_added(path, iface):
+    # InterfacesAdded with the object's properties, as BlueZ's ObjectManager announces it.
+    props_now = dbus.Interface(bus.get_object("org.bluez", path), dbus.PROPERTIES_IFACE).GetAll(iface)
+    root_mock().EmitSignal("org.freedesktop.DBus.ObjectManager", "InterfacesAdded", "oa{sa{sv}}",
+                           [dbus.ObjectPath(path), {iface: props_now}])
+
+
 def ay(hexstr):
     return dbus.Array(bytes.fromhex(hexstr), signature="y")
 
@@ -204,6 +229,72 @@ for line in sys.stdin:
                 else:
                     bus.send_message(msg)
             print(f"ok burst {n} {time.time() - t0:.3f}", flush=True)
+            continue
+        elif cmd == "gatt":
+            mac, svc, char, value, flags = w[1], full_uuid(w[2]), full_uuid(w[3]), w[4], w[5]
+            dev = dev_path(mac)
+            dev_obj = dbus.Interface(bus.get_object("org.bluez", dev), "org.freedesktop.DBus.Mock")
+            svc_path = gatt_services.get((mac, svc))
+            if svc_path is None:
+                svc_path = f"{dev}/service{len(gatt_services) + 1:04x}"
+                gatt_services[(mac, svc)] = svc_path
+                root_mock().AddObject(svc_path, "org.bluez.GattService1", {
+                    "UUID": dbus.String(svc, variant_level=1),
+                    "Primary": dbus.Boolean(True, variant_level=1),
+                    "Device": dbus.ObjectPath(dev, variant_level=1),
+                    "Includes": dbus.Array([], signature="o", variant_level=1),
+                    "Handle": dbus.UInt16(len(gatt_services), variant_level=1),
+                }, [("Dummy", "", "", "")])  # an interface without methods breaks btleplug's introspection
+                emit_added(svc_path, "org.bluez.GattService1")
+                # Connect / Disconnect that set the properties a client waits for.
+                dev_obj.AddMethod("org.bluez.Device1", "Connect", "", "",
+                                  "self.connects = getattr(self, 'connects', 0) + 1\n"
+                                  "self.Set('org.bluez.Device1', 'Connected', dbus.Boolean(True))\n"
+                                  "self.Set('org.bluez.Device1', 'ServicesResolved', dbus.Boolean(True))")
+                dev_obj.AddMethod("org.bluez.Device1", "Disconnect", "", "",
+                                  "self.Set('org.bluez.Device1', 'ServicesResolved', dbus.Boolean(False))\n"
+                                  "self.Set('org.bluez.Device1', 'Connected', dbus.Boolean(False))")
+            n = sum(1 for k in gatt_chars if k[0] == mac) + 1
+            char_path = f"{svc_path}/char{n:04x}"
+            gatt_chars[(mac, char)] = char_path
+            root_mock().AddObject(char_path, "org.bluez.GattCharacteristic1", {
+                "UUID": dbus.String(char, variant_level=1),
+                "Service": dbus.ObjectPath(svc_path, variant_level=1),
+                "Value": dbus.Array(bytes.fromhex(value), signature="y", variant_level=1),
+                "Notifying": dbus.Boolean(False, variant_level=1),
+                "Flags": dbus.Array(flags.split(","), signature="s", variant_level=1),
+                "Handle": dbus.UInt16(0x10 + n, variant_level=1),
+            }, [
+                ("ReadValue", "a{sv}", "ay", "ret = self.Get('org.bluez.GattCharacteristic1', 'Value')"),
+                ("WriteValue", "aya{sv}", "",
+                 "fail = getattr(self, 'fail', None)\n"
+                 "if fail: raise dbus.exceptions.DBusException(fail[1], name=fail[0])\n"
+                 "self.Set('org.bluez.GattCharacteristic1', 'Value', dbus.Array(args[0], signature='y'))"),
+                ("StartNotify", "", "", "self.Set('org.bluez.GattCharacteristic1', 'Notifying', dbus.Boolean(True))"),
+                ("StopNotify", "", "", "self.Set('org.bluez.GattCharacteristic1', 'Notifying', dbus.Boolean(False))"),
+            ])
+            emit_added(char_path, "org.bluez.GattCharacteristic1")
+        elif cmd == "notify":
+            chp = dbus.Interface(bus.get_object("org.bluez", gatt_chars[(w[1], full_uuid(w[2]))]),
+                                 dbus.PROPERTIES_IFACE)
+            chp.Set("org.bluez.GattCharacteristic1", "Value", dbus.Array(bytes.fromhex(w[3]), signature="y"))
+        elif cmd == "fail_writes":
+            obj = bus.get_object("org.bluez", gatt_chars[(w[1], full_uuid(w[2]))])
+            msg = " ".join(w[4:]) or "failed"
+            dbus.Interface(obj, "org.freedesktop.DBus.Mock").AddMethod(
+                "org.bluez.GattCharacteristic1", "WriteValue", "aya{sv}", "",
+                f"raise dbus.exceptions.DBusException({msg!r}, name={w[3]!r})")
+        elif cmd == "value":
+            chp = dbus.Interface(bus.get_object("org.bluez", gatt_chars[(w[1], full_uuid(w[2]))]),
+                                 dbus.PROPERTIES_IFACE)
+            v = chp.Get("org.bluez.GattCharacteristic1", "Value")
+            print("ok value " + bytes(v).hex(), flush=True)
+            continue
+        elif cmd == "drop":
+            props(w[1]).Set(DEVICE_IFACE, "ServicesResolved", dbus.Boolean(False))
+            props(w[1]).Set(DEVICE_IFACE, "Connected", dbus.Boolean(False))
+        elif cmd == "connected":
+            print("ok connected " + str(int(props(w[1]).Get(DEVICE_IFACE, "Connected"))), flush=True)
             continue
         elif cmd == "owner":
             print("ok owner " + str(bus.get_name_owner("org.bluez")), flush=True)

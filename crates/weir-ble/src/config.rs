@@ -58,6 +58,17 @@ pub struct BleConfig {
     /// How often the adapter and BlueZ are checked (adapter gone, bluetoothd restarted).
     #[serde(default = "default_health_interval_ms")]
     pub health_interval_ms: u64,
+    /// At most this many GATT connections open at once (connects are made one at a time:
+    /// BlueZ misbehaves with parallel connects).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a GATT connect plus service discovery may take.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// First delay before reconnecting a GATT device that dropped or failed (doubled up to a
+    /// minute, with jitter).
+    #[serde(default = "default_reconnect_backoff_ms")]
+    pub reconnect_backoff_ms: u64,
 }
 
 /// One `devices` entry: a device id, or a map of [`DeviceConfig`] (whose own errors, such as an
@@ -105,6 +116,67 @@ pub struct DeviceConfig {
     /// Emit undecoded data as hex points for this device.
     #[serde(default)]
     pub raw: bool,
+    /// Characteristics to read, subscribe to or write over a GATT connection (the device must
+    /// be connectable); the device is connected while the source runs.
+    #[serde(default)]
+    pub gatt: Vec<GattPoint>,
+}
+
+/// One characteristic as a point.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GattPoint {
+    /// Point name.
+    pub point: String,
+    /// Characteristic UUID: 16-bit (`2a6e`) or full.
+    pub characteristic: String,
+    /// Service UUID, when the characteristic UUID is not unique on the device.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// How the value is coded.
+    #[serde(rename = "type")]
+    pub value_type: GattType,
+    /// Byte order of numbers (BLE's own is little endian).
+    #[serde(default)]
+    pub big_endian: bool,
+    /// value = raw · scale + offset (numbers only; a write is converted back).
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    #[serde(default)]
+    pub offset: f64,
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Read the characteristic this often.
+    #[serde(default)]
+    pub read_every_s: Option<u64>,
+    /// Subscribe to notifications (or indications).
+    #[serde(default)]
+    pub notify: bool,
+    /// Writable from the command router (MQTT `…/set`, rules); the result is `ok` or the ATT
+    /// error's name.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// Value types of the GATT codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GattType {
+    U8,
+    I8,
+    U16,
+    I16,
+    U24,
+    U32,
+    I32,
+    F32,
+    Bool,
+    Utf8,
+    Hex,
+}
+
+fn default_scale() -> f64 {
+    1.0
 }
 
 fn default_min_interval_ms() -> u64 {
@@ -120,6 +192,15 @@ fn default_silence_restart_s() -> u64 {
     120
 }
 fn default_health_interval_ms() -> u64 {
+    1000
+}
+fn default_max_connections() -> usize {
+    3
+}
+fn default_connect_timeout_ms() -> u64 {
+    10_000
+}
+fn default_reconnect_backoff_ms() -> u64 {
     1000
 }
 
@@ -139,6 +220,7 @@ pub struct ResolvedDevice {
     pub id: String,
     pub key: Option<BindKey>,
     pub raw: bool,
+    pub gatt: Vec<GattPoint>,
 }
 
 /// How a configured device is recognised.
@@ -173,6 +255,15 @@ pub fn mac_hex(m: &[u8; 6]) -> String {
     crate::decode::hex(m)
 }
 
+/// `2a6e` (a 16-bit UUID on the Bluetooth base) or a full UUID.
+pub fn parse_uuid(s: &str) -> Option<uuid::Uuid> {
+    if s.len() == 4 {
+        let v = u16::from_str_radix(s, 16).ok()?;
+        return uuid::Uuid::parse_str(&format!("0000{v:04x}-0000-1000-8000-00805f9b34fb")).ok();
+    }
+    uuid::Uuid::parse_str(s).ok()
+}
+
 pub fn parse_key(s: &str) -> Option<[u8; 16]> {
     let hex: String = s.chars().filter(|c| !c.is_whitespace()).collect();
     if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -198,6 +289,12 @@ impl BleConfig {
         if self.health_interval_ms == 0 {
             p.push(("health_interval_ms".into(), "must be positive".into()));
         }
+        if self.max_connections == 0 || self.connect_timeout_ms == 0 {
+            p.push((
+                "max_connections".into(),
+                "max_connections and connect_timeout_ms must be positive".into(),
+            ));
+        }
         if self.away_after_s == 0 {
             p.push(("away_after_s".into(), "must be positive".into()));
         }
@@ -219,8 +316,8 @@ impl BleConfig {
                 ));
                 continue;
             };
-            let (id, key, raw) = match e {
-                DeviceEntry::Id(id) => (id.clone(), None, self.raw),
+            let (id, key, raw, gatt) = match e {
+                DeviceEntry::Id(id) => (id.clone(), None, self.raw, Vec::new()),
                 DeviceEntry::Full(d) => {
                     let key = match (&d.bindkey, &d.bindkey_file) {
                         (Some(_), Some(_)) => {
@@ -271,9 +368,63 @@ impl BleConfig {
                         }
                         (None, None) => None,
                     };
-                    (d.id.clone(), key, d.raw || self.raw)
+                    (d.id.clone(), key, d.raw || self.raw, d.gatt.clone())
                 }
             };
+            let mut names = std::collections::BTreeSet::new();
+            for (i, g) in gatt.iter().enumerate() {
+                let at = format!("{at}.gatt[{i}]");
+                if parse_uuid(&g.characteristic).is_none() {
+                    p.push((
+                        format!("{at}.characteristic"),
+                        "not a UUID (2a6e or 00002a6e-0000-1000-8000-00805f9b34fb)".into(),
+                    ));
+                }
+                if g.service
+                    .as_deref()
+                    .is_some_and(|s| parse_uuid(s).is_none())
+                {
+                    p.push((format!("{at}.service"), "not a UUID".into()));
+                }
+                if g.read_every_s.is_none() && !g.notify && !g.writable {
+                    p.push((at.clone(), "give read_every_s, notify or writable".into()));
+                }
+                if g.read_every_s == Some(0) {
+                    p.push((format!("{at}.read_every_s"), "must be positive".into()));
+                }
+                if matches!(
+                    g.value_type,
+                    GattType::Utf8 | GattType::Hex | GattType::Bool
+                ) && (g.scale != 1.0 || g.offset != 0.0)
+                {
+                    p.push((at.clone(), "scale and offset apply to numbers only".into()));
+                }
+                if !g.scale.is_finite() || g.scale == 0.0 || !g.offset.is_finite() {
+                    p.push((
+                        format!("{at}.scale"),
+                        "scale must be a non-zero number".into(),
+                    ));
+                }
+                if g.point.is_empty() || g.point.contains(['/', '#', '+']) {
+                    p.push((
+                        format!("{at}.point"),
+                        "must be a name without /, # or +".into(),
+                    ));
+                }
+                if matches!(g.point.as_str(), "present" | "rssi") || !names.insert(g.point.clone())
+                {
+                    p.push((
+                        format!("{at}.point"),
+                        format!("`{}` is already a point of this device", g.point),
+                    ));
+                }
+            }
+            if !gatt.is_empty() && !matches!(m, Match::Mac(_)) {
+                p.push((
+                    at.clone(),
+                    "GATT needs a MAC address, not a beacon id".into(),
+                ));
+            }
             if let Err(e) = weir_core::validate_device_id(&id) {
                 p.push((at.clone(), e.to_string()));
             }
@@ -286,7 +437,7 @@ impl BleConfig {
             if matches!(m, Match::Beacon(_)) && key.is_some() {
                 p.push((at.clone(), "a beacon has no bind key".into()));
             }
-            devices.insert(m, ResolvedDevice { id, key, raw });
+            devices.insert(m, ResolvedDevice { id, key, raw, gatt });
         }
         if p.is_empty() {
             Ok(ResolvedBle {

@@ -33,11 +33,13 @@
 //! * It reports each advert as one event per property after a `GetAll` round trip on the
 //!   device: throughput is bounded by D-Bus, not by decoding (see the benchmark).
 //!
-//! GATT (connections, reads, notifications, writes) is not implemented: BLE devices have no
-//! writable points and commands to them are refused.
+//! GATT ([`gatt`]): devices with `gatt:` points are connected by a task each (connections capped
+//! and made one at a time), read on a period, subscribed for notifications and written from the
+//! command router; the adapter a session found is handed to them through a watch channel.
 
 pub mod config;
 pub mod decode;
+pub mod gatt;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -85,7 +87,12 @@ impl SourceBuilder for ResolvedBle {
             .values()
             .map(|d| DeviceInfo {
                 device: DeviceId::new(&d.id),
-                writable_points: vec![],
+                writable_points: d
+                    .gatt
+                    .iter()
+                    .filter(|g| g.writable)
+                    .map(|g| PointId::new(&g.point))
+                    .collect(),
             })
             .collect()
     }
@@ -93,7 +100,7 @@ impl SourceBuilder for ResolvedBle {
     fn device_specs(&self) -> Vec<DeviceSpec> {
         self.devices
             .iter()
-            .map(|(m, d)| device_spec(&d.id, m, self.cfg.rssi))
+            .map(|(m, d)| device_spec(&d.id, m, self.cfg.rssi, &d.gatt))
             .collect()
     }
 
@@ -106,7 +113,7 @@ impl SourceBuilder for ResolvedBle {
     }
 }
 
-fn device_spec(id: &str, m: &Match, rssi: bool) -> DeviceSpec {
+fn device_spec(id: &str, m: &Match, rssi: bool, gatt: &[config::GattPoint]) -> DeviceSpec {
     let mut s = DeviceSpec::new(DeviceId::new(id)).point(
         PointSpec::new(PointId::new("present"))
             .value_type(ValueType::Bool)
@@ -118,6 +125,22 @@ fn device_spec(id: &str, m: &Match, rssi: bool) -> DeviceSpec {
                 .value_type(ValueType::Int)
                 .unit(Some("dBm"))
                 .class(Some("signal_strength")),
+        );
+    }
+    for g in gatt {
+        let ty = match g.value_type {
+            config::GattType::Bool => ValueType::Bool,
+            config::GattType::Utf8 | config::GattType::Hex => ValueType::Text,
+            config::GattType::F32 => ValueType::Float,
+            _ if g.scale != 1.0 || g.offset != 0.0 => ValueType::Float,
+            _ => ValueType::Int,
+        };
+        s = s.point(
+            PointSpec::new(PointId::new(&g.point))
+                .value_type(ty)
+                .unit(g.unit.as_deref())
+                .writable(g.writable)
+                .period_ms(g.read_every_s.map(|x| x * 1000)),
         );
     }
     s.meta = DeviceMeta {
@@ -153,6 +176,9 @@ struct BMetrics {
     bluez_restarts: Counter,
     discovery_restarts: Counter,
     sessions: Counter,
+    gatt_connects: Counter,
+    gatt_disconnects: Counter,
+    gatt_errors: Counter,
     decode_errors: HashMap<&'static str, Counter>,
 }
 
@@ -173,6 +199,9 @@ impl BMetrics {
             bluez_restarts: c("bluez_restarts"),
             discovery_restarts: c("discovery_restarts"),
             sessions: c("sessions"),
+            gatt_connects: c("gatt_connects"),
+            gatt_disconnects: c("gatt_disconnects"),
+            gatt_errors: c("gatt_errors"),
             decode_errors: HashMap::new(),
         }
     }
@@ -260,6 +289,8 @@ struct Run<'a> {
     started: Instant,
     last_allowed: Instant,
     commands_open: bool,
+    /// Command inboxes of the GATT device tasks.
+    gatt: HashMap<DeviceId, tokio::sync::mpsc::Sender<weir_core::Command>>,
 }
 
 #[async_trait]
@@ -292,12 +323,69 @@ impl Source for BleSource {
             started: now,
             last_allowed: now,
             commands_open: true,
+            gatt: HashMap::new(),
         };
         for (m, d) in &self.r.devices {
-            if let Err(e) = ctx.registry.upsert(device_spec(&d.id, m, self.r.cfg.rssi)) {
+            if let Err(e) = ctx
+                .registry
+                .upsert(device_spec(&d.id, m, self.r.cfg.rssi, &d.gatt))
+            {
                 tracing::error!(source = %self.name, "{e}");
             }
         }
+        // GATT devices: a task each, fed the adapter of the current session.
+        let (adapter_tx, adapter_rx) = tokio::sync::watch::channel(None::<Adapter>);
+        let mut gatt_tasks = tokio::task::JoinSet::new();
+        let shared = gatt::Shared {
+            source: self.name.clone(),
+            bus: ctx.bus.clone(),
+            shutdown: ctx.shutdown.child_token(),
+            adapter: adapter_rx,
+            connect_lock: Arc::new(tokio::sync::Semaphore::new(1)),
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                self.r.cfg.max_connections.max(1),
+            )),
+            connect_timeout: Duration::from_millis(self.r.cfg.connect_timeout_ms),
+            reconnect_backoff: Duration::from_millis(self.r.cfg.reconnect_backoff_ms),
+            connects: run.m.gatt_connects.clone(),
+            disconnects: run.m.gatt_disconnects.clone(),
+            errors: run.m.gatt_errors.clone(),
+        };
+        let gatt_stop = shared.shutdown.clone();
+        for (m, d) in &self.r.devices {
+            if let (Match::Mac(mac), false) = (m, d.gatt.is_empty()) {
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                let id = DeviceId::new(&d.id);
+                run.gatt.insert(id.clone(), tx);
+                gatt_tasks.spawn(gatt::run_device(
+                    shared.clone(),
+                    id,
+                    *mac,
+                    d.gatt.clone(),
+                    rx,
+                ));
+            }
+        }
+        drop(shared);
+        let result = Self::scan(&self.r, &self.name, &mut run, &adapter_tx).await;
+        gatt_stop.cancel();
+        // Each task disconnects its device on the way out.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while gatt_tasks.join_next().await.is_some() {}
+        })
+        .await;
+        result
+    }
+}
+
+impl BleSource {
+    /// Scanning sessions until shutdown.
+    async fn scan(
+        r: &ResolvedBle,
+        name: &Arc<str>,
+        run: &mut Run<'_>,
+        adapter_tx: &tokio::sync::watch::Sender<Option<Adapter>>,
+    ) -> Result<(), SourceError> {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         let mut logged = false;
         let manager = loop {
@@ -306,7 +394,7 @@ impl Source for BleSource {
                 Err(e) => {
                     if !logged {
                         logged = true;
-                        tracing::warn!(source = %self.name, "BlueZ is not reachable on the system D-Bus ({e}); waiting for it");
+                        tracing::warn!(source = %name, "BlueZ is not reachable on the system D-Bus ({e}); waiting for it");
                     }
                     if !run.wait(backoff.next_delay()).await {
                         return Ok(());
@@ -322,7 +410,7 @@ impl Source for BleSource {
                 )))
             }
         };
-        let want = self.r.cfg.adapter.as_deref();
+        let want = r.cfg.adapter.as_deref();
         let mut waiting_since: Option<std::time::Instant> = None;
         loop {
             let adapter = match find_adapter(&manager, want).await {
@@ -331,9 +419,9 @@ impl Source for BleSource {
                     run.m.adapter_waits.inc();
                     if waiting_since.is_none() {
                         waiting_since = Some(std::time::Instant::now());
-                        tracing::warn!(source = %self.name, "no Bluetooth adapter ({why}); waiting for one");
+                        tracing::warn!(source = %name, "no Bluetooth adapter ({why}); waiting for one");
                     } else {
-                        tracing::debug!(source = %self.name, "still no Bluetooth adapter: {why}");
+                        tracing::debug!(source = %name, "still no Bluetooth adapter: {why}");
                     }
                     if !run.wait(backoff.next_delay()).await {
                         return Ok(());
@@ -354,7 +442,7 @@ impl Source for BleSource {
                     run.m.adapter_waits.inc();
                     if waiting_since.is_none() {
                         waiting_since = Some(std::time::Instant::now());
-                        tracing::warn!(source = %self.name, "cannot start discovery ({e}); waiting for the adapter");
+                        tracing::warn!(source = %name, "cannot start discovery ({e}); waiting for the adapter");
                     }
                     if !run.wait(backoff.next_delay()).await {
                         return Ok(());
@@ -367,13 +455,16 @@ impl Source for BleSource {
             let info = adapter.adapter_info().await.unwrap_or_default();
             match waiting_since.take() {
                 Some(t) => tracing::info!(
-                    source = %self.name,
+                    source = %name,
                     "scanning on {info} (after waiting {:.1} s)",
                     t.elapsed().as_secs_f64()
                 ),
-                None => tracing::info!(source = %self.name, "scanning on {info}"),
+                None => tracing::info!(source = %name, "scanning on {info}"),
             }
-            let end = run.serve(&adapter, events, &owner, bluez).await?;
+            adapter_tx.send_replace(Some(adapter.clone()));
+            let end = run.serve(&adapter, events, &owner, bluez).await;
+            adapter_tx.send_replace(None);
+            let end = end?;
             match end {
                 End::Shutdown => {
                     let _ = adapter.stop_scan().await;
@@ -382,14 +473,14 @@ impl Source for BleSource {
                 End::AdapterGone(why) => {
                     run.m.adapter_lost.inc();
                     waiting_since = Some(std::time::Instant::now());
-                    tracing::warn!(source = %self.name, "Bluetooth adapter lost ({why}); waiting for it");
+                    tracing::warn!(source = %name, "Bluetooth adapter lost ({why}); waiting for it");
                 }
                 End::BluezRestarted => {
                     run.m.bluez_restarts.inc();
-                    tracing::warn!(source = %self.name, "bluetoothd restarted (org.bluez has a new owner); starting a new session");
+                    tracing::warn!(source = %name, "bluetoothd restarted (org.bluez has a new owner); starting a new session");
                 }
                 End::StreamEnded => {
-                    tracing::warn!(source = %self.name, "BlueZ event stream ended; starting a new session");
+                    tracing::warn!(source = %name, "BlueZ event stream ended; starting a new session");
                 }
             }
         }
@@ -466,9 +557,23 @@ impl Run<'_> {
 
     fn refuse(&mut self, c: Option<weir_core::Command>) {
         match c {
+            Some(c) if self.gatt.contains_key(&c.device) => {
+                let tx = &self.gatt[&c.device];
+                if let Err(e) = tx.try_send(c) {
+                    let (c, why) = match e {
+                        tokio::sync::mpsc::error::TrySendError::Full(c) => {
+                            (c, "busy: earlier writes to this device are still pending")
+                        }
+                        tokio::sync::mpsc::error::TrySendError::Closed(c) => {
+                            (c, "the device's GATT task has ended")
+                        }
+                    };
+                    let _ = c.reply.send(Err(why.into()));
+                }
+            }
             Some(c) => {
                 let _ = c.reply.send(Err(
-                    "BLE devices have no writable points (GATT is not supported yet)".into(),
+                    "this BLE device has no writable points (only `gatt:` points with `writable: true` are)".into(),
                 ));
             }
             None => self.commands_open = false,
@@ -644,7 +749,7 @@ impl Run<'_> {
                         let _ = self
                             .ctx
                             .registry
-                            .upsert(device_spec(&id, &k, self.cfg.rssi));
+                            .upsert(device_spec(&id, &k, self.cfg.rssi, &[]));
                         self.devs
                             .insert(k.clone(), Dev::new(&id, Default::default(), self.cfg.raw));
                     }
