@@ -289,6 +289,8 @@ struct Run<'a> {
     started: Instant,
     last_allowed: Instant,
     commands_open: bool,
+    /// Addresses a listed beacon was last heard from (its RSSI updates come by address).
+    beacon_macs: HashMap<[u8; 6], Match>,
     /// Command inboxes of the GATT device tasks.
     gatt: HashMap<DeviceId, tokio::sync::mpsc::Sender<weir_core::Command>>,
 }
@@ -324,6 +326,7 @@ impl Source for BleSource {
             last_allowed: now,
             commands_open: true,
             gatt: HashMap::new(),
+            beacon_macs: HashMap::new(),
         };
         for (m, d) in &self.r.devices {
             if let Err(e) = ctx
@@ -697,7 +700,12 @@ impl Run<'_> {
                 let Some(mac) = mac_of_peripheral(&id.to_string()) else {
                     return;
                 };
-                if let Some(d) = self.devs.get_mut(&Match::Mac(mac)) {
+                let k = self
+                    .beacon_macs
+                    .get(&mac)
+                    .cloned()
+                    .unwrap_or(Match::Mac(mac));
+                if let Some(d) = self.devs.get_mut(&k) {
                     d.rssi = Some(rssi);
                 }
             }
@@ -732,6 +740,11 @@ impl Run<'_> {
                     if let Some(b) = d.beacon {
                         let bk = Match::Beacon(b);
                         if self.devs.contains_key(&bk) {
+                            // Bounded: beacons on phones rotate their address.
+                            if self.beacon_macs.len() >= 4 * self.devs.len() + 16 {
+                                self.beacon_macs.clear();
+                            }
+                            self.beacon_macs.insert(mac, bk.clone());
                             k = bk;
                             found = true;
                         }
@@ -814,6 +827,8 @@ impl Run<'_> {
                 }
             }
             Some(Err(e)) => {
+                // Kept too: BlueZ's repeats of one bad advert count once.
+                dev.last_data.insert(key, data);
                 tracing::debug!(source = %self.name, device = %dev.id.as_str(), "{e}");
                 self.m.decode_error(&e);
             }
