@@ -247,13 +247,34 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
 
 /// Load what `need` says (see [`Need`]); the file's own structure is always checked.
 pub fn load_for(path: &Path, need: Need) -> Result<Loaded, ConfigErrors> {
+    load_with(path, need, None)
+}
+
+/// [`load_for`] on a configuration given as text (named `file` in messages; relative paths in it
+/// are relative to `file`'s directory), `${VAR}`s from `lookup`: `weir check`'s whole path
+/// without the file read. The entry point of the `config_yaml` fuzz target and its corpus replay.
+pub fn load_str(
+    text: &str,
+    file: &Path,
+    need: Need,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigErrors> {
+    load_with(file, need, Some((text, lookup)))
+}
+
+type Text<'a> = Option<(&'a str, &'a dyn Fn(&str) -> Option<String>)>;
+
+fn load_with(path: &Path, need: Need, text: Text<'_>) -> Result<Loaded, ConfigErrors> {
     let sections = match need {
         Need::All => weir_config::Sections::All,
         Need::Store => weir_config::Sections::Only(&["gateway", "store"]),
         Need::Devices => weir_config::Sections::Only(&["gateway", "metrics"]),
         Need::Rules => weir_config::Sections::Only(&["gateway", "rules"]),
     };
-    let (cfg, mut d) = weir_config::load_file_for(path, &sections);
+    let (cfg, mut d) = match text {
+        Some((text, lookup)) => weir_config::load_str_for(text, path, lookup, &sections),
+        None => weir_config::load_file_for(path, &sections),
+    };
     let mut sources = Vec::new();
     let mut stages = Vec::new();
     if let Some(cfg) = &cfg {

@@ -342,6 +342,23 @@ impl Server {
         }
     }
 
+    /// One datagram through the whole request path without a socket (the fuzz targets and their
+    /// corpus replay): parsing, deduplication, Block1 reassembly, payload decoding. Readings are
+    /// appended to `readings` (not sent to the bus); the answer's bytes are returned as if the
+    /// bus had taken them.
+    pub fn handle_datagram(
+        &mut self,
+        buf: &[u8],
+        peer: &Peer,
+        readings: &mut Vec<Reading>,
+    ) -> Option<Vec<u8>> {
+        match self.handle(buf, peer, Timestamp::now(), readings).1 {
+            Answer::None => None,
+            Answer::Bytes(b) => Some(b),
+            Answer::Final(p) | Answer::Accepted(p) => encode(&p),
+        }
+    }
+
     /// Handle one datagram. Returns the dedup key to store the final answer under, and the answer.
     fn handle(
         &mut self,

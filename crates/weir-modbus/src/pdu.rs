@@ -270,7 +270,10 @@ impl Request {
             Request::Read { table, count, .. } => {
                 let n = pdu.get(1).copied().unwrap_or(0) as usize;
                 if pdu.len() != 2 + n {
-                    return bad(format!("byte count {n} but {} data bytes", pdu.len() - 2));
+                    return bad(format!(
+                        "byte count {n} but {} data bytes",
+                        pdu.len().saturating_sub(2)
+                    ));
                 }
                 let data = &pdu[2..];
                 if table.is_bits() {
@@ -426,6 +429,21 @@ mod tests {
         }
         .encode()
         .is_err());
+    }
+
+    /// Found by the `modbus_rtu` fuzz target: a read answered by a lone function code made the
+    /// error message compute `len - 2` and overflow (a panic in debug builds).
+    #[test]
+    fn a_read_answered_by_a_lone_function_code_is_malformed() {
+        let r = Request::Read {
+            table: Table::Holding,
+            address: 0,
+            count: 1,
+        };
+        assert_eq!(
+            r.decode_response(&[3]),
+            Err(Err(Malformed("byte count 0 but 0 data bytes".into())))
+        );
     }
 
     #[test]
