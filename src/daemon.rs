@@ -194,6 +194,7 @@ pub async fn run_with_reload(
             stages: built,
             writer: writer.clone(),
             max_batch: cfg.store.max_batch_readings,
+            commit_window: Duration::from_millis(cfg.store.commit_window_ms),
             metrics: metrics.clone(),
             registry: registry.clone(),
             stale_after_periods: STALE_AFTER_PERIODS,
@@ -316,6 +317,9 @@ pub async fn run_with_reload(
                     if a.max_batch_readings != b.max_batch_readings {
                         restart.push("store.max_batch_readings");
                     }
+                    if a.commit_window_ms != b.commit_window_ms {
+                        restart.push("store.commit_window_ms");
+                    }
                     tracing::info!(
                         applied,
                         max_bytes = b.max_bytes,
@@ -356,6 +360,7 @@ pub async fn run_with_reload(
             cfg.store.synchronous,
             cfg.store.max_age_s,
             cfg.store.max_batch_readings,
+            cfg.store.commit_window_ms,
         );
         cfg = new.cfg;
         cfg.gateway = keep_gateway;
@@ -366,6 +371,7 @@ pub async fn run_with_reload(
             cfg.store.synchronous,
             cfg.store.max_age_s,
             cfg.store.max_batch_readings,
+            cfg.store.commit_window_ms,
         ) = keep_store;
     }
 

@@ -1,8 +1,10 @@
 //! The pipeline: bus → admission → stages → outbox, one task.
 //!
 //! Per batch taken off the bus (up to `store.max_batch_readings` readings, gathered from whatever
-//! is waiting): the registry admits it (readings a source sends for a device another source owns
-//! are removed and counted, before any stage sees them), each stage processes it in order, the
+//! is waiting and, for `store.commit_window_ms` after the first arrives, whatever comes next:
+//! group commit, one transaction for the polls of many devices): the registry admits it
+//! (readings a source sends for a device another source owns are removed and counted, before any
+//! stage sees them), each stage processes it in order, the
 //! stages' events (alerts) are collected, and the readings and events are committed to the outbox
 //! in one transaction. Events produced off the pipeline (a rule's command answered later) arrive
 //! on the bounded event channel and are committed on their own.
@@ -37,6 +39,8 @@ pub struct Pipeline {
     pub stages: Vec<Box<dyn Transform>>,
     pub writer: OutboxWriter,
     pub max_batch: usize,
+    /// How long the first readings of a batch wait for more before the batch is committed.
+    pub commit_window: Duration,
     pub metrics: Metrics,
     pub registry: Registry,
     /// A point is stale after this many expected periods of silence.
@@ -54,11 +58,13 @@ impl std::fmt::Debug for Pipeline {
                 &self.stages.iter().map(|s| s.name()).collect::<Vec<_>>(),
             )
             .field("max_batch", &self.max_batch)
+            .field("commit_window", &self.commit_window)
             .finish()
     }
 }
 
-/// The pipeline with a registry of its own and no event producers (benchmarks, tests).
+/// The pipeline with a registry of its own, no event producers and the default commit window
+/// (benchmarks, tests).
 pub async fn pipeline(
     rx: BusReceiver,
     stages: Vec<Box<dyn Transform>>,
@@ -73,6 +79,7 @@ pub async fn pipeline(
         stages,
         writer,
         max_batch,
+        commit_window: Duration::from_millis(weir_config::StoreSection::default().commit_window_ms),
         registry: Registry::new(&metrics),
         metrics,
         stale_after_periods: 3,
@@ -153,12 +160,7 @@ impl Pipeline {
                     continue;
                 }
             };
-            while batch.len() < self.max_batch {
-                match self.rx.try_recv() {
-                    Some(b) => batch.extend(b),
-                    None => break,
-                }
-            }
+            self.gather(&mut batch).await;
             for d in self.registry.admit(&mut batch) {
                 tracing::info!(device = %d.device, "heard again: device back online");
             }
@@ -181,6 +183,26 @@ impl Pipeline {
             committer.commit(&[], &ev).await;
         }
         committer.flush_drop_log();
+    }
+
+    /// Group commit: add to `batch` what is waiting on the bus and what arrives within the commit
+    /// window after the first readings, up to `max_batch`. A closed bus ends the wait (the next
+    /// `recv` then ends the loop after this batch is committed).
+    async fn gather(&mut self, batch: &mut Vec<weir_core::Reading>) {
+        let deadline = tokio::time::Instant::now() + self.commit_window;
+        while batch.len() < self.max_batch {
+            if let Some(b) = self.rx.try_recv() {
+                batch.extend(b);
+                continue;
+            }
+            if self.commit_window.is_zero() {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(b)) => batch.extend(b),
+                Ok(None) | Err(_) => return,
+            }
+        }
     }
 
     fn sweep(&self, now: weir_core::Timestamp, stale_points: &weir_core::Gauge) {
@@ -344,5 +366,91 @@ impl Committer {
         );
         self.unreported_drops = 0;
         self.last_drop_log = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use weir_core::{bus, Quality, Reading, Timestamp, Value};
+    use weir_mqtt::Encoder;
+    use weir_store::{Limits, Outbox};
+
+    fn reading(n: i64) -> Reading {
+        Reading {
+            device: "gh1/climate".into(),
+            point: "temperature".into(),
+            value: Value::F64(20.0 + n as f64),
+            unit: None,
+            ts: Timestamp(1_700_000_000_000_000_000 + n),
+            quality: Quality::Good,
+            source: "test".into(),
+        }
+    }
+
+    /// Two polls 5 ms apart, one device, per-device messages (one outbox row per device per
+    /// commit): within a 50 ms window they share one transaction (one row holding both readings);
+    /// with no window each is committed alone.
+    async fn rows_after_two_polls(window: Duration) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(3600),
+            synchronous_full: false,
+            min_free_bytes: 0,
+        };
+        let outbox = Arc::new(Mutex::new(
+            Outbox::open(&dir.path().join("outbox.db"), limits).unwrap(),
+        ));
+        let encoder = Encoder::new(
+            "weir/t",
+            "{prefix}/{device}/{point}",
+            "{prefix}/{device}",
+            weir_config::PublishMode::PerDevice,
+            1,
+        );
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let writer = OutboxWriter::new(outbox.clone(), encoder, wake);
+        let metrics = Metrics::new();
+        let (tx, rx) = bus(16, &metrics);
+        let (_ev_tx, events) = events(1);
+        let task = tokio::spawn(
+            Pipeline {
+                rx,
+                events,
+                stages: Vec::new(),
+                writer,
+                max_batch: 5000,
+                commit_window: window,
+                registry: Registry::new(&metrics),
+                metrics,
+                stale_after_periods: 3,
+                reloads: None,
+                stage_ctx: None,
+            }
+            .run(),
+        );
+        let src = tx.for_source("test");
+        drop(tx);
+        src.send(vec![reading(1)]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        src.send(vec![reading(2)]).await.unwrap();
+        drop(src); // the bus closes: the pipeline commits what it holds and ends
+        task.await.unwrap();
+        let rows = outbox.lock().unwrap().stats().unwrap().rows;
+        rows
+    }
+
+    // Paused time: the runtime advances the clock only when every task waits, so "5 ms later"
+    // and "the window ends" happen in that order every run, on any machine.
+    #[tokio::test(start_paused = true)]
+    async fn readings_arriving_within_the_commit_window_share_one_transaction() {
+        assert_eq!(rows_after_two_polls(Duration::from_millis(50)).await, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_window_each_poll_is_its_own_transaction() {
+        assert_eq!(rows_after_two_polls(Duration::ZERO).await, 2);
     }
 }

@@ -234,6 +234,13 @@ pub struct StoreSection {
     /// Readings committed in one transaction at most.
     #[serde(default = "default_max_batch_readings")]
     pub max_batch_readings: usize,
+    /// Group commit: after the first batch of readings arrives, the pipeline waits this long for
+    /// more (from every source) and commits them in one transaction, up to `max_batch_readings`.
+    /// The only latency it adds; it turns a poll per device per second into one transaction
+    /// (one fsync, one write to the SD card) for every device polled in the same few ms. 0 commits
+    /// whatever is waiting at once.
+    #[serde(default = "default_commit_window_ms")]
+    pub commit_window_ms: u64,
     /// Free space kept on the outbox's filesystem. Below it new readings are held (the bus
     /// fills, sources slow down or count drops) rather than stored, so that delivered rows can
     /// always be deleted to make room; nothing already stored is dropped for it. 0 turns the
@@ -250,6 +257,7 @@ impl Default for StoreSection {
             max_age_s: default_max_age_s(),
             synchronous: Synchronous::Full,
             max_batch_readings: default_max_batch_readings(),
+            commit_window_ms: default_commit_window_ms(),
             min_free_bytes: default_min_free_bytes(),
         }
     }
@@ -266,6 +274,9 @@ fn default_max_age_s() -> u64 {
 }
 fn default_max_batch_readings() -> usize {
     5_000
+}
+fn default_commit_window_ms() -> u64 {
+    2
 }
 /// Room for SQLite's write-ahead log (checkpointed at ~4 MiB) with a wide margin.
 fn default_min_free_bytes() -> u64 {
@@ -505,6 +516,12 @@ pub fn load_str_for(
     }
     if store.max_batch_readings == 0 {
         d.error("store.max_batch_readings", "must be at least 1");
+    }
+    if store.commit_window_ms > 1000 {
+        d.error(
+            "store.commit_window_ms",
+            "must be at most 1000 (it delays every reading; a few ms groups what arrives together)",
+        );
     }
     let mut mqtt_password = None;
     if let Some(p) = &mqtt {

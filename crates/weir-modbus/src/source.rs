@@ -53,6 +53,12 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+/// How long readings polled in one round are held at most while the line makes the requests due
+/// with them: a fast line (Modbus TCP on a LAN) sends a whole round as one batch; a slow one (RTU
+/// at 9600 baud, ~30 ms a transaction) sends each poll as it comes, so nothing is delayed by more
+/// than about this.
+const ROUND_HOLD: Duration = Duration::from_millis(10);
 use weir_core::{
     BuildError, BusSender, CancellationToken, Command, CommandFanout, CommandOrigin, Counter,
     DeviceId, DeviceInfo, DeviceSpec, Gauge, Metrics, PointId, PointSpec, Quality, Reading, Source,
@@ -481,7 +487,20 @@ impl LineTask {
                 },
                 _ = tokio::time::sleep_until(when) => {
                     let mut out = Vec::new();
-                    let fatal = self.poll(t.as_mut(), d, b, &mut out).await;
+                    let round = Instant::now();
+                    let mut fatal = self.poll(t.as_mut(), d, b, &mut out).await;
+                    // A poll round: requests already due (devices on one line keep the phase
+                    // they were opened with, so their polls fall due together) are made back to
+                    // back and their readings sent as one batch — one wake-up of the pipeline,
+                    // one commit — while the round is younger than ROUND_HOLD. A silent device's
+                    // probe (a whole response timeout) is never waited for in a round.
+                    while fatal.is_none() && round.elapsed() < ROUND_HOLD {
+                        let (when, d, b) = self.next();
+                        if b == usize::MAX || when > Instant::now() || self.devs[d].down.is_some() {
+                            break;
+                        }
+                        fatal = self.poll(t.as_mut(), d, b, &mut out).await;
+                    }
                     self.send(out, &stop).await?;
                     fatal
                 }
