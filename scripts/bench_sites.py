@@ -21,6 +21,8 @@ Prints one table row per run and, at the end, Weir's ratios against ThingsBoard 
                    [--idle-s 60]
 
 `--idle-s N` first measures Weir idle: connected, one device polled once an hour, nothing flowing.
+`--write-budget-s N` measures Weir's bytes written per reading at 10 readings/s (the simulator)
+over N s with the broker up, then N s with the broker unreachable (rows accumulate in the outbox).
 """
 import argparse
 import json
@@ -146,10 +148,14 @@ class Counter:
         self.client.disconnect()
 
 
+STORE = ""  # set from --commit-window-ms: a `store:` line for every Weir config
+
+
 def weir_config(work, broker, servers, devices, poll_ms):
     per = devices // len(servers)
     lines = [
         "gateway: { id: bench, state_dir: %s/state }" % work,
+        STORE,
         "mqtt: { host: 127.0.0.1, port: %d, topic_prefix: weir }" % broker,
         "sources:",
         "  - modbus:",
@@ -234,6 +240,33 @@ def measure(label, proc, counter, warmup_s, window_s, expected_points_s):
     }
 
 
+def write_budget(a, work, broker):
+    """Bytes written to the block device per reading at 10 readings/s, broker up then down."""
+    for label, port in (("broker up", broker), ("broker down", free_port())):
+        d = os.path.join(work, "budget-" + label.replace(" ", "-"))
+        os.makedirs(d)
+        cfg = os.path.join(d, "gateway.yaml")
+        with open(cfg, "w") as f:
+            f.write(f"gateway: {{ id: budget, state_dir: {d}/state }}\n"
+                    f"mqtt: {{ host: 127.0.0.1, port: {port}, topic_prefix: budget }}\n"
+                    f"{STORE}\nsources:\n  - sim: {{ greenhouses: 1, beds: 1, readings_per_s: 10 }}\n")
+        w = subprocess.Popen([a.weir, "run", "-c", cfg], stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, WEIR_LOG="error"))
+        try:
+            time.sleep(3)
+            p = Proc(w.pid)
+            s0 = p.sample()
+            time.sleep(a.write_budget_s)
+            s1 = p.sample()
+        finally:
+            stop(w)
+        wall = s1[0] - s0[0]
+        per_s = (s1[2] - s0[2]) / wall
+        print(f"Weir at 10 readings/s, {label}: {per_s:.0f} bytes written/s, {per_s / 10:.0f} per reading, "
+              f"{per_s * 86400 * 365 / 1e9:.2f} GB a year, CPU {100 * (s1[1] - s0[1]) / wall:.3f} %",
+              flush=True)
+
+
 def stop(proc):
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -255,9 +288,14 @@ def main():
     ap.add_argument("--warmup-s", type=float, default=10)
     ap.add_argument("--window-s", type=float, default=30)
     ap.add_argument("--idle-s", type=float, default=0)
+    ap.add_argument("--write-budget-s", type=float, default=0)
+    ap.add_argument("--commit-window-ms", type=int, help="Weir's store.commit_window_ms (default: Weir's)")
     ap.add_argument("--only", choices=["weir", "tb"])
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
+    global STORE
+    if a.commit_window_ms is not None:
+        STORE = "store: { commit_window_ms: %d }" % a.commit_window_ms
     if a.devices % a.servers:
         sys.exit("--devices must be a multiple of --servers")
 
@@ -305,6 +343,9 @@ def main():
                   f"{(s1[3] - s0[3]) / wall:.2f} wake-ups/s, {(s1[2] - s0[2]) / wall:.0f} bytes written/s, "
                   f"RSS {p.rss_mb():.1f} MB", flush=True)
             stop(w)
+
+        if a.write_budget_s and a.only != "tb":
+            write_budget(a, work, broker)
 
         hdr = (f"{'poll':>7} {'gateway':<10} {'points/s':>9} {'CPU %':>7} {'points/CPU-s':>13} "
                f"{'RSS MB':>7} {'B written/point':>16} {'wake-ups/s':>11}")
