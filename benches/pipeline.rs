@@ -14,6 +14,10 @@
 //!    (an upper bound for reading → PUBLISH on the wire);
 //! 5. outbox replay: 1,000,000 rows committed while no broker is reachable, then delivered;
 //! 6. resident memory of the `weir` binary on a greenhouse config at 10,000 readings/s.
+//!
+//! Phases 2, 3 and 5 run once per northbound format (`json`, then `sparkplug_b`: rows are
+//! typed and encoded by the format when published), each with the MQTT PUBLISH bytes per reading
+//! the forwarder counted (`weir_mqtt_published_bytes_total`). `WEIR_BENCH_FORMATS=json` runs one.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -124,7 +128,42 @@ fn connect(port: u16, id: &str) -> ConnectOptions {
     }
 }
 
-fn fcfg(port: u16, id: &str, exit_when_empty: bool) -> ForwarderConfig {
+/// The northbound format of a phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fmt {
+    Json,
+    Sparkplug,
+}
+
+impl Fmt {
+    fn name(self) -> &'static str {
+        match self {
+            Fmt::Json => "json",
+            Fmt::Sparkplug => "sparkplug_b",
+        }
+    }
+
+    fn config(self, id: &str, dir: &std::path::Path) -> weir_mqtt::FormatConfig {
+        match self {
+            Fmt::Json => weir_mqtt::FormatConfig::json(id),
+            Fmt::Sparkplug => {
+                weir_mqtt::FormatConfig::SparkplugB(weir_mqtt::sparkplug::SparkplugConfig {
+                    group_id: id.into(),
+                    edge_node_id: "bench".into(),
+                    primary_host_id: None,
+                    bdseq_path: dir.join("bdseq"),
+                })
+            }
+        }
+    }
+}
+
+fn fcfg(
+    port: u16,
+    id: &str,
+    exit_when_empty: bool,
+    format: weir_mqtt::FormatConfig,
+) -> ForwarderConfig {
     ForwarderConfig {
         connect: connect(port, id),
         prefix: id.into(),
@@ -134,7 +173,7 @@ fn fcfg(port: u16, id: &str, exit_when_empty: bool) -> ForwarderConfig {
         status_interval: Duration::from_secs(60),
         max_age: Duration::from_secs(86400),
         exit_when_empty,
-        format: weir_mqtt::FormatConfig::json(id),
+        format,
     }
 }
 
@@ -165,6 +204,7 @@ impl Running {
         port: u16,
         id: &str,
         mode: PublishMode,
+        fmt: Fmt,
         stages: Vec<Box<dyn Transform>>,
         sim: &str,
     ) -> Running {
@@ -183,7 +223,7 @@ impl Running {
         let writer = OutboxWriter::new(outbox.clone(), encoder, wake.clone());
         let token = CancellationToken::new();
         let fwd = Forwarder::new(
-            fcfg(port, id, false),
+            fcfg(port, id, false, fmt.config(id, dir.path())),
             outbox.clone(),
             wake,
             CommandRouter::new(),
@@ -220,7 +260,7 @@ impl Running {
 }
 
 /// Simulator → … → mosquitto for `n` readings; readings/s until the last PUBACK.
-async fn gateway(port: u16, n: u64, mode: PublishMode) -> (f64, u64) {
+async fn gateway(port: u16, n: u64, mode: PublishMode, fmt: Fmt) -> (f64, u64, f64) {
     let id = format!("bench-{}", free_port());
     let stages: Vec<Box<dyn Transform>> = vec![
         Box::new(Passthrough("rules")),
@@ -231,10 +271,12 @@ async fn gateway(port: u16, n: u64, mode: PublishMode) -> (f64, u64) {
         port,
         &id,
         mode,
+        fmt,
         stages,
         &format!("{{greenhouses: 10, beds: 6, readings_per_s: 10000000, total_readings: {n}, max_batch: 1000, seed: 1}}"),
     );
     let acked = run.metrics.counter("weir_mqtt_acked_total", &[]);
+    let bytes = run.metrics.counter("weir_mqtt_published_bytes_total", &[]);
     let committed = run.metrics.counter("weir_readings_committed_total", &[]);
     // Wait until every reading is committed and every resulting message acknowledged.
     loop {
@@ -251,8 +293,9 @@ async fn gateway(port: u16, n: u64, mode: PublishMode) -> (f64, u64) {
     }
     let secs = start.elapsed().as_secs_f64();
     let messages = acked.get();
+    let per_reading = bytes.get() as f64 / n as f64;
     run.stop().await;
-    (n as f64 / secs, messages)
+    (n as f64 / secs, messages, per_reading)
 }
 
 async fn latency(port: u16) -> (f64, f64, f64) {
@@ -276,6 +319,7 @@ async fn latency(port: u16) -> (f64, f64, f64) {
         port,
         &id,
         PublishMode::PerReading,
+        Fmt::Json,
         vec![],
         &format!("{{readings_per_s: 1000, tick_ms: 1, total_readings: {n}, seed: 1}}"),
     );
@@ -301,48 +345,69 @@ async fn latency(port: u16) -> (f64, f64, f64) {
     (q(0.5), q(0.99), q(1.0))
 }
 
-async fn replay(port: u16, rows: u64) -> (f64, f64) {
+/// `rows` typed rows (one reading each, committed through the same encoder as the pipeline's)
+/// while no forwarder runs, then delivered by one; (commit rows/s, delivery readings/s, PUBLISH
+/// bytes per reading).
+async fn replay(port: u16, rows: u64, fmt: Fmt) -> (f64, f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let outbox = open(dir.path());
     let id = format!("replay-{}", free_port());
+    let enc = Encoder::new(
+        &id,
+        "{prefix}/{device}/{point}",
+        "{prefix}/{device}",
+        PublishMode::PerReading,
+        1,
+    );
+    let devices: Vec<weir_core::DeviceId> = (0..8)
+        .map(|i| format!("gh{i}/climate").as_str().into())
+        .collect();
+    let point: weir_core::PointId = "temperature".into();
+    let unit: Option<Arc<str>> = Some(Arc::from("°C"));
+    let source: Arc<str> = Arc::from("sim");
     let start = Instant::now();
-    let mut seq_dev = 0u64;
+    let mut i = 0u64;
     for _ in 0..rows / 1000 {
-        weir_mqtt::forwarder::lock(&outbox)
-            .append(|seqs| {
-                (0..1000)
-                    .map(|_| {
-                        seq_dev += 1;
-                        let d = format!("gh{}/climate", seq_dev % 8);
-                        let s = seqs.next(&d);
-                        weir_store::NewMessage {
-                            topic: format!("{id}/{d}/temperature"),
-                            payload: format!(r#"{{"value":21.87,"unit":"C","ts":"2026-11-22T03:40:12.512034871Z","quality":"good","seq":{s}}}"#).into_bytes(),
-                            qos: 1,
-                            retain: false,
-                        }
-                    })
-                    .collect()
+        let batch: Vec<weir_core::Reading> = (0..1000)
+            .map(|_| {
+                i += 1;
+                weir_core::Reading {
+                    device: devices[(i % 8) as usize].clone(),
+                    point: point.clone(),
+                    value: weir_core::Value::F64(21.87),
+                    unit: unit.clone(),
+                    ts: weir_core::Timestamp(1_795_000_000_000_000_000 + i as i64),
+                    quality: weir_core::Quality::Good,
+                    source: source.clone(),
+                }
             })
+            .collect();
+        weir_mqtt::forwarder::lock(&outbox)
+            .append_rows(|seqs| enc.rows(&batch, &[], seqs))
             .unwrap();
     }
     let fill = rows as f64 / start.elapsed().as_secs_f64();
+    let metrics = Metrics::new();
     let fwd = Forwarder::new(
-        fcfg(port, &id, true),
+        fcfg(port, &id, true, fmt.config(&id, dir.path())),
         outbox.clone(),
         Arc::new(Notify::new()),
         CommandRouter::new(),
-        Metrics::new(),
+        metrics.clone(),
     );
     let start = Instant::now();
     fwd.run(CancellationToken::new()).await;
     let rate = rows as f64 / start.elapsed().as_secs_f64();
+    let bytes = metrics
+        .counter("weir_mqtt_published_bytes_total", &[])
+        .get() as f64
+        / rows as f64;
     assert_eq!(
         weir_mqtt::forwarder::lock(&outbox).stats().unwrap().rows,
         0,
         "replay delivered everything"
     );
-    (fill, rate)
+    (fill, rate, bytes)
 }
 
 fn rss_of_weir(port: u16) -> Option<(u64, u64)> {
@@ -399,23 +464,34 @@ fn main() {
         let _ = baseline(port, 20_000).await; // warm-up
         let raw = baseline(port, n).await;
         println!("baseline: bare rumqttc QoS 1 publish loop      {raw:>10.0} msg/s");
-        let (per_reading, msgs) = gateway(port, n, PublishMode::PerReading).await;
-        println!(
-            "gateway, one message per reading (QoS 1, durable) {per_reading:>10.0} readings/s  ({msgs} messages)  ratio to baseline {:.2}",
-            per_reading / raw
-        );
-        let (batched, msgs) = gateway(port, n * 3, PublishMode::PerDevice).await;
-        println!(
-            "gateway, per-device batches                      {batched:>10.0} readings/s  ({msgs} messages)  ratio to baseline {:.2}",
-            batched / raw
-        );
+        let formats: Vec<Fmt> = match std::env::var("WEIR_BENCH_FORMATS").as_deref() {
+            Ok("json") => vec![Fmt::Json],
+            Ok("sparkplug_b") => vec![Fmt::Sparkplug],
+            _ => vec![Fmt::Json, Fmt::Sparkplug],
+        };
+        for &fmt in &formats {
+            let f = fmt.name();
+            let (per_reading, msgs, b) = gateway(port, n, PublishMode::PerReading, fmt).await;
+            println!(
+                "[{f}] gateway, one message per reading (QoS 1, durable) {per_reading:>10.0} readings/s  ({msgs} messages, {b:.1} B/reading on the wire)  ratio to baseline {:.2}",
+                per_reading / raw
+            );
+            let (batched, msgs, b) = gateway(port, n * 3, PublishMode::PerDevice, fmt).await;
+            println!(
+                "[{f}] gateway, per-device batches                      {batched:>10.0} readings/s  ({msgs} messages, {b:.1} B/reading on the wire)  ratio to baseline {:.2}",
+                batched / raw
+            );
+        }
         let (p50, p99, max) = latency(port).await;
-        println!("latency at 1,000 readings/s, reading -> subscriber: p50 {p50:.2} ms  p99 {p99:.2} ms  max {max:.2} ms");
-        let (fill, rate) = replay(port, replay_rows).await;
-        println!(
-            "outbox replay of {replay_rows} rows: committed at {fill:.0} rows/s (1,000 per transaction, FULL), delivered at {rate:.0} readings/s  ratio to baseline {:.2}",
-            rate / raw
-        );
+        println!("[json] latency at 1,000 readings/s, reading -> subscriber: p50 {p50:.2} ms  p99 {p99:.2} ms  max {max:.2} ms");
+        for &fmt in &formats {
+            let f = fmt.name();
+            let (fill, rate, b) = replay(port, replay_rows, fmt).await;
+            println!(
+                "[{f}] outbox replay of {replay_rows} typed rows: committed at {fill:.0} rows/s (1,000 per transaction, FULL), delivered at {rate:.0} readings/s ({b:.1} B/reading)  ratio to baseline {:.2}",
+                rate / raw
+            );
+        }
     });
     match rss_of_weir(port) {
         Some((rss, hwm)) => println!(

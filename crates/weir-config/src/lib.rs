@@ -99,6 +99,30 @@ pub enum PublishMode {
     PerDevice,
 }
 
+/// `mqtt.format`: how rows are encoded northbound.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NorthboundFormat {
+    /// Weir's JSON topics and payloads (`telemetry_topic`, `batch_topic`, `alerts_topic`).
+    #[default]
+    Json,
+    /// Sparkplug B 3.0 (`mqtt.sparkplug`).
+    SparkplugB,
+}
+
+/// `mqtt.sparkplug:` — Sparkplug B 3.0 settings, with `format: sparkplug_b`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SparkplugSection {
+    /// Sparkplug group id (topics `spBv1.0/<group_id>/…`).
+    pub group_id: String,
+    /// Edge node id; default `gateway.id`.
+    pub edge_node_id: Option<String>,
+    /// A host application whose `spBv1.0/STATE/<id>` gates publishing: rows are published only
+    /// while it says online, and those committed meanwhile are sent with `is_historical`.
+    pub primary_host_id: Option<String>,
+}
+
 /// `mqtt.tls:` — TLS, and mTLS when a client certificate is given.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,6 +174,10 @@ pub struct MqttSection {
     pub alerts_topic: String,
     #[serde(default)]
     pub mode: PublishMode,
+    /// `json` (default) or `sparkplug_b` (then `sparkplug` is required).
+    #[serde(default)]
+    pub format: NorthboundFormat,
+    pub sparkplug: Option<SparkplugSection>,
     /// QoS of telemetry: 0 or 1. With 1 a row leaves the outbox only after its PUBACK.
     #[serde(default = "default_qos")]
     pub qos: u8,
@@ -617,6 +645,34 @@ fn validate_mqtt(p: &Partial<MqttSection>, d: &mut Diagnostics) {
                 &format!("mqtt.{key}"),
                 "wildcards `+`/`#` are not allowed in a publish topic",
             );
+        }
+    }
+    match (m.format, &m.sparkplug) {
+        (NorthboundFormat::SparkplugB, None) if !p.skipped("mqtt.sparkplug") => d.error(
+            "mqtt.sparkplug",
+            "`format: sparkplug_b` needs a `sparkplug:` section with at least `group_id`",
+        ),
+        (NorthboundFormat::Json, Some(_)) if !p.skipped("mqtt.format") => d.error(
+            "mqtt.sparkplug",
+            "given, but `format` is `json`: set `format: sparkplug_b` or remove the section",
+        ),
+        _ => {}
+    }
+    if let Some(s) = &m.sparkplug {
+        // Sparkplug 3.0, "Topic Namespace Elements": ids are UTF-8 without `/`, `+` and `#`.
+        for (key, v) in [
+            ("group_id", Some(&s.group_id)),
+            ("edge_node_id", s.edge_node_id.as_ref()),
+            ("primary_host_id", s.primary_host_id.as_ref()),
+        ] {
+            if let Some(v) = v {
+                if v.is_empty() || v.contains(['/', '+', '#']) {
+                    d.error(
+                        &format!("mqtt.sparkplug.{key}"),
+                        format!("`{v}` must be non-empty and without `/`, `+` or `#`"),
+                    );
+                }
+            }
         }
     }
     if let Some(t) = &m.tls {

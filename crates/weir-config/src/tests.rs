@@ -554,3 +554,34 @@ fn the_whole_text_is_still_checked_when_only_some_sections_are_asked_for() {
     let s = d.finish().unwrap_err().to_string();
     assert!(s.contains("gw.yaml:3: mqt: unknown section `mqt`"), "{s}");
 }
+
+#[test]
+fn sparkplug_b_needs_its_section_and_valid_ids() {
+    let c = ok("gateway:\n  id: gh1\nmqtt:\n  format: sparkplug_b\n  sparkplug:\n    group_id: plant\n    primary_host_id: scada\n");
+    assert_eq!(c.mqtt.format, NorthboundFormat::SparkplugB);
+    let sp = c.mqtt.sparkplug.unwrap();
+    assert_eq!((sp.group_id.as_str(), sp.edge_node_id), ("plant", None));
+    assert_eq!(
+        ok("gateway:\n  id: gh1\n").mqtt.format,
+        NorthboundFormat::Json
+    );
+    let s = errors("gateway:\n  id: gh1\nmqtt:\n  format: sparkplug_b\n").to_string();
+    assert!(
+        s.contains("mqtt.sparkplug: `format: sparkplug_b` needs"),
+        "{s}"
+    );
+    let s = errors("gateway:\n  id: gh1\nmqtt:\n  sparkplug:\n    group_id: plant\n").to_string();
+    assert!(s.contains("but `format` is `json`"), "{s}");
+    let s = errors(
+        "gateway:\n  id: gh1\nmqtt:\n  format: sparkplug_b\n  sparkplug:\n    group_id: a/b\n    edge_node_id: ''\n    primary_host_id: 'h#'\n",
+    )
+    .to_string();
+    assert!(
+        s.contains("gw.yaml:6: mqtt.sparkplug.group_id: `a/b` must be"),
+        "{s}"
+    );
+    assert!(s.contains("mqtt.sparkplug.edge_node_id"), "{s}");
+    assert!(s.contains("mqtt.sparkplug.primary_host_id"), "{s}");
+    let s = errors("gateway:\n  id: gh1\nmqtt:\n  format: xml\n").to_string();
+    assert!(s.contains("mqtt.format"), "{s}");
+}

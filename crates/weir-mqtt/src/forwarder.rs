@@ -156,6 +156,7 @@ pub struct Forwarder {
 #[derive(Debug)]
 struct Counters {
     published: weir_core::Counter,
+    published_bytes: weir_core::Counter,
     acked: weir_core::Counter,
     rejected: weir_core::Counter,
     quarantined: weir_core::Counter,
@@ -243,6 +244,7 @@ impl Forwarder {
     ) -> Self {
         let m = Counters {
             published: metrics.counter("weir_mqtt_published_total", &[]),
+            published_bytes: metrics.counter("weir_mqtt_published_bytes_total", &[]),
             acked: metrics.counter("weir_mqtt_acked_total", &[]),
             rejected: metrics.counter("weir_mqtt_rejected_total", &[]),
             quarantined: metrics.counter("weir_mqtt_quarantined_total", &[]),
@@ -541,12 +543,14 @@ impl Forwarder {
         // heard.
         let mut reg_changes = self.router.registry().changes();
         let mut subscribed = std::collections::HashSet::new();
-        if self.cfg.commands {
-            for filter in format.fixed_filters() {
-                if let Err(e) = s.subscribe(&filter) {
-                    tracing::warn!("mqtt: could not subscribe to {filter}: {e}");
-                }
+        // The format's own topics (Sparkplug: NCMD, the primary host's STATE) always; per-device
+        // command topics only with `mqtt.commands`.
+        for filter in format.fixed_filters() {
+            if let Err(e) = s.subscribe(&filter) {
+                tracing::warn!("mqtt: could not subscribe to {filter}: {e}");
             }
+        }
+        if self.cfg.commands {
             self.subscribe_commands(&s, &*format, &mut subscribed);
         }
         reg_changes.mark_unchanged();
@@ -619,10 +623,12 @@ impl Forwarder {
                         continue;
                     }
                 };
+                let wire = publish_packet_bytes(m.topic.len(), m.payload.len(), m.qos);
                 match s.publish(&m.topic, m.qos, m.retain, m.payload) {
                     Ok(()) => {
                         inflight.request(Some(id));
                         self.m.published.inc();
+                        self.m.published_bytes.add(wire);
                     }
                     Err(PublishError::InvalidTopic(t)) => {
                         tracing::error!(
@@ -943,6 +949,20 @@ impl Forwarder {
             }
         });
     }
+}
+
+/// Bytes of an MQTT 3.1.1 PUBLISH packet (§3.3): fixed header (1 byte and the remaining length
+/// as a variable byte integer, §2.2.3), topic with its 2-byte length, packet id for QoS > 0,
+/// payload. Counted in `weir_mqtt_published_bytes_total` for rows.
+pub fn publish_packet_bytes(topic: usize, payload: usize, qos: u8) -> u64 {
+    let remaining = 2 + topic + usize::from(qos > 0) * 2 + payload;
+    let len_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    (1 + len_bytes + remaining) as u64
 }
 
 /// A command payload: a JSON scalar (`true`, `21.5`, `"auto"`) or `{"value": scalar}`; text that

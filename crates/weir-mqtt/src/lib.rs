@@ -114,6 +114,26 @@ pub fn forwarder_config(cfg: &GatewayConfig) -> Result<ForwarderConfig, tls::Tls
         status_interval: Duration::from_secs(cfg.mqtt.status_interval_s.max(1)),
         max_age: cfg.store_max_age(),
         exit_when_empty: false,
-        format: FormatConfig::Json(Encoder::from_config(cfg)),
+        format: format_config(cfg),
     })
+}
+
+/// The northbound format `mqtt.format` names, with its settings.
+pub fn format_config(cfg: &GatewayConfig) -> FormatConfig {
+    match (&cfg.mqtt.format, &cfg.mqtt.sparkplug) {
+        (weir_config::NorthboundFormat::SparkplugB, Some(s)) => {
+            FormatConfig::SparkplugB(sparkplug::SparkplugConfig {
+                group_id: s.group_id.clone(),
+                // `gateway.id` may hold characters a Sparkplug id may not: escaped as device ids are.
+                edge_node_id: s
+                    .edge_node_id
+                    .clone()
+                    .unwrap_or_else(|| sparkplug::device_id(&cfg.gateway.id)),
+                primary_host_id: s.primary_host_id.clone(),
+                bdseq_path: cfg.gateway.state_dir.join("sparkplug").join("bdseq"),
+            })
+        }
+        // `weir check` refuses sparkplug_b without its section.
+        _ => FormatConfig::Json(Encoder::from_config(cfg)),
+    }
 }

@@ -86,7 +86,8 @@ pub trait NorthboundFormat: Send + fmt::Debug {
     /// The command filter to subscribe for `device`, if the format takes commands per device.
     fn device_filter(&self, device: &DeviceId) -> Option<String>;
 
-    /// Filters subscribed on every connect, whatever devices exist.
+    /// Filters subscribed on every connect, whatever devices exist and whatever `mqtt.commands`
+    /// says (a format's control topics).
     fn fixed_filters(&self) -> Vec<String> {
         Vec::new()
     }

@@ -17,7 +17,12 @@
 //! * The will is NDEATH (QoS 1, not retained) with the `bdSeq` metric; `bdSeq` (0–255) is
 //!   incremented for every connect and persisted in the state file before the connect, so the
 //!   NBIRTH of the session carries the same value.
-//! * Subscriptions: NCMD and DCMD of this node and, with `primary_host_id`, `spBv1.0/STATE/<host>`.
+//! * Subscriptions: NCMD of this node and, with `primary_host_id`, `spBv1.0/STATE/<host>`; with
+//!   `mqtt.commands`, the DCMD topic of every device the registry knows.
+//! * QoS: rows go out with `mqtt.qos` (default 1, so a row leaves the outbox only after its
+//!   PUBACK: Weir's store-and-forward contract), births and deaths with QoS 1. The specification
+//!   asks for QoS 0 on NBIRTH/DBIRTH/NDATA/DDATA; `mqtt.qos: 0` gives that for data, at the price of
+//!   at-most-once delivery.
 //! * Without a primary host, NBIRTH (seq 0, `bdSeq`, `Node Control/Rebirth`) and one DBIRTH per
 //!   device follow the subscriptions; with one, they wait for the host's STATE
 //!   `{"online":true,…}`, and rows are only published while it says online (they keep being
@@ -29,7 +34,8 @@
 //!   current publishing window opened) carry `is_historical = true`. Quality is the property
 //!   `Quality` (Int32: 192 good, 64 uncertain, 0 bad) and a reason `Quality Reason` (String).
 //! * Alerts and command results are DDATA metrics `Alerts/<name>` (Boolean, active) and
-//!   `Commands/<point>/Result` (String: `ok` or the error); they are born in DBIRTH.
+//!   `Commands/<point>/Result` (String: `ok` or the error), sent by name with their datatype
+//!   (they are not in DBIRTH: alerts are named by rules at run time).
 //! * `seq` counts 0–255 over every message of the session after NBIRTH (0), wrapping to 0.
 //! * NCMD `Node Control/Rebirth` = true publishes NBIRTH and the DBIRTHs again; DCMD metric
 //!   writes (by name or alias) go to the command router, which refuses points not declared
@@ -607,7 +613,9 @@ impl SparkplugFormat {
                 }]
             }
         };
-        Ok(self.ddata(device, metrics))
+        let mut m = self.ddata(device, metrics);
+        m.qos = row.qos;
+        Ok(m)
     }
 
     fn on_state(&mut self, payload: &[u8]) -> Inbound {
@@ -707,15 +715,12 @@ impl NorthboundFormat for SparkplugFormat {
         self.message(self.node_topic("NDEATH"), &payload)
     }
 
-    fn device_filter(&self, _device: &DeviceId) -> Option<String> {
-        None
+    fn device_filter(&self, device: &DeviceId) -> Option<String> {
+        Some(self.device_topic("DCMD", device.as_str()))
     }
 
     fn fixed_filters(&self) -> Vec<String> {
-        let mut f = vec![
-            self.node_topic("NCMD"),
-            format!("{}/+", self.node_topic("DCMD")),
-        ];
+        let mut f = vec![self.node_topic("NCMD")];
         f.extend(self.state_topic());
         f
     }

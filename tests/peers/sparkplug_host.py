@@ -1,0 +1,147 @@
+"""A Sparkplug B host application written on pysparkplug (PyPI), independent of Weir.
+
+It publishes its STATE (retained, with a will saying offline), subscribes `spBv1.0/<group>/#`,
+decodes every message with pysparkplug (aliases resolved through the births it saw), and prints
+one JSON line per message on stdout:
+
+    {"type": "DDATA", "node": "...", "device": "...", "seq": 7, "bdseq": null,
+     "metrics": [{"name": "...", "alias": 3, "value": 21.5, "historical": false,
+                  "datatype": "DOUBLE", "null": false}]}
+
+Commands, one per line on stdin:
+    online | offline                      publish STATE (retained)
+    rebirth <node>                         NCMD Node Control/Rebirth = true
+    dcmd <node> <device> <metric> <json>   DCMD writing one value (bool, int or float)
+
+Usage: python sparkplug_host.py <port> <group_id> <host_id>
+"""
+
+import json
+import sys
+import threading
+
+import pysparkplug as psp
+
+
+def main() -> None:
+    port, group, host_id = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    out_lock = threading.Lock()
+
+    def emit(doc):
+        with out_lock:
+            sys.stdout.write(json.dumps(doc) + "\n")
+            sys.stdout.flush()
+
+    client = psp.Client(client_id=f"host-{host_id}")
+    state_topic = psp.Topic(message_type=psp.MessageType.STATE, sparkplug_host_id=host_id)
+
+    def state(online: bool) -> psp.Message:
+        return psp.Message(
+            topic=state_topic,
+            payload=psp.State(timestamp=psp.get_current_timestamp(), online=online),
+            qos=psp.QoS.AT_LEAST_ONCE,
+            retain=True,
+        )
+
+    client.set_will(state(False))
+
+    def on_message(_client, message: psp.Message) -> None:
+        t = message.topic
+        p = message.payload
+        doc = {
+            "type": str(t.message_type.value if hasattr(t.message_type, "value") else t.message_type),
+            "node": t.edge_node_id,
+            "device": t.device_id,
+            "seq": getattr(p, "seq", None),
+            "bdseq": None,
+            "metrics": [],
+        }
+        metrics = list(getattr(p, "metrics", ()) or ())
+        bd = getattr(p, "bd_seq_metric", None)
+        if bd is not None:
+            metrics.append(bd)
+        for m in metrics:
+            if m.name == "bdSeq":
+                doc["bdseq"] = m.value
+            v = m.value
+            if isinstance(v, (bytes, bytearray)):
+                v = v.hex()
+            doc["metrics"].append(
+                {
+                    "name": m.name,
+                    "alias": m.alias,
+                    "ts": m.timestamp,
+                    "value": v,
+                    "historical": bool(m.is_historical),
+                    "null": bool(m.is_null),
+                    "datatype": m.datatype.name,
+                }
+            )
+        emit(doc)
+
+    connected = threading.Event()
+    client.connect("127.0.0.1", port=port, blocking=False, callback=lambda _c: connected.set())
+    if not connected.wait(10):
+        emit({"type": "error", "error": "could not connect"})
+        sys.exit(1)
+    client.subscribe(psp.Topic(group_id=group, message_type="#"), psp.QoS.AT_LEAST_ONCE, on_message)
+    emit({"type": "ready"})
+
+    def command(words) -> None:
+        now = psp.get_current_timestamp()
+        if words[0] in ("online", "offline"):
+            client.publish(state(words[0] == "online"))
+        elif words[0] == "rebirth":
+            metric = psp.Metric(
+                timestamp=now,
+                name="Node Control/Rebirth",
+                datatype=psp.DataType.BOOLEAN,
+                value=True,
+            )
+            client.publish(
+                psp.Message(
+                    topic=psp.Topic(group_id=group, message_type=psp.MessageType.NCMD, edge_node_id=words[1]),
+                    payload=psp.NCmd(timestamp=now, metrics=(metric,)),
+                    qos=psp.QoS.AT_MOST_ONCE,
+                    retain=False,
+                ),
+                include_dtypes=True,
+            )
+        elif words[0] == "dcmd":
+            node, device, name, raw = words[1], words[2], words[3], json.loads(words[4])
+            if isinstance(raw, bool):
+                dt = psp.DataType.BOOLEAN
+            elif isinstance(raw, int):
+                dt = psp.DataType.INT64
+            else:
+                dt = psp.DataType.DOUBLE
+            metric = psp.Metric(timestamp=now, name=name, datatype=dt, value=raw)
+            client.publish(
+                psp.Message(
+                    topic=psp.Topic(
+                        group_id=group,
+                        message_type=psp.MessageType.DCMD,
+                        edge_node_id=node,
+                        device_id=device,
+                    ),
+                    payload=psp.DCmd(timestamp=now, metrics=(metric,)),
+                    qos=psp.QoS.AT_MOST_ONCE,
+                    retain=False,
+                ),
+                include_dtypes=True,
+            )
+
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        try:
+            command(words)
+        except Exception as e:  # not connected (a broker outage): say so and go on
+            emit({"type": "error", "command": words[0], "error": str(e)})
+            continue
+        emit({"type": "done", "command": words[0]})
+
+
+if __name__ == "__main__":
+    main()
