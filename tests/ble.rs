@@ -245,6 +245,20 @@ fn adverts_become_readings_once_with_rssi_presence_allowlist_and_raw() {
         wait_values(&sub, "t/gh1/bed-north/present", 1)[0],
         serde_json::json!(true)
     );
+    // The registry learns the format as the model and the firmware a BTHome device announces
+    // (object 0xF2: 1.2.3; packet id 0x63, no measurement), and the point with its unit.
+    bz.cmd(&format!("svc {THERMO} fcd2 400063f2030201"));
+    wait_until(
+        "the device's model and firmware",
+        Duration::from_secs(20),
+        || {
+            let d = device_doc(mport, "gh1/bed-north");
+            d["meta"]["model"] == "BTHome v2" && d["meta"]["firmware"] == "1.2.3"
+        },
+    );
+    let dev = device_doc(mport, "gh1/bed-north");
+    assert_eq!(point_doc(&dev, "temperature")["unit"], "°C", "{dev}");
+    assert_eq!(dev["availability"], "online", "{dev}");
 
     // Ruuvi RAWv2: the spec's example; a repeat with the same sequence but other bytes (a
     // second AD copy BlueZ merged) is one reading.

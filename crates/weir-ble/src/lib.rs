@@ -248,13 +248,14 @@ struct Dev {
     heard: Option<Instant>,
     present: Option<bool>,
     rssi: Option<i16>,
-    firmware: Option<String>,
+    /// What the registry was told (re-told with the format and firmware once they are known).
+    spec: DeviceSpec,
 }
 
 impl Dev {
-    fn new(id: &str, keys: bthome::KeyState, raw: bool) -> Dev {
+    fn new(spec: DeviceSpec, keys: bthome::KeyState, raw: bool) -> Dev {
         Dev {
-            id: DeviceId::new(id),
+            id: spec.id.clone(),
             keys,
             raw,
             last_data: HashMap::new(),
@@ -263,7 +264,7 @@ impl Dev {
             heard: None,
             present: None,
             rssi: None,
-            firmware: None,
+            spec,
         }
     }
 }
@@ -303,7 +304,7 @@ impl Source for BleSource {
             devs.insert(
                 m.clone(),
                 Dev::new(
-                    &d.id,
+                    device_spec(&d.id, m, self.r.cfg.rssi, &d.gatt),
                     bthome::KeyState {
                         key: d.key.map(|k| k.0),
                         last_counter: None,
@@ -759,12 +760,10 @@ impl Run<'_> {
                 match Self::decode(mac, key, &data, &mut Default::default()) {
                     Some(Ok(d)) if !d.measurements.is_empty() || d.beacon.is_some() => {
                         let id = format!("ble/{}", mac_hex(&mac));
-                        let _ = self
-                            .ctx
-                            .registry
-                            .upsert(device_spec(&id, &k, self.cfg.rssi, &[]));
+                        let spec = device_spec(&id, &k, self.cfg.rssi, &[]);
+                        let _ = self.ctx.registry.upsert(spec.clone());
                         self.devs
-                            .insert(k.clone(), Dev::new(&id, Default::default(), self.cfg.raw));
+                            .insert(k.clone(), Dev::new(spec, Default::default(), self.cfg.raw));
                     }
                     _ => {
                         self.m.ignored.inc();
@@ -856,8 +855,18 @@ impl Run<'_> {
                 }
                 dev.last_emit = Some(now);
                 let (id, rssi) = (dev.id.clone(), dev.rssi);
-                if d.firmware.is_some() && dev.firmware != d.firmware {
-                    dev.firmware = d.firmware.clone();
+                // The format as the model, the firmware a BTHome device announces: told once.
+                let model = d.format.model();
+                if dev.spec.meta.model.as_deref() != Some(model)
+                    || (d.firmware.is_some() && dev.spec.meta.firmware != d.firmware)
+                {
+                    dev.spec.meta.model = Some(model.to_string());
+                    if d.firmware.is_some() {
+                        dev.spec.meta.firmware = d.firmware.clone();
+                    }
+                    if let Err(e) = self.ctx.registry.upsert(dev.spec.clone()) {
+                        tracing::warn!(source = %self.name, "{e}");
+                    }
                 }
                 for m in d.measurements {
                     self.push(&id, &m.name, m.value, m.unit);

@@ -77,6 +77,18 @@ impl Format {
             Format::Eddystone => "eddystone",
         }
     }
+
+    /// How the registry's `model` names a device speaking this format.
+    pub fn model(self) -> &'static str {
+        match self {
+            Format::BtHome => "BTHome v2",
+            Format::Ruuvi => "RuuviTag (RAWv2)",
+            Format::Pvvx => "pvvx custom firmware",
+            Format::Atc1441 => "ATC1441 firmware",
+            Format::IBeacon => "iBeacon",
+            Format::Eddystone => "Eddystone",
+        }
+    }
 }
 
 /// What an advert said.
