@@ -220,8 +220,11 @@ enum End {
 /// A command's outcome, for the format to answer.
 type Outgoing = (InboundCommand, Result<(), String>);
 
-/// How long acknowledged rows wait to be deleted together (fewer, larger delete transactions).
-const FLUSH_DELAY: Duration = Duration::from_millis(20);
+/// How long acknowledged rows wait, from the first, to be deleted together: at most 5 delete
+/// transactions a second (each an fsync and a few pages written to the SD card) however the
+/// PUBACKs trickle in, or one per [`DELETE_BATCH`] rows when they pour. Acknowledged rows still
+/// in the outbox are only ever sent again after a crash (a duplicate, never a loss).
+const FLUSH_DELAY: Duration = Duration::from_millis(200);
 
 /// Rows resolved in a session and not yet written to the outbox.
 #[derive(Debug, Default)]
@@ -232,6 +235,9 @@ struct Done {
     dead: Vec<(i64, String)>,
     /// When the probed row was written (cleared once it is resolved).
     probe_sent: Option<Instant>,
+    /// When the oldest row in `acked` / `dead` was resolved: they are flushed [`FLUSH_DELAY`]
+    /// after it (a deadline that does not move while more PUBACKs arrive).
+    since: Option<Instant>,
 }
 
 impl Forwarder {
@@ -679,7 +685,8 @@ impl Forwarder {
             let next_tick = {
                 let mut t = (*next_age_check).min(next_status);
                 if !done.acked.is_empty() || !done.dead.is_empty() {
-                    t = t.min(Instant::now() + FLUSH_DELAY);
+                    let since = *done.since.get_or_insert_with(Instant::now);
+                    t = t.min(since + FLUSH_DELAY);
                 }
                 if let Some(d) = stopping {
                     t = t.min(d);
@@ -858,6 +865,7 @@ impl Forwarder {
     }
 
     fn flush(&self, format: &dyn NorthboundFormat, done: &mut Done, outcome: &mut Outcome) {
+        done.since = None;
         if !done.acked.is_empty() {
             outcome.progress = true;
             if let Err(e) = blocking(|| lock(&self.outbox).delete(&done.acked)) {

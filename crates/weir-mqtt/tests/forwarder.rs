@@ -190,21 +190,28 @@ fn append(outbox: &Mutex<Outbox>, topics: &[&str]) {
 struct Running {
     token: CancellationToken,
     metrics: Metrics,
+    /// What the outbox writer notifies after a commit.
+    wake: Arc<Notify>,
 }
 
 impl Running {
     fn start(cfg: ForwarderConfig, outbox: Arc<Mutex<Outbox>>) -> Running {
         let token = CancellationToken::new();
         let metrics = Metrics::new();
+        let wake = Arc::new(Notify::new());
         let f = Forwarder::new(
             cfg,
             outbox,
-            Arc::new(Notify::new()),
+            wake.clone(),
             CommandRouter::new(),
             metrics.clone(),
         );
         tokio::spawn(f.run(token.clone()));
-        Running { token, metrics }
+        Running {
+            token,
+            metrics,
+            wake,
+        }
     }
 }
 
@@ -334,4 +341,44 @@ async fn rows_past_max_age_are_dropped_during_a_long_session() {
     // During the one session: no reconnect, and the aged rows were never sent.
     assert_eq!(broker.connections(), 1);
     assert!(broker.payloads_on("t/a/").is_empty());
+}
+
+/// Acknowledged rows are deleted in coalesced transactions on a deadline set by the first of
+/// them, so a steady trickle of PUBACKs (a poll every few ms) cannot postpone the delete for as
+/// long as it lasts (it did while the deadline moved with every ack: the acknowledged rows then
+/// piled up until 1,000 of them or a pause).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_rows_are_deleted_while_publishes_keep_coming() {
+    let broker = Broker::start(Script::default());
+    let dir = tempfile::tempdir().unwrap();
+    let ob = outbox(&dir, Duration::from_secs(3600));
+    let mut cfg = config(broker.port, 16, Duration::from_secs(3600));
+    cfg.status_interval = Duration::from_secs(3600); // no other timer flushes
+    let run = Running::start(cfg, ob.clone());
+    // Rows 2 ms apart for up to 3 s: the first delete comes 200 ms after the first ack. (The old
+    // moving deadline deleted only after 20 ms without an ack, or at 1,000 rows.)
+    let mut appended = 0u64;
+    let mut deleted_while_streaming = false;
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        append(&ob, &[format!("t/trickle/{appended}").as_str()]);
+        run.wake.notify_one(); // as the outbox writer does after a commit
+        appended += 1;
+        if lock(&ob).stats().unwrap().rows + 20 < appended {
+            deleted_while_streaming = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        deleted_while_streaming,
+        "{appended} rows appended 2 ms apart over 3 s and none deleted"
+    );
+    wait_until(
+        "every row delivered and deleted",
+        Duration::from_secs(10),
+        || lock(&ob).stats().unwrap().rows == 0,
+    )
+    .await;
+    assert_eq!(broker.payloads_on("t/trickle/").len() as u64, appended);
 }
