@@ -411,6 +411,29 @@ async fn sparkplug_sessions_as_tahu_decodes_them() {
         rows(&outbox) == 0
     })
     .await;
+    // 7. Availability and run-time joins: DDEATH when the device goes offline, DBIRTH when it
+    //    returns, DBIRTH for a device that appears.
+    registry.set_availability("dev", DEVICE, weir_core::Availability::Offline);
+    wait("DDEATH", Duration::from_secs(10), || count("DDEATH")() == 1).await;
+    let births = count("DBIRTH")();
+    registry.set_availability("dev", DEVICE, weir_core::Availability::Online);
+    wait("DBIRTH again", Duration::from_secs(10), || {
+        count("DBIRTH")() == births + 1
+    })
+    .await;
+    registry
+        .claim(
+            "dev",
+            DeviceSpec::new("gh2/vent").point(PointSpec::new("open")),
+        )
+        .unwrap();
+    wait("a joining device born", Duration::from_secs(10), || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|(t, _)| t.ends_with("/DBIRTH/weir1/gh2%2Fvent"))
+    })
+    .await;
     token.cancel();
     let _ = task.await;
     wait("the goodbye NDEATH", Duration::from_secs(10), || {
