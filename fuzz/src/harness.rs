@@ -17,8 +17,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// A target's body: any bytes in, nothing out.
+pub type Target = fn(&[u8]);
+
 /// Every target by name (the directory names under `fuzz/corpus/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("modbus_rtu", modbus_rtu),
     ("coap_server", coap_server),
     ("senml", senml),
