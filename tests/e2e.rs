@@ -376,6 +376,44 @@ fn commands_over_mqtt_reach_the_simulated_actuators_and_get_results() {
     );
 }
 
+/// A site with a thousand devices (300 greenhouses of 4): their command topics are subscribed in
+/// a few SUBSCRIBE packets, so the last device listens as well as the first and nothing crowds
+/// rumqttc's bounded request queue (one request per device used to overflow it: the later
+/// devices went unsubscribed and the status publishes were dropped).
+#[test]
+fn a_thousand_devices_all_listen_for_commands() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let dir = tempfile::tempdir().unwrap();
+    let _gw = Gateway::start(
+        dir.path(),
+        &config(
+            broker.port,
+            "      greenhouses: 300\n      beds: 2\n      interval_ms: 60000\n",
+            "",
+            "",
+        ),
+    );
+    wait_until("the gateway online", Duration::from_secs(30), || {
+        sub.count(|m| m.topic == "t/status" && m.payload == b"online") > 0
+    });
+    for gh in [1, 150, 300] {
+        sub.publish(&format!("t/gh{gh}/actuators/vent/set"), b"true");
+    }
+    wait_until("three command results", Duration::from_secs(30), || {
+        sub.count(|m| m.topic.ends_with("/actuators/vent/set/result")) >= 3
+    });
+    let msgs = sub.snapshot();
+    for gh in [1, 150, 300] {
+        let t = format!("t/gh{gh}/actuators/vent/set/result");
+        let r = msgs.iter().find(|m| m.topic == t).unwrap().json();
+        assert_eq!(r["ok"], true, "{t}: {r}");
+    }
+    wait_until("the status document", Duration::from_secs(10), || {
+        sub.count(|m| m.topic == "t/status/metrics") > 0
+    });
+}
+
 #[test]
 fn sigterm_publishes_offline_status() {
     let broker = Mosquitto::start();

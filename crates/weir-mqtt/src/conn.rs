@@ -259,6 +259,28 @@ impl Session {
         r.map_err(|_| PublishError::Full)
     }
 
+    /// One SUBSCRIBE packet for all of `filters` (QoS 1): one request in rumqttc's queue however
+    /// many devices there are (one request per filter filled the queue with 500 devices).
+    pub fn subscribe_many(&self, filters: &[String]) -> Result<(), PublishError> {
+        let r = match &self.inner {
+            Inner::V4(c, _) => c
+                .try_subscribe_many(
+                    filters
+                        .iter()
+                        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
+                )
+                .map_err(|_| ()),
+            Inner::V5(c, _) => c
+                .try_subscribe_many(
+                    filters
+                        .iter()
+                        .map(|f| rumqttc::v5::mqttbytes::v5::Filter::new(f.clone(), qos5(1))),
+                )
+                .map_err(|_| ()),
+        };
+        r.map_err(|_| PublishError::Full)
+    }
+
     pub fn disconnect(&self) {
         let _ = match &self.inner {
             Inner::V4(c, _) => c.try_disconnect().map_err(|_| ()),

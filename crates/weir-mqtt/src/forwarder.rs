@@ -220,6 +220,10 @@ enum End {
 /// A command's outcome, for the format to answer.
 type Outgoing = (InboundCommand, Result<(), String>);
 
+/// Command-topic filters per SUBSCRIBE packet at most (MQTT 3.1.1 §3.8.3 allows many; a few KiB
+/// per packet stays far below any broker's packet size limit).
+const SUBSCRIBE_CHUNK: usize = 100;
+
 /// How long acknowledged rows wait, from the first, to be deleted together: at most 5 delete
 /// transactions a second (each an fsync and a few pages written to the SD card) however the
 /// PUBACKs trickle in, or one per [`DELETE_BATCH`] rows when they pour. Acknowledged rows still
@@ -897,18 +901,25 @@ impl Forwarder {
         format: &dyn NorthboundFormat,
         subscribed: &mut std::collections::HashSet<weir_core::DeviceId>,
     ) {
-        for d in self.router.registry().ids() {
-            if subscribed.contains(&d) {
-                continue;
-            }
-            let Some(filter) = format.device_filter(&d) else {
-                continue;
-            };
-            match s.subscribe(&filter) {
-                Ok(()) => {
-                    subscribed.insert(d);
-                }
-                Err(e) => tracing::warn!("mqtt: could not subscribe to {filter}: {e}"),
+        let new: Vec<(weir_core::DeviceId, String)> = self
+            .router
+            .registry()
+            .ids()
+            .into_iter()
+            .filter(|d| !subscribed.contains(d))
+            .filter_map(|d| format.device_filter(&d).map(|f| (d, f)))
+            .collect();
+        // A few SUBSCRIBE packets, not one per device: each is one entry in rumqttc's bounded
+        // request queue, and hundreds of devices joining at once must not crowd out publishes.
+        for chunk in new.chunks(SUBSCRIBE_CHUNK) {
+            let filters: Vec<String> = chunk.iter().map(|(_, f)| f.clone()).collect();
+            match s.subscribe_many(&filters) {
+                Ok(()) => subscribed.extend(chunk.iter().map(|(d, _)| d.clone())),
+                Err(e) => tracing::warn!(
+                    "mqtt: could not subscribe to the command topics of {} devices ({} …): {e}",
+                    chunk.len(),
+                    filters[0]
+                ),
             }
         }
     }
