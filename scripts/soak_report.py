@@ -225,7 +225,9 @@ def report(out, state_path, minutes):
         f"| **seq gaps (lost messages)** | **{seq['gaps']}** |",
         "",
         "Broker outages (outbox rows: peak; seconds from the broker's return until the outbox is back "
-        "under 1,000 rows, i.e. under half a second of load):",
+        "under 1,000 rows, i.e. under half a second of load; 10 s resolution). `weir_outbox_rows` is "
+        "refreshed by the forwarder only while it is connected, so during an outage the gauge keeps "
+        "its last value and the backlog shows in the first sample after the return:",
         "",
         "| at (min) | outage | length | outbox peak | back under 1,000 rows after |",
         "|---|---|---|---|---|",
@@ -234,8 +236,13 @@ def report(out, state_path, minutes):
         win = [s for s in samples if a <= s["t"] and s["rows"] is not None]
         nxt = [t for t, e in events if t > b and (e.startswith("broker stopped") or e.startswith("broker SIGSTOP") or e.startswith("end"))]
         limit = nxt[0] if nxt else tmax
-        peak = max((s["rows"] for s in win if s["t"] <= limit), default=0)
-        back = next((s["t"] - b for s in win if s["t"] >= b and s["t"] <= limit and s["rows"] < 1000), None)
+        # The forwarder refreshes weir_outbox_rows only while connected: the backlog shows from
+        # the first sample after the broker's return, so the recovery is timed from the peak on.
+        inside = [s for s in win if s["t"] <= limit]
+        peak_s = max(inside, key=lambda s: s["rows"], default=None)
+        peak = peak_s["rows"] if peak_s else 0
+        back = next((s["t"] - b for s in inside if peak_s and s["t"] > max(b, peak_s["t"] - 1)
+                     and s["rows"] < 1000), None) if peak >= 1000 else 0.0
         lines.append(f"| {a / 60:.1f} | {kind} | {b - a:.0f} s | {peak:,.0f} | "
                      f"{f'{back:.0f} s' if back is not None else 'not before the next outage'} |")
     if seq["gaps"]:
