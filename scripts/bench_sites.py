@@ -133,8 +133,8 @@ class Counter:
             for entries in json.loads(msg.payload).values():
                 for e in entries if isinstance(entries, list) else [entries]:
                     n += len(e.get("values", e))
-        elif t.startswith("weir/") and t.count("/") >= 3 and not t.endswith(("/status", "/result")):
-            n = 1
+        elif t.startswith("weir/site/") and not t.endswith("/result"):
+            n = 1 if t.count("/") >= 3 else len(json.loads(msg.payload).get("readings", ()))
         if n:
             with self.lock:
                 self.points += n
@@ -149,6 +149,7 @@ class Counter:
 
 
 STORE = ""  # set from --commit-window-ms: a `store:` line for every Weir config
+MODE = "per_reading"  # --weir-mode
 
 
 def weir_config(work, broker, servers, devices, poll_ms):
@@ -156,7 +157,7 @@ def weir_config(work, broker, servers, devices, poll_ms):
     lines = [
         "gateway: { id: bench, state_dir: %s/state }" % work,
         STORE,
-        "mqtt: { host: 127.0.0.1, port: %d, topic_prefix: weir }" % broker,
+        "mqtt: { host: 127.0.0.1, port: %d, topic_prefix: weir, mode: %s }" % (broker, MODE),
         "sources:",
         "  - modbus:",
         "      name: plant",
@@ -289,11 +290,14 @@ def main():
     ap.add_argument("--window-s", type=float, default=30)
     ap.add_argument("--idle-s", type=float, default=0)
     ap.add_argument("--write-budget-s", type=float, default=0)
+    ap.add_argument("--weir-mode", default="per_reading",
+                    help="Weir's mqtt.mode: per_reading (default) or per_device (one message per device poll)")
     ap.add_argument("--commit-window-ms", type=int, help="Weir's store.commit_window_ms (default: Weir's)")
     ap.add_argument("--only", choices=["weir", "tb"])
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
-    global STORE
+    global STORE, MODE
+    MODE = a.weir_mode
     if a.commit_window_ms is not None:
         STORE = "store: { commit_window_ms: %d }" % a.commit_window_ms
     if a.devices % a.servers:
