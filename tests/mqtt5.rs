@@ -125,12 +125,20 @@ fn mqtt5_refused_publishes_become_dead_letters_and_do_not_block_the_outbox() {
         },
     );
     assert!(gw.is_running());
-    // Not a storm: a handful of reconnects per refused row at most.
+    // Not a storm: a bounded number of reconnects per refused row. A row is set aside after it
+    // ended QUARANTINE_AFTER connections; after each death the rows whose PUBACKs the close
+    // discarded are probed one by one, which costs up to two more connections for the row that
+    // turns out to be bad (the bound of crates/weir-mqtt/tests/forwarder.rs). 4 per row was
+    // exceeded here now and then (82-85 for 20 rows, with and without the coalesced deletes).
+    let per_row = weir_mqtt::forwarder::QUARANTINE_AFTER as i64 + 2;
     let reconnects = sub.last_json("t/status/metrics").unwrap()["metrics"]
         ["weir_mqtt_reconnects_total"]
         .as_i64()
         .unwrap();
-    assert!(reconnects <= 20 * 4, "{reconnects} reconnects");
+    assert!(
+        reconnects <= 20 * per_row,
+        "{reconnects} reconnects for 20 refused rows"
+    );
 
     // Requeued once the ACL allows the topic, the dead letters are delivered.
     assert!(gw.terminate().success());
