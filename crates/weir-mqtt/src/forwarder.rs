@@ -327,10 +327,20 @@ impl Forwarder {
                     across.last_error = Some(e);
                 }
             }
-            let delay = backoff.next_delay();
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
+            // While the broker is away the outbox gauges (`weir_outbox_rows`, bytes, age) keep
+            // following the backlog, refreshed every status interval: an outage is when they
+            // matter most.
+            let until = Instant::now() + backoff.next_delay();
+            loop {
+                let _ = self.status_document();
+                let next = (Instant::now() + self.cfg.status_interval).min(until);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep_until(next) => {}
+                }
+                if Instant::now() >= until {
+                    break;
+                }
             }
         }
     }

@@ -382,3 +382,30 @@ async fn acknowledged_rows_are_deleted_while_publishes_keep_coming() {
     .await;
     assert_eq!(broker.payloads_on("t/trickle/").len() as u64, appended);
 }
+
+/// With no broker to reach, the outbox gauges still follow the backlog (they were refreshed only
+/// in a session, so an outage showed the last connected value).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_gauges_follow_the_backlog_while_the_broker_is_away() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // closed again: connections are refused
+    let dir = tempfile::tempdir().unwrap();
+    let ob = outbox(&dir, Duration::from_secs(3600));
+    let mut cfg = config(port, 16, Duration::from_secs(3600));
+    cfg.status_interval = Duration::from_millis(100);
+    let run = Running::start(cfg, ob.clone());
+    let rows = run.metrics.gauge("weir_outbox_rows", &[]);
+    append(&ob, &["t/a/1", "t/a/2", "t/a/3"]);
+    wait_until("weir_outbox_rows = 3", Duration::from_secs(10), || {
+        rows.get() == 3
+    })
+    .await;
+    append(&ob, &["t/a/4", "t/a/5"]);
+    wait_until("weir_outbox_rows = 5", Duration::from_secs(10), || {
+        rows.get() == 5
+    })
+    .await;
+}
