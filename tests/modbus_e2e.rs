@@ -3,78 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
+use common::ModbusPeer as Peer;
 use common::*;
-
-/// The pymodbus server of crates/weir-modbus/tests/peer, commanded over stdin.
-struct Peer {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("WEIR_MODBUS_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/modbus-venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    }
-}
-
-impl Peer {
-    fn tcp(port: u16, devices: &str) -> Peer {
-        Peer::tcp_with(port, devices, &[])
-    }
-
-    /// With more options of the peer script, e.g. `--quiet-gateway`.
-    fn tcp_with(port: u16, devices: &str, extra: &[&str]) -> Peer {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("crates/weir-modbus/tests/peer/modbus_peer.py");
-        let mut child = Command::new(python())
-            .arg(script)
-            .args(["tcp", &port.to_string(), "--devices", devices])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python with pymodbus (scripts/test installs it)");
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready");
-        Peer {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    fn cmd(&mut self, c: &str) -> String {
-        writeln!(self.stdin, "{c}").unwrap();
-        self.stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        assert!(!line.starts_with("err"), "peer: {c} -> {line}");
-        line.trim().trim_start_matches("val ").to_string()
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn pymodbus_to_mqtt_and_set_back_to_a_holding_register() {

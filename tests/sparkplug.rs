@@ -105,57 +105,6 @@ impl Drop for Host {
     }
 }
 
-/// A pymodbus TCP device (the workspace's Modbus test peer).
-struct Modbus {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Modbus {
-    fn start(port: u16) -> Modbus {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("crates/weir-modbus/tests/peer/modbus_peer.py");
-        let mut child = Command::new(python(
-            "WEIR_MODBUS_PYTHON",
-            "target/modbus-venv/bin/python",
-        ))
-        .arg(script)
-        .args(["tcp", &port.to_string(), "--devices", "1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python with pymodbus");
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready");
-        Modbus {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    fn cmd(&mut self, c: &str) -> String {
-        writeln!(self.stdin, "{c}").unwrap();
-        self.stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        assert!(!line.starts_with("err"), "peer: {c} -> {line}");
-        line.trim().trim_start_matches("val ").to_string()
-    }
-}
-
-impl Drop for Modbus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn rows(gw: &Gateway) -> u64 {
     let (_, out, _) = gw.cli(&["buffer", "stats"]);
     serde_json::from_str::<serde_json::Value>(&out)
@@ -185,7 +134,7 @@ fn a_pysparkplug_host_sees_births_seq_bdseq_rebirth_dcmd_and_historical_backlogs
     let mut broker = Mosquitto::start();
     let mut host = Host::start(broker.port);
     let mport = free_port();
-    let mut pump = Modbus::start(mport);
+    let mut pump = ModbusPeer::tcp(mport, "1");
     pump.cmd("setv 1 h 10 f32 CDAB 12.5");
     let sources = format!(
         r#"sources:

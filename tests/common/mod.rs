@@ -3,10 +3,10 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -492,4 +492,70 @@ pub fn gauge(mport: u16, name: &str) -> Option<i64> {
     http_get(mport, "/metrics")?
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The pymodbus server of crates/weir-modbus/tests/peer, commanded over stdin.
+pub struct ModbusPeer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+pub fn modbus_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("WEIR_MODBUS_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/modbus-venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+impl ModbusPeer {
+    pub fn tcp(port: u16, devices: &str) -> ModbusPeer {
+        ModbusPeer::tcp_with(port, devices, &[])
+    }
+
+    /// With more options of the peer script, e.g. `--quiet-gateway`.
+    pub fn tcp_with(port: u16, devices: &str, extra: &[&str]) -> ModbusPeer {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("crates/weir-modbus/tests/peer/modbus_peer.py");
+        let mut child = Command::new(modbus_python())
+            .arg(script)
+            .args(["tcp", &port.to_string(), "--devices", devices])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python with pymodbus (scripts/test installs it)");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        ModbusPeer {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    pub fn cmd(&mut self, c: &str) -> String {
+        writeln!(self.stdin, "{c}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(!line.starts_with("err"), "peer: {c} -> {line}");
+        line.trim().trim_start_matches("val ").to_string()
+    }
+}
+
+impl Drop for ModbusPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
