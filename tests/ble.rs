@@ -685,24 +685,6 @@ fn the_reference_ble_example_is_valid() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ble (ble)"));
 }
 
-/// Publish `payload` on a point's `set` topic until a result arrives (the forwarder subscribes
-/// to a device's command topics once the registry has it); the newest result.
-fn set(sub: &Subscriber, device: &str, point: &str, payload: &[u8]) -> serde_json::Value {
-    let topic = format!("t/{device}/{point}/set/result");
-    let before = sub.count(|m| m.topic == topic);
-    for _ in 0..30 {
-        sub.publish(&format!("t/{device}/{point}/set"), payload);
-        let got = (0..20).any(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            sub.count(|m| m.topic == topic) > before
-        });
-        if got {
-            return sub.last_json(&topic).unwrap();
-        }
-    }
-    panic!("no result on {topic}");
-}
-
 #[test]
 fn gatt_read_notify_write_from_mqtt_and_reconnect() {
     const VALVE: &str = "D0:00:00:00:00:01";
@@ -742,17 +724,17 @@ fn gatt_read_notify_write_from_mqtt_and_reconnect() {
     });
 
     // A write from MQTT …/set: the device's value changes, the result is ok.
-    let r = set(&sub, "gh1/valve", "valve", b"1");
+    let r = set_until_result(&sub, "gh1/valve", "valve", b"1");
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(bz.cmd(&format!("value {VALVE} ffe1")), "ok value 01");
     // 300 does not fit a u8: refused before anything is sent.
-    let r = set(&sub, "gh1/valve", "valve", b"300");
+    let r = set_until_result(&sub, "gh1/valve", "valve", b"300");
     assert_eq!(r["ok"], false, "{r}");
     // The device refuses writes: the result names the ATT error.
     bz.cmd(&format!(
         "fail_writes {VALVE} ffe1 org.bluez.Error.NotPermitted Write not permitted"
     ));
-    let r = set(&sub, "gh1/valve", "valve", b"0");
+    let r = set_until_result(&sub, "gh1/valve", "valve", b"0");
     assert_eq!(r["ok"], false, "{r}");
     assert!(r.to_string().contains("WRITE_NOT_PERMITTED"), "{r}");
     assert_eq!(bz.cmd(&format!("value {VALVE} ffe1")), "ok value 01");

@@ -165,26 +165,8 @@ fn wait_value(sub: &Subscriber, topic: &str, value: serde_json::Value) -> serde_
         .unwrap()
 }
 
-/// Publish `payload` on `device`/`point`'s `set` topic until a result arrives (the forwarder
-/// subscribes to a device's command topics once the registry has it); the newest result.
-fn set(sub: &Subscriber, device: &str, point: &str, payload: &[u8]) -> serde_json::Value {
-    let topic = format!("t/{device}/{point}/set/result");
-    let before = sub.count(|m| m.topic == topic);
-    for _ in 0..30 {
-        sub.publish(&format!("t/{device}/{point}/set"), payload);
-        let got = (0..20).any(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            sub.count(|m| m.topic == topic) > before
-        });
-        if got {
-            return sub.last_json(&topic).unwrap();
-        }
-    }
-    panic!("no result on {topic}");
-}
-
 fn switch_plug(sub: &Subscriber, payload: &[u8]) -> serde_json::Value {
-    set(sub, PLUG_ID, "on_off", payload)
+    set_until_result(sub, PLUG_ID, "on_off", payload)
 }
 
 #[test]
@@ -571,12 +553,12 @@ fn availability_by_silence_and_active_checks_and_a_device_leaving() {
     // A dimmer: move to level through the router, the result from the default response.
     let dimmer = "zigbee/00124b001caabb04";
     emu.send("join 00:12:4b:00:1c:aa:bb:04 0x7777 dimmer");
-    let r = set(&sub, dimmer, "level", b"50");
+    let r = set_until_result(&sub, dimmer, "level", b"50");
     assert_eq!(r["ok"], true, "{r}");
     emu.wait_line("the dimmer at 50 %", |l| l == "level 0x7777 127");
     let lv = wait_value(&sub, &format!("t/{dimmer}/level"), 50.0.into());
     assert_eq!(lv["unit"], "%");
-    let r = set(&sub, dimmer, "level", b"150");
+    let r = set_until_result(&sub, dimmer, "level", b"150");
     assert_eq!(r["ok"], false, "{r}");
 
     // A metering plug: power and energy scaled by the multiplier/divisor read at the interview.
@@ -782,13 +764,13 @@ fn a_wedged_coordinator_fails_the_command_and_is_reopened() {
         ),
     );
     emu.wait_line("the network formed", |l| l == "formed");
-    let r = set(&sub, "zigbee/coordinator", "permit_join", b"30");
+    let r = set_until_result(&sub, "zigbee/coordinator", "permit_join", b"30");
     assert_eq!(r["ok"], true, "{r}");
     emu.wait_line("permit join opened", |l| l == "permit-join 30");
 
     // The stick stops answering: the command fails naming the request, weir reopens.
     emu.send("mute");
-    let r = set(&sub, "zigbee/coordinator", "permit_join", b"40");
+    let r = set_until_result(&sub, "zigbee/coordinator", "permit_join", b"40");
     assert_eq!(r["ok"], false, "{r}");
     let err = r["error"].as_str().unwrap();
     assert!(
@@ -802,7 +784,7 @@ fn a_wedged_coordinator_fails_the_command_and_is_reopened() {
     wait_until("weir recovers", Duration::from_secs(30), || {
         gw.log().contains("zigbee coordinator is back")
     });
-    let r = set(&sub, "zigbee/coordinator", "permit_join", b"50");
+    let r = set_until_result(&sub, "zigbee/coordinator", "permit_join", b"50");
     assert_eq!(r["ok"], true, "{r}");
     emu.wait_line("permit join opened again", |l| l == "permit-join 50");
     assert_eq!(gw.log().matches("zigbee coordinator lost").count(), 1);

@@ -559,3 +559,26 @@ impl Drop for ModbusPeer {
         let _ = self.child.wait();
     }
 }
+
+/// Publish `payload` on `device`/`point`'s `set` topic until a result arrives (the forwarder
+/// subscribes to a device's command topics once the registry has it); the newest result.
+pub fn set_until_result(
+    sub: &Subscriber,
+    device: &str,
+    point: &str,
+    payload: &[u8],
+) -> serde_json::Value {
+    let topic = format!("t/{device}/{point}/set/result");
+    let before = sub.count(|m| m.topic == topic);
+    for _ in 0..30 {
+        sub.publish(&format!("t/{device}/{point}/set"), payload);
+        let got = (0..20).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            sub.count(|m| m.topic == topic) > before
+        });
+        if got {
+            return sub.last_json(&topic).unwrap();
+        }
+    }
+    panic!("no result on {topic}");
+}
