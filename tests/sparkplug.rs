@@ -321,3 +321,52 @@ fn a_pysparkplug_host_sees_births_seq_bdseq_rebirth_dcmd_and_historical_backlogs
     assert!(points.iter().filter(|p| !p.1).count() >= 10);
     drop(gw);
 }
+
+/// The pysparkplug host checks `seq` itself across a wrap: a backlog of more than 256 rows sent in
+/// one session (host offline while the simulator runs, then online) takes `seq` past 255 back to
+/// 0; the host counts the wrap and finds no message out of order.
+#[test]
+fn the_host_sees_seq_wrap_from_255_to_0_without_a_gap() {
+    let broker = Mosquitto::start();
+    let mut host = Host::start(broker.port);
+    let mqtt = format!(
+        "  format: sparkplug_b\n  sparkplug:\n    group_id: plant\n    edge_node_id: {NODE}\n    primary_host_id: scada\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        dir.path(),
+        &config(broker.port, "      interval_ms: 20\n", &mqtt, ""),
+    );
+    // Host offline: a backlog of more than one seq cycle builds up in the outbox.
+    wait_until("a backlog of 300 rows", Duration::from_secs(60), || {
+        rows(&gw) >= 300
+    });
+    assert_eq!(host.count("NBIRTH"), 0, "{}", gw.log());
+    host.send("online");
+    wait_until("the backlog sent", Duration::from_secs(60), || {
+        rows(&gw) < 20 && host.count("DDATA") >= 300
+    });
+    host.send("seq");
+    let seen = host.seen.clone();
+    let report = || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|m| m["type"] == "seq_report")
+            .cloned()
+    };
+    wait_until("the host's seq report", Duration::from_secs(10), || {
+        report().is_some()
+    });
+    let r = report().unwrap();
+    let gaps: Vec<_> = host
+        .messages()
+        .into_iter()
+        .filter(|m| m["type"] == "seq_gap")
+        .collect();
+    assert_eq!(r["gaps"], 0, "{r} {gaps:?}");
+    assert!(r["wraps"].as_u64().unwrap() >= 1, "no wrap seen: {r}");
+    assert!(r["checked"].as_u64().unwrap() >= 300, "{r}");
+    assert_eq!(host.count("NBIRTH"), 1, "one session: {}", gw.log());
+}

@@ -8,7 +8,14 @@ one JSON line per message on stdout:
      "metrics": [{"name": "...", "alias": 3, "value": 21.5, "historical": false,
                   "datatype": "DOUBLE", "null": false}]}
 
+The host also checks `seq` itself, as a Sparkplug host must (spec 3.0, "Sequence Number"): per
+edge node, NBIRTH carries 0 and every later NDATA/DBIRTH/DDATA/DDEATH of that session the next
+value modulo 256. A message out of order prints `{"type": "seq_gap", ...}`; a step from 255 to 0
+counts as a wrap. The command `seq` prints `{"type": "seq_report", "wraps": N, "checked": M,
+"gaps": G}`.
+
 Commands, one per line on stdin:
+    seq                                    print the host's own seq report
     online | offline                      publish STATE (retained)
     rebirth <node>                         NCMD Node Control/Rebirth = true
     dcmd <node> <device> <metric> <json>   DCMD writing one value (bool, int or float)
@@ -45,6 +52,28 @@ def main() -> None:
 
     client.set_will(state(False))
 
+    # The host's own seq check, per edge node: the next expected seq, or None outside a session.
+    expected = {}
+    report = {"wraps": 0, "checked": 0, "gaps": 0}
+
+    def check_seq(kind: str, node: str, seq) -> None:
+        if kind == "NBIRTH":
+            expected[node] = 1
+            return
+        if kind == "NDEATH":
+            expected[node] = None
+            return
+        if kind not in ("NDATA", "DBIRTH", "DDATA", "DDEATH"):
+            return
+        want = expected.get(node)
+        report["checked"] += 1
+        if want is None or seq != want:
+            report["gaps"] += 1
+            emit({"type": "seq_gap", "node": node, "kind": kind, "want": want, "got": seq})
+        elif seq == 0:
+            report["wraps"] += 1
+        expected[node] = (seq + 1) % 256 if seq is not None else None
+
     def on_message(_client, message: psp.Message) -> None:
         t = message.topic
         p = message.payload
@@ -77,6 +106,7 @@ def main() -> None:
                     "datatype": m.datatype.name,
                 }
             )
+        check_seq(doc["type"], t.edge_node_id, doc["seq"])
         emit(doc)
 
     connected = threading.Event()
@@ -89,7 +119,9 @@ def main() -> None:
 
     def command(words) -> None:
         now = psp.get_current_timestamp()
-        if words[0] in ("online", "offline"):
+        if words[0] == "seq":
+            emit({"type": "seq_report", **report})
+        elif words[0] in ("online", "offline"):
             client.publish(state(words[0] == "online"))
         elif words[0] == "rebirth":
             metric = psp.Metric(
