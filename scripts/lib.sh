@@ -129,12 +129,13 @@ need_sparkplug_peers() {
 need_ble_peers() {
   apt_need dbus-daemon python3-dbusmock python3-dbus libdbus-1-dev pkg-config
   local venv="${WEIR_BLE_VENV:-$PWD/target/ble-venv}"
-  if ! "$venv/bin/python" -c 'import bthome_ble, ruuvi_decoders' >/dev/null 2>&1; then
+  if ! "$venv/bin/python" -c 'import bthome_ble, ruuvi_decoders, atc_ble' >/dev/null 2>&1; then
     apt_need python3 python3-venv
-    echo "==> installing bthome-ble and ruuvi-decoders into $venv"
+    echo "==> installing bthome-ble, ruuvi-decoders and atc-ble into $venv"
     rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check 'bthome-ble==3.25.0' 'ruuvi-decoders==0.2.0'
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'bthome-ble==3.25.0' 'ruuvi-decoders==0.2.0' \
+      'atc-ble==0.1.0' 'home-assistant-bluetooth==2.0.0' 'pycryptodomex==3.24.2'  # atc-ble 0.1.0 leaves out the last two
   fi
   export WEIR_BLE_PYTHON="$venv/bin/python"
   export WEIR_DBUSMOCK_PYTHON=/usr/bin/python3

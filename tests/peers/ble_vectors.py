@@ -2,7 +2,8 @@
 """Decoder vectors for crates/weir-ble, produced by implementations others wrote.
 
 BTHome v2 (plain and AES-CCM encrypted) is decoded by PyPI `bthome-ble`, Ruuvi RAWv2 by PyPI
-`ruuvi-decoders`; this script only builds inputs (every object id of bthome-ble's table at its
+`ruuvi-decoders`, the pvvx custom and ATC1441 formats on 0x181A by PyPI `atc-ble` (Ernst79's
+bleparser, as Home Assistant's integration used it); this script only builds inputs (every object id of bthome-ble's table at its
 minimum, maximum and random values, repeats, truncations, unknown ids, encrypted adverts with the
 right and a wrong key; Ruuvi frames with each invalid marker) and records what the reference
 decoders say. Encrypted adverts are made with `cryptography`'s AESCCM, as a device would.
@@ -21,6 +22,7 @@ from bthome_ble import BTHomeBluetoothDeviceData
 from bthome_ble.const import MEAS_TYPES
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 from habluetooth import BluetoothServiceInfoBleak
+from atc_ble import ATCBluetoothDeviceData
 from ruuvi_decoders import Df5Decoder
 from sensor_state_data import description
 
@@ -28,10 +30,10 @@ UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
 rng = random.Random(14)
 
 
-def info(mac, data):
+def info(mac, data, uuid=UUID):
     return BluetoothServiceInfoBleak(
         name="weir-vector", address=mac, rssi=-60, manufacturer_data={},
-        service_data={UUID: bytes(data)}, service_uuids=[UUID], source="local",
+        service_data={uuid: bytes(data)}, service_uuids=[uuid], source="local",
         device=None, advertisement=None, connectable=False, time=0, tx_power=None)
 
 
@@ -174,6 +176,39 @@ def ruuvi_vectors():
     return out
 
 
+ESS_UUID = "0000181a-0000-1000-8000-00805f9b34fb"
+
+
+def atc_ref(mac, data):
+    u = ATCBluetoothDeviceData().update(info(mac, data, ESS_UUID))
+    return {k.key: v.native_value for k, v in u.entity_values.items()
+            if k.key != "signal_strength"}
+
+
+def pvvx_vectors():
+    """pvvx custom (15 bytes, little endian, MAC reversed) and ATC1441 (13 bytes, big endian)
+    frames at their extremes and random values; the frame's MAC is the sender's, as atc-ble
+    requires."""
+    r = random.Random(1441)
+    out = []
+    for i in range(40):
+        macb = bytes([0xA4, 0xC1, 0x38]) + bytes(r.randrange(256) for _ in range(3))
+        mac = ":".join(f"{b:02X}" for b in macb)
+        ext = i % 4
+        t = [-32768, 32767, 0, r.randrange(-32768, 32768)][ext]
+        h = [0, 65535, 10000, r.randrange(65536)][ext]
+        mv = [0, 65535, 3000, r.randrange(65536)][ext]
+        bat = [0, 255, 100, r.randrange(256)][ext]
+        cnt, flags = r.randrange(256), r.randrange(256)
+        data = macb[::-1] + struct.pack("<hHHBBB", t, h, mv, bat, cnt, flags)
+        out.append({"mac": mac, "data": data.hex(), "format": "pvvx", "expect": atc_ref(mac, data)})
+        t1 = [-32768, 32767, 0, r.randrange(-32768, 32768)][ext]
+        h1 = [0, 255, 50, r.randrange(256)][ext]
+        data = macb + struct.pack(">hBBHB", t1, h1, bat, mv, cnt)
+        out.append({"mac": mac, "data": data.hex(), "format": "atc1441", "expect": atc_ref(mac, data)})
+    return out
+
+
 json.dump({
     "generator": "tests/peers/ble_vectors.py",
     "bthome_ble_table": {f"0x{k:02X}": {"format": m.data_format, "length": m.data_length,
@@ -185,5 +220,6 @@ json.dump({
     "bthome": bthome_vectors(),
     "bthome_encrypted": encrypted_vectors(),
     "ruuvi": ruuvi_vectors(),
+    "pvvx": pvvx_vectors(),
 }, sys.stdout, indent=1, ensure_ascii=False)
 sys.stdout.write("\n")

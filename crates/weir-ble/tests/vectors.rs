@@ -1,12 +1,12 @@
 //! Our decoders against vectors the reference implementations produced
-//! (`tests/peers/ble_vectors.py`: PyPI `bthome-ble` and `ruuvi-decoders`). Every field must
+//! (`tests/peers/ble_vectors.py`: PyPI `bthome-ble`, `ruuvi-decoders` and `atc-ble`). Every field must
 //! agree, including minimum, maximum and invalid values; where a reference departs from its
 //! format's spec, the spec wins and the departure is named here.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value as J;
-use weir_ble::decode::{bthome, ruuvi, DecodeError, Measurement};
+use weir_ble::decode::{bthome, pvvx, ruuvi, DecodeError, Format, Measurement};
 use weir_core::Value;
 
 fn vectors() -> J {
@@ -323,4 +323,60 @@ fn ruuvi_agrees_with_ruuvi_decoders_where_it_follows_the_spec() {
         same(get("measurement_sequence"), seq, "sequence");
         assert_eq!(d.dedupe.map(f64::from), seq, "{hex} dedupe key");
     }
+}
+
+#[test]
+fn pvvx_and_atc1441_agree_with_atc_ble() {
+    let v = vectors();
+    let (mut pvvx_n, mut atc_n) = (0, 0);
+    for x in v["pvvx"].as_array().unwrap() {
+        let hex = x["data"].as_str().unwrap();
+        let data = unhex(hex);
+        let d = pvvx::decode(&data).unwrap();
+        match x["format"].as_str().unwrap() {
+            "pvvx" => {
+                assert_eq!(d.format, Format::Pvvx, "{hex}");
+                pvvx_n += 1;
+            }
+            _ => {
+                assert_eq!(d.format, Format::Atc1441, "{hex}");
+                atc_n += 1;
+            }
+        }
+        // atc-ble accepts a frame only when its MAC is the sender's: ours must read the same.
+        assert_eq!(
+            pvvx::mac_of(&data),
+            Some(mac(x["mac"].as_str().unwrap())),
+            "{hex} MAC"
+        );
+        let e = x["expect"].as_object().unwrap();
+        let ours: BTreeMap<&str, f64> = d
+            .measurements
+            .iter()
+            .map(|m| {
+                let key = match m.name.as_ref() {
+                    "battery_voltage" => "voltage",
+                    n => n,
+                };
+                (key, num(&m.value))
+            })
+            .collect();
+        assert_eq!(
+            ours.keys().copied().collect::<Vec<_>>(),
+            e.keys().map(String::as_str).collect::<Vec<_>>(),
+            "{hex}: the same readings"
+        );
+        for (k, want) in e {
+            let want = want.as_f64().unwrap();
+            assert!(
+                close(ours[k.as_str()], want),
+                "{hex} {k}: {} vs {want}",
+                ours[k.as_str()]
+            );
+        }
+    }
+    assert!(
+        pvvx_n >= 40 && atc_n >= 40,
+        "{pvvx_n} pvvx, {atc_n} atc1441"
+    );
 }
