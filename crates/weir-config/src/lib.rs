@@ -123,6 +123,25 @@ pub struct SparkplugSection {
     pub primary_host_id: Option<String>,
 }
 
+/// `mqtt.home_assistant:` — Home Assistant MQTT discovery: every registry device and point is
+/// announced under `<prefix>/<component>/<node_id>/<object_id>/config` (retained), with the
+/// gateway's status and the device's availability as HA availability topics.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HomeAssistantSection {
+    /// Publish discovery (default true when the section is given).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// HA's discovery prefix (HA's own default: `homeassistant`); HA's birth message is
+    /// expected on `<prefix>/status`.
+    #[serde(default = "default_ha_prefix")]
+    pub prefix: String,
+}
+
+fn default_ha_prefix() -> String {
+    "homeassistant".into()
+}
+
 /// `mqtt.tls:` — TLS, and mTLS when a client certificate is given.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,6 +197,8 @@ pub struct MqttSection {
     #[serde(default)]
     pub format: NorthboundFormat,
     pub sparkplug: Option<SparkplugSection>,
+    /// Home Assistant MQTT discovery (`mqtt.home_assistant`), with `format: json`.
+    pub home_assistant: Option<HomeAssistantSection>,
     /// QoS of telemetry: 0 or 1. With 1 a row leaves the outbox only after its PUBACK.
     #[serde(default = "default_qos")]
     pub qos: u8,
@@ -673,6 +694,33 @@ fn validate_mqtt(p: &Partial<MqttSection>, d: &mut Diagnostics) {
                     );
                 }
             }
+        }
+    }
+    if let Some(h) = &m.home_assistant {
+        if h.enabled && m.format != NorthboundFormat::Json && !p.skipped("mqtt.format") {
+            d.error(
+                "mqtt.home_assistant",
+                "discovery is published by the `json` format: set `format: json` or `enabled: false`",
+            );
+        }
+        if h.enabled && m.mode == PublishMode::PerDevice && !p.skipped("mqtt.mode") {
+            d.error(
+                "mqtt.home_assistant",
+                "entities read their state from one reading per message: set `mode: per_reading`",
+            );
+        }
+        // HA subscribes `<prefix>/+/+/config` and `<prefix>/+/+/+/config`: one or more plain levels.
+        if h.prefix.is_empty()
+            || h.prefix.contains(['+', '#'])
+            || h.prefix.split('/').any(str::is_empty)
+        {
+            d.error(
+                "mqtt.home_assistant.prefix",
+                format!(
+                    "`{}` must be a topic without wildcards or empty levels",
+                    h.prefix
+                ),
+            );
         }
     }
     if let Some(t) = &m.tls {

@@ -585,3 +585,30 @@ fn sparkplug_b_needs_its_section_and_valid_ids() {
     let s = errors("gateway:\n  id: gh1\nmqtt:\n  format: xml\n").to_string();
     assert!(s.contains("mqtt.format"), "{s}");
 }
+
+#[test]
+fn home_assistant_discovery_keys_are_checked() {
+    let c = ok("gateway:\n  id: gh1\nmqtt:\n  home_assistant: {}\n");
+    let h = c.mqtt.home_assistant.unwrap();
+    assert!(h.enabled);
+    assert_eq!(h.prefix, "homeassistant");
+    assert_eq!(ok("gateway:\n  id: gh1\n").mqtt.home_assistant, None);
+    let s =
+        errors("gateway:\n  id: gh1\nmqtt:\n  home_assistant:\n    prefix: 'ha/#'\n").to_string();
+    assert!(
+        s.contains("mqtt.home_assistant.prefix: `ha/#` must be"),
+        "{s}"
+    );
+    let s = errors("gateway:\n  id: gh1\nmqtt:\n  home_assistant:\n    prefx: ha\n").to_string();
+    assert!(s.contains("mqtt.home_assistant"), "{s}");
+    let s = errors("gateway:\n  id: gh1\nmqtt:\n  mode: per_device\n  home_assistant: {}\n")
+        .to_string();
+    assert!(s.contains("set `mode: per_reading`"), "{s}");
+    let s = errors(
+        "gateway:\n  id: gh1\nmqtt:\n  format: sparkplug_b\n  sparkplug:\n    group_id: p\n  home_assistant: {}\n",
+    )
+    .to_string();
+    assert!(s.contains("published by the `json` format"), "{s}");
+    // Disabled: no constraint on the format.
+    ok("gateway:\n  id: gh1\nmqtt:\n  mode: per_device\n  home_assistant:\n    enabled: false\n");
+}
