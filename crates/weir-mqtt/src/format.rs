@@ -232,6 +232,8 @@ pub struct Encoder {
     mode: PublishMode,
     qos: u8,
     retain: bool,
+    /// Home Assistant discovery, published by the JSON format (`mqtt.home_assistant`).
+    home_assistant: Option<crate::home_assistant::HaConfig>,
 }
 
 impl Encoder {
@@ -250,6 +252,7 @@ impl Encoder {
             mode,
             qos,
             retain: false,
+            home_assistant: None,
         }
     }
 
@@ -262,6 +265,22 @@ impl Encoder {
             cfg.mqtt.qos,
         )
         .with_alerts_topic(&cfg.mqtt.alerts_topic, &cfg.topic_prefix())
+        .with_home_assistant(
+            cfg.mqtt
+                .home_assistant
+                .as_ref()
+                .filter(|h| h.enabled)
+                .map(|h| crate::home_assistant::HaConfig {
+                    discovery_prefix: h.prefix.clone(),
+                    gateway_id: cfg.gateway.id.clone(),
+                }),
+        )
+    }
+
+    /// Publish Home Assistant discovery with the JSON format (`None`: not).
+    pub fn with_home_assistant(mut self, ha: Option<crate::home_assistant::HaConfig>) -> Self {
+        self.home_assistant = ha;
+        self
     }
 
     /// Publish alerts on `template` (`{prefix}`, `{device}`, `{name}`).
@@ -367,14 +386,24 @@ impl Encoder {
 
     /// The JSON format publishing with these topics.
     pub fn json_format(&self) -> JsonFormat {
-        JsonFormat { enc: self.clone() }
+        JsonFormat {
+            enc: self.clone(),
+            ha: self.home_assistant.clone().map(|c| {
+                crate::home_assistant::HomeAssistant::new(c, &self.prefix, self.telemetry.clone())
+            }),
+            registry: None,
+        }
     }
 }
 
-/// Today's JSON topics and payloads (see the module documentation).
+/// Today's JSON topics and payloads (see the module documentation), and Home Assistant
+/// discovery when configured ([`crate::home_assistant`]).
 #[derive(Debug, Clone)]
 pub struct JsonFormat {
     enc: Encoder,
+    ha: Option<crate::home_assistant::HomeAssistant>,
+    /// The registry, kept from `on_connected` for HA's birth message.
+    registry: Option<weir_core::Registry>,
 }
 
 impl JsonFormat {
@@ -494,13 +523,29 @@ impl NorthboundFormat for JsonFormat {
         Some(format!("{}/{}/+/set", self.enc.prefix, device))
     }
 
-    fn on_connected(&mut self, _registry: &weir_core::Registry) -> Vec<Message> {
-        vec![Message {
+    fn fixed_filters(&self) -> Vec<String> {
+        self.ha.iter().map(|h| h.birth_topic()).collect()
+    }
+
+    fn on_connected(&mut self, registry: &weir_core::Registry) -> Vec<Message> {
+        let mut out = vec![Message {
             topic: self.status_topic(),
             payload: b"online".to_vec(),
             qos: 1,
             retain: true,
-        }]
+        }];
+        if let Some(h) = &mut self.ha {
+            self.registry = Some(registry.clone());
+            out.extend(h.announce_all(registry));
+        }
+        out
+    }
+
+    fn on_registry_change(&mut self, registry: &weir_core::Registry) -> Vec<Message> {
+        match &mut self.ha {
+            Some(h) => h.changes(registry),
+            None => Vec::new(),
+        }
     }
 
     fn goodbye(&mut self) -> Vec<Message> {
@@ -525,6 +570,12 @@ impl NorthboundFormat for JsonFormat {
     }
 
     fn on_message(&mut self, topic: &str, payload: &[u8]) -> Inbound {
+        if let (Some(h), Some(r)) = (&mut self.ha, &self.registry) {
+            if h.is_birth(topic, payload) {
+                tracing::info!("home assistant came online: publishing discovery again");
+                return Inbound::Publish(h.announce_all(r));
+            }
+        }
         let Some(rest) = topic
             .strip_prefix(self.enc.prefix.as_str())
             .and_then(|r| r.strip_prefix('/'))

@@ -549,6 +549,26 @@ impl Forwarder {
             }
             Err(e) => tracing::warn!(topic = m.topic, "mqtt: could not queue message: {e}"),
         };
+        // Messages a format asked for that did not fit rumqttc's bounded request queue (Home
+        // Assistant discovery of hundreds of devices at once): sent in order as it drains, at the
+        // top of every turn of the loop below, before any row.
+        let mut others: VecDeque<Message> = VecDeque::new();
+        let send_others = |s: &Session, inflight: &mut Inflight, others: &mut VecDeque<Message>| {
+            while let Some(m) = others.pop_front() {
+                match s.publish(&m.topic, m.qos, m.retain, m.payload.clone()) {
+                    Ok(()) => {
+                        if m.qos > 0 {
+                            inflight.request(None);
+                        }
+                    }
+                    Err(PublishError::Full) => {
+                        others.push_front(m);
+                        return;
+                    }
+                    Err(e) => tracing::warn!(topic = m.topic, "mqtt: could not queue message: {e}"),
+                }
+            }
+        };
         let status = |payload: Vec<u8>| Message {
             topic: metrics_topic.clone(),
             payload,
@@ -574,9 +594,8 @@ impl Forwarder {
             self.subscribe_commands(&s, &*format, &mut subscribed);
         }
         reg_changes.mark_unchanged();
-        for m in format.on_connected(self.router.registry()) {
-            send_other(&s, &mut inflight, m);
-        }
+        others.extend(format.on_connected(self.router.registry()));
+        send_others(&s, &mut inflight, &mut others);
         send_other(&s, &mut inflight, status(self.status_document()));
         // Rows committed before this instant are the backlog (historical where the format says so).
         let mut ready = format.ready();
@@ -587,6 +606,7 @@ impl Forwarder {
         };
 
         let end = loop {
+            send_others(&s, &mut inflight, &mut others);
             // Fill the window from the outbox.
             let mut queue_full = false;
             // While probing, only the probed row goes out (nothing else in flight).
@@ -601,7 +621,7 @@ impl Forwarder {
                     live_since = Timestamp::now().as_nanos();
                 }
             }
-            while ready && stopping.is_none() && inflight.len() < window {
+            while ready && stopping.is_none() && others.is_empty() && inflight.len() < window {
                 if buffer.is_empty() {
                     if exhausted {
                         break;
@@ -715,11 +735,7 @@ impl Forwarder {
                 ev = s.poll() => match ev {
                     Ok(ev) => match self.on_event(ev, format, &mut inflight, &mut done, suspects, results_tx) {
                         None => {}
-                        Some(Inbound::Publish(msgs)) => {
-                            for m in msgs {
-                                send_other(&s, &mut inflight, m);
-                            }
-                        }
+                        Some(Inbound::Publish(msgs)) => others.extend(msgs),
                         Some(Inbound::Reconnect(why)) => break End::Lost(why),
                         Some(Inbound::Ignore | Inbound::Commands(_)) => {}
                     },
@@ -739,9 +755,7 @@ impl Forwarder {
                     if self.cfg.commands {
                         self.subscribe_commands(&s, &*format, &mut subscribed);
                     }
-                    for m in format.on_registry_change(self.router.registry()) {
-                        send_other(&s, &mut inflight, m);
-                    }
+                    others.extend(format.on_registry_change(self.router.registry()));
                 }
                 _ = self.wake.notified(), if idle => {
                     exhausted = false;

@@ -10,6 +10,7 @@
 pub mod conn;
 pub mod format;
 pub mod forwarder;
+pub mod home_assistant;
 pub mod inflight;
 pub mod northbound;
 pub mod sparkplug;
