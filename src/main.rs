@@ -382,7 +382,7 @@ fn stats(cfg: &weir_config::GatewayConfig) -> anyhow::Result<()> {
         "rows": s.rows,
         "bytes": s.bytes,
         "max_bytes": s.max_bytes,
-        "oldest_age_s": s.oldest_enqueued_ns.map(|t| (now - t).max(0) as f64 / 1e9),
+        "oldest_age_s": s.oldest_age_ns.map(|a| a as f64 / 1e9),
         "dropped_for_space_total": s.dropped_for_space_total,
         "dropped_for_age_total": s.dropped_for_age_total,
         "fs_available_bytes": o.fs_available_bytes().ok(),

@@ -1,7 +1,8 @@
 //! Upgrading in place: a Pi that was offline while Weir was upgraded still holds rows its old build
-//! encoded (outbox schema version 1 or 2: topic + JSON payload per row). The new build opens that
-//! file, keeps every row and publishes them as stored, in order, before the rows it commits itself
-//! (typed rows, schema version 3), and the per-device `seq` continues without a gap.
+//! committed (outbox schema version 1 or 2: topic + JSON payload per row; version 3: typed rows,
+//! a `batch` table, counters in `meta`). The new build (schema version 4) opens that file, keeps
+//! every row and publishes them — v1/v2 rows as stored, v3 rows encoded from their record — in
+//! order, before the rows it commits itself, and the per-device `seq` continues without a gap.
 
 mod common;
 
@@ -33,6 +34,19 @@ CREATE TABLE dead_letter (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload B
     qos INTEGER NOT NULL, retain INTEGER NOT NULL, enqueued_ns INTEGER NOT NULL,
     dead_ns INTEGER NOT NULL, reason TEXT NOT NULL);
 ";
+/// What version 3 (typed rows) added, exactly as that build ran it.
+const SCHEMA_V3_TAIL: &str = "
+ALTER TABLE outbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE dead_letter ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE dead_letter ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE dead_letter ADD COLUMN sent_topic TEXT;
+";
+
+/// The value the old build stored for reading `seq`.
+fn old_value(seq: u64) -> f64 {
+    (15 + seq % 10) as f64 + 0.5
+}
 
 /// Writes an outbox of `version` holding `OLD_ROWS` telemetry rows of `DEVICE` (seq 1..=500) as
 /// the old build encoded and committed them; returns (topic, payload) of each, in id order.
@@ -43,6 +57,9 @@ fn old_outbox(path: &std::path::Path, version: i32) -> Vec<(String, Vec<u8>)> {
     if version >= 2 {
         c.execute_batch(SCHEMA_V2_TAIL).unwrap();
     }
+    if version >= 3 {
+        c.execute_batch(SCHEMA_V3_TAIL).unwrap();
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -51,6 +68,36 @@ fn old_outbox(path: &std::path::Path, version: i32) -> Vec<(String, Vec<u8>)> {
     let mut rows = Vec::new();
     let mut bytes = 0u64;
     for seq in 1..=OLD_ROWS {
+        if version >= 3 {
+            // A typed row: the device as key, one reading's record, its seq (a batch per poll).
+            use weir_store::record::{encode_reading, QualityRef, ReadingRef, ValueRef};
+            let mut body = Vec::new();
+            encode_reading(
+                &mut body,
+                &ReadingRef {
+                    point: "temperature",
+                    value: ValueRef::F64(old_value(seq)),
+                    unit: Some("°C"),
+                    ts_ns: now - 1_000_000_000 + seq as i64,
+                    quality: QualityRef::Good,
+                },
+            );
+            bytes += (DEVICE.len() + body.len()) as u64 + 32;
+            tx.execute(
+                "INSERT INTO outbox (id, topic, payload, qos, retain, enqueued_ns, kind, seq) \
+                 VALUES (?1, ?2, ?3, 1, 0, ?4, 1, ?1)",
+                rusqlite::params![seq as i64, DEVICE, body, now],
+            )
+            .unwrap();
+            if seq % 4 == 0 {
+                tx.execute(
+                    "INSERT INTO batch VALUES (?1, ?2, ?3)",
+                    rusqlite::params![seq as i64 - 3, seq as i64, now],
+                )
+                .unwrap();
+            }
+            continue;
+        }
         let topic = format!("t/{DEVICE}/temperature");
         let payload = format!(
             r#"{{"value":{}.5,"unit":"°C","ts":"2026-11-30T03:16:00.{seq:09}Z","quality":"good","seq":{seq}}}"#,
@@ -66,11 +113,13 @@ fn old_outbox(path: &std::path::Path, version: i32) -> Vec<(String, Vec<u8>)> {
         .unwrap();
         rows.push((topic, payload));
     }
-    tx.execute(
-        "INSERT INTO batch VALUES (1, ?1, ?2)",
-        rusqlite::params![OLD_ROWS as i64, now],
-    )
-    .unwrap();
+    if version < 3 {
+        tx.execute(
+            "INSERT INTO batch VALUES (1, ?1, ?2)",
+            rusqlite::params![OLD_ROWS as i64, now],
+        )
+        .unwrap();
+    }
     tx.execute(
         "INSERT INTO device_seq VALUES (?1, ?2)",
         rusqlite::params![DEVICE, OLD_ROWS as i64],
@@ -113,17 +162,30 @@ fn upgrade_from(version: i32) {
         },
     );
     let msgs = sub.snapshot();
-    let old_set: HashSet<(String, Vec<u8>)> = old.iter().cloned().collect();
-    let arrived_old: HashSet<(String, Vec<u8>)> = msgs
-        .iter()
-        .map(|m| (m.topic.clone(), m.payload.clone()))
-        .filter(|m| old_set.contains(m))
-        .collect();
-    assert_eq!(
-        arrived_old.len() as u64,
-        OLD_ROWS,
-        "every row of the version {version} outbox reached the subscriber byte for byte"
-    );
+    if version < 3 {
+        let old_set: HashSet<(String, Vec<u8>)> = old.iter().cloned().collect();
+        let arrived_old: HashSet<(String, Vec<u8>)> = msgs
+            .iter()
+            .map(|m| (m.topic.clone(), m.payload.clone()))
+            .filter(|m| old_set.contains(m))
+            .collect();
+        assert_eq!(
+            arrived_old.len() as u64,
+            OLD_ROWS,
+            "every row of the version {version} outbox reached the subscriber byte for byte"
+        );
+    } else {
+        // Typed rows are encoded at publish time: each arrives with the value it was stored with.
+        let topic = format!("t/{DEVICE}/temperature");
+        for seq in 1..=OLD_ROWS {
+            let m = msgs
+                .iter()
+                .find(|m| m.topic == topic && m.json()["seq"] == seq)
+                .unwrap_or_else(|| panic!("row {seq} of the version 3 outbox did not arrive"));
+            assert_eq!(m.json()["value"], old_value(seq), "{:?}", m.json());
+            assert_eq!(m.json()["unit"], "°C");
+        }
+    }
     // In order, old before new, no gap: the device's first arrivals are 1, 2, 3, … in order.
     let seqs = &seqs_by_device(&msgs, "t")[DEVICE];
     let mut seen = HashSet::new();
@@ -138,7 +200,7 @@ fn upgrade_from(version: i32) {
     assert_eq!(new.json()["quality"], "good", "{:?}", new.json());
     assert!(
         gw.log().contains(&format!(
-            "outbox upgraded from schema version {version} to 3"
+            "outbox upgraded from schema version {version} to 4"
         )),
         "{}",
         gw.log()
@@ -147,6 +209,11 @@ fn upgrade_from(version: i32) {
         let (_, out, _) = gw.cli(&["buffer", "stats"]);
         out.contains("\"rows\": 0")
     });
+}
+
+#[test]
+fn a_version_3_outbox_with_rows_is_upgraded_and_its_rows_published_first() {
+    upgrade_from(3);
 }
 
 #[test]

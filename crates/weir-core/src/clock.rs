@@ -292,6 +292,125 @@ pub fn mark_unsynchronised(batch: &mut [Reading]) -> usize {
     global().mark(batch)
 }
 
+/// A reading of the clocks the outbox ages rows on (see [`MonotonicSource`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MonotonicStamp {
+    /// This boot: the first 64 bits of `/proc/sys/kernel/random/boot_id` (0 when unreadable).
+    pub boot: u64,
+    /// `CLOCK_BOOTTIME`: nanoseconds since this boot, suspend included; never steps.
+    pub boottime_ns: i64,
+    /// UTC wall clock, nanoseconds since the Unix epoch; steps when NTP sets it.
+    pub wall_ns: i64,
+    /// Whether the wall clock was known to be synchronised ([`ClockSync::Synchronised`]);
+    /// `Unknown` counts as not synchronised.
+    pub wall_synchronised: bool,
+}
+
+/// Where an age that must not jump with the wall clock is measured from: a boot id, a clock
+/// that does not step within a boot (`CLOCK_BOOTTIME`), and the wall clock with its sync state.
+/// [`SystemMonotonic`] reads the system; [`SimulatedMonotonic`] is set by tests.
+pub trait MonotonicSource: Send + Sync + fmt::Debug {
+    fn now(&self) -> MonotonicStamp;
+}
+
+/// The system's clocks: the boot id (read once), `clock_gettime(CLOCK_BOOTTIME)`, the wall
+/// clock, and the process-wide [`global`] monitor's last answer for the sync state (its first
+/// use asks the system once inline; it is refreshed as batches flow through the pipeline).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemMonotonic;
+
+/// The first 64 bits of a boot id as the kernel prints it (`8-4-4-4-12` hex digits).
+pub fn parse_boot_id(text: &str) -> Option<u64> {
+    let hex: String = text.trim().chars().filter(|c| *c != '-').take(16).collect();
+    if hex.len() < 16 {
+        return None;
+    }
+    u64::from_str_radix(&hex, 16).ok()
+}
+
+/// This boot's id (see [`MonotonicStamp::boot`]); read once per process.
+pub fn boot_id() -> u64 {
+    static BOOT: OnceLock<u64> = OnceLock::new();
+    *BOOT.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .and_then(|t| parse_boot_id(&t))
+            .unwrap_or(0)
+    })
+}
+
+/// `CLOCK_BOOTTIME` in nanoseconds.
+pub fn boottime_ns() -> i64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    t.tv_sec
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec)
+}
+
+fn wall_ns() -> i64 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    }
+}
+
+impl MonotonicSource for SystemMonotonic {
+    fn now(&self) -> MonotonicStamp {
+        MonotonicStamp {
+            boot: boot_id(),
+            boottime_ns: boottime_ns(),
+            wall_ns: wall_ns(),
+            wall_synchronised: global().state() == ClockSync::Synchronised,
+        }
+    }
+}
+
+/// A [`MonotonicSource`] tests move by hand; clones share the state.
+#[derive(Debug, Clone)]
+pub struct SimulatedMonotonic(Arc<Mutex<MonotonicStamp>>);
+
+impl SimulatedMonotonic {
+    pub fn new(start: MonotonicStamp) -> Self {
+        SimulatedMonotonic(Arc::new(Mutex::new(start)))
+    }
+    fn with(&self, f: impl FnOnce(&mut MonotonicStamp)) {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+    /// Time passes: both clocks advance.
+    pub fn advance(&self, d: Duration) {
+        let ns = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        self.with(|s| {
+            s.boottime_ns = s.boottime_ns.saturating_add(ns);
+            s.wall_ns = s.wall_ns.saturating_add(ns);
+        });
+    }
+    /// The wall clock is set (NTP, a user): it jumps by `delta_ns`, boottime does not move.
+    pub fn step_wall(&self, delta_ns: i64) {
+        self.with(|s| s.wall_ns = s.wall_ns.saturating_add(delta_ns));
+    }
+    /// Whether the wall clock counts as synchronised from now on.
+    pub fn set_synchronised(&self, synced: bool) {
+        self.with(|s| s.wall_synchronised = synced);
+    }
+    /// A reboot `down` long: a new boot id, boottime starts again at `up_after_boot`, the wall
+    /// clock moves by `wall_delta_ns` (what an RTC-less board shows after a reboot is anyone's
+    /// guess) and is not synchronised.
+    pub fn reboot(&self, new_boot: u64, up_after_boot: Duration, wall_delta_ns: i64) {
+        self.with(|s| {
+            s.boot = new_boot;
+            s.boottime_ns = i64::try_from(up_after_boot.as_nanos()).unwrap_or(i64::MAX);
+            s.wall_ns = s.wall_ns.saturating_add(wall_delta_ns);
+            s.wall_synchronised = false;
+        });
+    }
+}
+
+impl MonotonicSource for SimulatedMonotonic {
+    fn now(&self) -> MonotonicStamp {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,6 +553,42 @@ mod tests {
             "the flag file wins"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn boot_id_and_boottime_come_from_the_kernel() {
+        assert_eq!(
+            parse_boot_id("0f6e1c9a-3b2d-4c5e-8f70-123456789abc\n"),
+            Some(0x0f6e_1c9a_3b2d_4c5e)
+        );
+        assert_eq!(parse_boot_id("0f6e1c9a-3b2d"), None);
+        assert_eq!(parse_boot_id("zz6e1c9a-3b2d-4c5e-8f70-123456789abc"), None);
+        let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        assert_eq!(boot_id(), parse_boot_id(&text).unwrap());
+        let a = SystemMonotonic.now();
+        let b = SystemMonotonic.now();
+        assert!(a.boottime_ns > 0 && b.boottime_ns >= a.boottime_ns);
+        assert_eq!(a.boot, b.boot);
+    }
+
+    #[test]
+    fn simulated_monotonic_clock_steps_the_wall_clock_only() {
+        let sim = SimulatedMonotonic::new(MonotonicStamp {
+            boot: 7,
+            boottime_ns: 1_000,
+            wall_ns: 5_000,
+            wall_synchronised: false,
+        });
+        sim.advance(Duration::from_nanos(10));
+        sim.step_wall(1_000_000);
+        let s = sim.now();
+        assert_eq!((s.boottime_ns, s.wall_ns), (1_010, 1_005_010));
+        sim.reboot(8, Duration::from_secs(1), -5);
+        let s = sim.now();
+        assert_eq!(
+            (s.boot, s.boottime_ns, s.wall_ns),
+            (8, 1_000_000_000, 1_005_005)
+        );
     }
 
     #[test]

@@ -352,8 +352,7 @@ impl Forwarder {
 
     /// Drops rows past `max_age`; returns how many went.
     fn enforce_age(&self) -> u64 {
-        let now = Timestamp::now().as_nanos();
-        match blocking(|| lock(&self.outbox).enforce_age(now)) {
+        match blocking(|| lock(&self.outbox).enforce_age()) {
             Ok(0) => 0,
             Ok(n) => {
                 tracing::warn!(dropped = n, "outbox: dropped rows older than max_age");
@@ -429,7 +428,6 @@ impl Forwarder {
             let mut o = lock(&self.outbox);
             (o.stats(), o.fs_available_bytes().ok())
         });
-        let now = Timestamp::now().as_nanos();
         let mut doc = serde_json::Map::new();
         doc.insert("state".into(), "online".into());
         doc.insert(
@@ -442,10 +440,7 @@ impl Forwarder {
             Ok(s) => {
                 self.m.outbox_rows.set(s.rows as i64);
                 self.m.outbox_bytes.set(s.bytes as i64);
-                let age = s
-                    .oldest_enqueued_ns
-                    .map(|t| (now - t).max(0) / 1_000_000_000)
-                    .unwrap_or(0);
+                let age = s.oldest_age_ns.map(|a| a / 1_000_000_000).unwrap_or(0);
                 self.m.outbox_oldest_age_s.set(age);
                 raise_to(&self.m.dropped_space, s.dropped_for_space_total);
                 raise_to(&self.m.dropped_age, s.dropped_for_age_total);

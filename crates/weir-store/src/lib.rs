@@ -162,9 +162,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
+use std::sync::Arc;
+
+pub use weir_core::clock::{MonotonicSource, MonotonicStamp, SimulatedMonotonic, SystemMonotonic};
 
 pub mod record;
 
@@ -177,7 +180,7 @@ pub const ROW_OVERHEAD_BYTES: u64 = 32;
 pub const APPLICATION_ID: i32 = 0x5745_4952;
 
 /// `PRAGMA user_version` of the schema this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Dead letters kept at most (invariant 11); beyond it the oldest are dropped.
 pub const DEAD_LETTER_MAX_ROWS: u64 = 10_000;
@@ -243,10 +246,52 @@ CREATE TABLE dead_letter (
 );
 ";
 
+/// Version 4 (the clock stamp of a batch on its last row; counters and sequence numbers in one
+/// `state` table; no `batch` table): run on every file of versions 1–3 opened for writing (and on a
+/// new one, after the older steps). Rows are not rewritten; the upgraded rows get their stamp
+/// from [`SQL_V4_STAMP_OLD_ROWS`].
+const SCHEMA_V4_SQL: &str = "
+ALTER TABLE outbox ADD COLUMN boot INTEGER;
+ALTER TABLE outbox ADD COLUMN boottime_ns INTEGER;
+ALTER TABLE outbox ADD COLUMN synced INTEGER;
+ALTER TABLE dead_letter ADD COLUMN boot INTEGER;
+ALTER TABLE dead_letter ADD COLUMN boottime_ns INTEGER;
+ALTER TABLE dead_letter ADD COLUMN synced INTEGER;
+CREATE TABLE state (
+    ns                      INTEGER NOT NULL,
+    key                     TEXT    NOT NULL,
+    last_seq                INTEGER,
+    write_gen               INTEGER,
+    last_id                 INTEGER,
+    rows                    INTEGER,
+    bytes                   INTEGER,
+    dropped_for_space_total INTEGER,
+    dropped_for_age_total   INTEGER,
+    max_bytes               INTEGER,
+    PRIMARY KEY (ns, key)
+) WITHOUT ROWID;
+INSERT INTO state (ns, key, write_gen, last_id, rows, bytes, dropped_for_space_total,
+                   dropped_for_age_total, max_bytes)
+    SELECT 0, '', write_gen, last_id, rows, bytes, dropped_for_space_total,
+           dropped_for_age_total, max_bytes FROM meta WHERE singleton = 0;
+INSERT INTO state (ns, key, last_seq) SELECT 1, device, last_seq FROM device_seq;
+DROP TABLE meta;
+DROP TABLE device_seq;
+DROP TABLE batch;
+";
+/// Rows stored by an older build have only a wall-clock time: they become one batch stamped
+/// with the moment of the upgrade (`?1` boot, `?2` boottime), wall clock not synchronised, so
+/// their age counts from the upgrade (they are kept, never dropped on a wall-clock difference).
+const SQL_V4_STAMP_OLD_ROWS: &str = "UPDATE outbox SET boot = ?1, boottime_ns = ?2, synced = 0 \
+     WHERE id = (SELECT max(id) FROM outbox)";
+const SQL_V4_STAMP_OLD_DEAD: &str =
+    "UPDATE dead_letter SET boot = ?1, boottime_ns = ?2, synced = 0";
+
 const SQL_DEAD_LETTER_MOVE: &str = "INSERT OR REPLACE INTO dead_letter \
-     (id, topic, payload, qos, retain, enqueued_ns, dead_ns, reason, kind, seq, sent_topic) \
-     SELECT id, topic, payload, qos, retain, enqueued_ns, ?2, ?3, kind, seq, ?4 FROM outbox \
-     WHERE id = ?1";
+     (id, topic, payload, qos, retain, enqueued_ns, dead_ns, reason, kind, seq, sent_topic, boot, \
+     boottime_ns, synced) \
+     SELECT id, topic, payload, qos, retain, enqueued_ns, ?2, ?3, kind, seq, ?4, ?5, ?6, ?7 \
+     FROM outbox WHERE id = ?1";
 const SQL_DEAD_LETTER_TRIM: &str = "DELETE FROM dead_letter WHERE id IN \
      (SELECT id FROM dead_letter ORDER BY id DESC LIMIT -1 OFFSET ?1)";
 const SQL_DEAD_LETTER_STATS: &str =
@@ -259,35 +304,45 @@ const SQL_DEAD_LETTER_LIST_V2: &str = "SELECT id, topic, payload, qos, retain, e
 const SQL_DEAD_LETTER_ALL: &str =
     "SELECT id, topic, payload, qos, retain, kind, seq FROM dead_letter ORDER BY id";
 const SQL_DEAD_LETTER_CLEAR: &str = "DELETE FROM dead_letter";
-const SQL_DEAD_LETTER_AGE: &str = "DELETE FROM dead_letter WHERE enqueued_ns < ?1";
+const SQL_DEAD_LETTER_STAMPS: &str =
+    "SELECT id, enqueued_ns, boot, boottime_ns, synced FROM dead_letter ORDER BY id";
+const SQL_DEAD_LETTER_DELETE_UP_TO: &str = "DELETE FROM dead_letter WHERE id <= ?1";
 const SQL_HAS_DEAD_LETTER: &str =
     "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'dead_letter'";
 
 const SQL_INSERT: &str = "INSERT INTO outbox (id, topic, payload, qos, retain, enqueued_ns, kind, \
-                          seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
-const SQL_UPSERT_SEQ: &str = "INSERT INTO device_seq (device, last_seq) VALUES (?1, ?2) \
-                              ON CONFLICT (device) DO UPDATE SET last_seq = excluded.last_seq";
-const SQL_SELECT_SEQS: &str = "SELECT device, last_seq FROM device_seq";
+                          seq, boot, boottime_ns, synced) \
+                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+const SQL_UPSERT_SEQ: &str = "INSERT INTO state (ns, key, last_seq) VALUES (1, ?1, ?2) \
+                              ON CONFLICT (ns, key) DO UPDATE SET last_seq = excluded.last_seq";
+const SQL_SELECT_SEQS: &str = "SELECT key, last_seq FROM state WHERE ns = 1";
 const SQL_SELECT_META: &str = "SELECT write_gen, last_id, rows, bytes, dropped_for_space_total, \
+                               dropped_for_age_total, max_bytes FROM state WHERE ns = 0 AND key = ''";
+/// The same for a read-only handle on a file of version 1 to 3.
+const SQL_SELECT_META_V3: &str =
+    "SELECT write_gen, last_id, rows, bytes, dropped_for_space_total, \
                                dropped_for_age_total, max_bytes FROM meta WHERE singleton = 0";
-const SQL_UPDATE_META: &str = "UPDATE meta SET write_gen = ?1, last_id = ?2, rows = ?3, bytes = ?4, \
+const SQL_UPDATE_META: &str = "UPDATE state SET write_gen = ?1, last_id = ?2, rows = ?3, bytes = ?4, \
                                dropped_for_space_total = ?5, dropped_for_age_total = ?6, max_bytes = ?7 \
-                               WHERE singleton = 0";
+                               WHERE ns = 0 AND key = ''";
 const SQL_MAX_ID: &str = "SELECT max(id) FROM outbox";
 const SQL_OLDEST_FIRST: &str =
     "SELECT id, octet_length(topic) + length(payload) FROM outbox ORDER BY id";
 const SQL_DELETE_UP_TO: &str = "DELETE FROM outbox WHERE id <= ?1";
-const SQL_INSERT_BATCH: &str =
-    "INSERT INTO batch (first_id, last_id, enqueued_ns) VALUES (?1, ?2, ?3)";
 const SQL_SIZE_RANGE: &str =
     "SELECT count(*), coalesce(sum(octet_length(topic) + length(payload)), 0) \
                               FROM outbox WHERE id BETWEEN ?1 AND ?2";
 const SQL_DELETE_RANGE: &str = "DELETE FROM outbox WHERE id BETWEEN ?1 AND ?2";
-const SQL_BATCHES_OLDER: &str = "SELECT first_id, last_id FROM batch WHERE enqueued_ns < ?1";
-const SQL_ANY_BATCH_OLDER: &str = "SELECT 1 FROM batch WHERE enqueued_ns < ?1 LIMIT 1";
-const SQL_DELETE_BATCHES_OLDER: &str = "DELETE FROM batch WHERE enqueued_ns < ?1";
-const SQL_PRUNE_BATCHES: &str = "DELETE FROM batch WHERE last_id < \
-                                 coalesce((SELECT min(id) FROM outbox), 9223372036854775807)";
+/// The stamped rows (each the last row of its batch) from id `?1` on, in id order: the first is
+/// the stamp of the row `?1`'s batch. Read lazily, so finding the oldest batch reads at most one
+/// batch's rows.
+const SQL_STAMPS_FROM: &str = "SELECT id, enqueued_ns, boot, boottime_ns, synced FROM outbox \
+                               WHERE id >= ?1 AND boot IS NOT NULL ORDER BY id";
+/// The row just before id `?1` and whether it lacks a stamp (is not the last row of its batch).
+const SQL_ROW_BEFORE: &str =
+    "SELECT id, boot IS NULL FROM outbox WHERE id < ?1 ORDER BY id DESC LIMIT 1";
+const SQL_SET_STAMP: &str =
+    "UPDATE outbox SET boot = ?2, boottime_ns = ?3, synced = ?4 WHERE id = ?1";
 const SQL_READ_AFTER: &str = "SELECT id, topic, payload, qos, retain, enqueued_ns, kind, seq \
                               FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2";
 /// The same for a read-only handle on a file of version 1 or 2 (no `kind`/`seq` columns yet).
@@ -295,6 +350,11 @@ const SQL_READ_AFTER_V2: &str = "SELECT id, topic, payload, qos, retain, enqueue
                                  FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2";
 const SQL_HAS_KIND: &str = "SELECT 1 FROM pragma_table_info('outbox') WHERE name = 'kind'";
 const SQL_STATS: &str = "SELECT rows, bytes, \
+                         (SELECT enqueued_ns FROM outbox ORDER BY id LIMIT 1), \
+                         (SELECT max(id) FROM outbox), dropped_for_space_total, dropped_for_age_total, \
+                         max_bytes FROM state WHERE ns = 0 AND key = ''";
+/// The same for a read-only handle on a file of version 1 to 3.
+const SQL_STATS_V3: &str = "SELECT rows, bytes, \
                          (SELECT b.enqueued_ns FROM batch b WHERE EXISTS (SELECT 1 FROM outbox o \
                           WHERE o.id BETWEEN b.first_id AND b.last_id) ORDER BY b.enqueued_ns LIMIT 1), \
                          (SELECT max(id) FROM outbox), dropped_for_space_total, dropped_for_age_total, \
@@ -425,8 +485,11 @@ pub struct OutboxStats {
     pub rows: u64,
     /// Sum of row sizes (see [`ROW_OVERHEAD_BYTES`]).
     pub bytes: u64,
-    /// Smallest `enqueued_ns` stored, `None` when empty.
+    /// `enqueued_ns` of the oldest row (the lowest id), `None` when empty.
     pub oldest_enqueued_ns: Option<i64>,
+    /// Age of the oldest row as the age bound counts it (invariant 5: on the boot clock, not
+    /// the wall clock), nanoseconds; `None` when empty.
+    pub oldest_age_ns: Option<i64>,
     /// Highest id stored, `None` when empty.
     pub newest_id: Option<i64>,
     /// Rows dropped to respect the byte bound since the outbox was created.
@@ -615,6 +678,47 @@ struct Meta {
     max_bytes: u64,
 }
 
+/// The clock stamp of a batch, stored on its last row (invariant 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    /// The batch's last row.
+    id: i64,
+    wall_ns: i64,
+    boot: i64,
+    boottime_ns: i64,
+    synced: bool,
+}
+
+impl Stamp {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stamp> {
+        Ok(Stamp {
+            id: r.get(0)?,
+            wall_ns: r.get(1)?,
+            boot: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
+            boottime_ns: r.get::<_, Option<i64>>(3)?.unwrap_or(0),
+            synced: r.get::<_, Option<bool>>(4)?.unwrap_or(false),
+        })
+    }
+}
+
+/// A boot id as stored (the 64 bits reinterpreted as SQLite's signed integer).
+fn boot_column(boot: u64) -> i64 {
+    i64::from_ne_bytes(boot.to_ne_bytes())
+}
+
+/// The age rule of invariant 5, in nanoseconds (never negative).
+fn age_ns(now: &MonotonicStamp, s: &Stamp) -> i64 {
+    if s.boot == boot_column(now.boot) && now.boottime_ns >= s.boottime_ns {
+        now.boottime_ns - s.boottime_ns
+    } else if s.synced && now.wall_synchronised {
+        now.boottime_ns
+            .max(now.wall_ns.saturating_sub(s.wall_ns))
+            .max(0)
+    } else {
+        now.boottime_ns.max(0)
+    }
+}
+
 fn to_u64(path: &Path, op: &'static str, name: &str, v: i64) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| out_of_range(path, op, format!("{name} is negative ({v})")))
 }
@@ -624,8 +728,17 @@ fn to_i64(path: &Path, op: &'static str, name: &str, v: u64) -> Result<i64, Stor
 }
 
 fn read_meta(conn: &Connection, path: &Path, op: &'static str) -> Result<Meta, StoreError> {
+    read_meta_sql(conn, path, op, SQL_SELECT_META)
+}
+
+fn read_meta_sql(
+    conn: &Connection,
+    path: &Path,
+    op: &'static str,
+    sql: &str,
+) -> Result<Meta, StoreError> {
     let raw: [i64; 7] = conn
-        .prepare_cached(SQL_SELECT_META)
+        .prepare_cached(sql)
         .and_then(|mut s| {
             s.query_row([], |r| {
                 Ok([
@@ -740,6 +853,8 @@ enum Kind {
     V1,
     /// A Weir outbox of version 2, before typed rows.
     V2,
+    /// A Weir outbox of version 3, before the boot-clock stamps and the `state` table.
+    V3,
 }
 
 fn classify(path: &Path, (app_id, version, objects): (i32, i32, i64)) -> Result<Kind, StoreError> {
@@ -755,6 +870,7 @@ fn classify(path: &Path, (app_id, version, objects): (i32, i32, i64)) -> Result<
         APPLICATION_ID if version == SCHEMA_VERSION => Ok(Kind::Ours),
         APPLICATION_ID if version == 1 => Ok(Kind::V1),
         APPLICATION_ID if version == 2 => Ok(Kind::V2),
+        APPLICATION_ID if version == 3 => Ok(Kind::V3),
         APPLICATION_ID => Err(StoreError::UnsupportedSchema {
             path: path.to_path_buf(),
             found: version,
@@ -805,13 +921,6 @@ fn lock_writer(path: &Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
-fn wall_clock_ns() -> i64 {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
-    }
-}
-
 fn row_size(topic_len: usize, payload_len: usize) -> u64 {
     // usize -> u64 is lossless on every target Rust supports.
     topic_len as u64 + payload_len as u64 + ROW_OVERHEAD_BYTES
@@ -833,6 +942,10 @@ pub struct Outbox {
     has_dead_letter: bool,
     /// Whether the file has the `kind`/`seq` columns (a reader of a version 1 or 2 file: no).
     has_kind: bool,
+    /// A reader of a file older than version 4 (`meta` and `batch` tables, no stamps).
+    legacy: bool,
+    /// Where the age bound reads time (invariant 5).
+    clock: Arc<dyn MonotonicSource>,
     /// The exclusive lock of a writer (invariant 8), released when the handle is dropped.
     _lock: Option<std::fs::File>,
 }
@@ -857,6 +970,15 @@ impl Outbox {
     /// Takes the writer's lock first (invariant 8): fails with [`StoreError::Locked`] while another
     /// handle — in this process or another — has the outbox open for writing.
     pub fn open(path: &Path, limits: Limits) -> Result<Outbox, StoreError> {
+        Outbox::open_with_clock(path, limits, Arc::new(SystemMonotonic))
+    }
+
+    /// [`Outbox::open`] with the clock the age bound reads (a [`SimulatedMonotonic`] in tests).
+    pub fn open_with_clock(
+        path: &Path,
+        limits: Limits,
+        clock: Arc<dyn MonotonicSource>,
+    ) -> Result<Outbox, StoreError> {
         const OP: &str = "open";
         let lock = lock_writer(path)?;
         let err = sql_err(path, OP);
@@ -892,31 +1014,38 @@ impl Outbox {
 
         // Classify again under the write lock: another process may have created the schema meanwhile.
         let tx = Transaction::new(&mut conn, TransactionBehavior::Immediate).map_err(&err)?;
-        match classify(path, identify(&tx, path, OP)?)? {
+        let kind = classify(path, identify(&tx, path, OP)?)?;
+        let from = match kind {
             Kind::Empty => {
                 tx.execute_batch(SCHEMA_SQL).map_err(&err)?;
-                tx.execute_batch(SCHEMA_V2_SQL).map_err(&err)?;
-                tx.execute_batch(SCHEMA_V3_SQL).map_err(&err)?;
                 tx.pragma_update(None, "application_id", APPLICATION_ID)
                     .map_err(&err)?;
-                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                    .map_err(&err)?;
-                tracing::info!(path = %path.display(), "created outbox");
+                0
             }
-            Kind::V1 => {
+            Kind::V1 => 1,
+            Kind::V2 => 2,
+            Kind::V3 => 3,
+            Kind::Ours => SCHEMA_VERSION,
+        };
+        if from < SCHEMA_VERSION {
+            if from < 2 {
                 tx.execute_batch(SCHEMA_V2_SQL).map_err(&err)?;
-                tx.execute_batch(SCHEMA_V3_SQL).map_err(&err)?;
-                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                    .map_err(&err)?;
-                tracing::info!(path = %path.display(), "outbox upgraded from schema version 1 to 3 (dead letters, typed rows); stored rows are kept and published first, as stored");
             }
-            Kind::V2 => {
+            if from < 3 {
                 tx.execute_batch(SCHEMA_V3_SQL).map_err(&err)?;
-                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                    .map_err(&err)?;
-                tracing::info!(path = %path.display(), "outbox upgraded from schema version 2 to 3 (typed rows); stored rows are kept and published first, as stored");
             }
-            Kind::Ours => {}
+            tx.execute_batch(SCHEMA_V4_SQL).map_err(&err)?;
+            let now = clock.now();
+            let stamp = params![boot_column(now.boot), now.boottime_ns];
+            tx.execute(SQL_V4_STAMP_OLD_ROWS, stamp).map_err(&err)?;
+            tx.execute(SQL_V4_STAMP_OLD_DEAD, stamp).map_err(&err)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(&err)?;
+            if from == 0 {
+                tracing::info!(path = %path.display(), "created outbox");
+            } else {
+                tracing::info!(path = %path.display(), "outbox upgraded from schema version {from} to {SCHEMA_VERSION} (typed rows, boot-clock ages); stored rows are kept and published first, as stored; their age counts from now");
+            }
         }
         let mut meta = read_meta(&tx, path, OP)?;
         // Defensive: never hand out an id that is already present, whatever `last_id` says.
@@ -946,6 +1075,8 @@ impl Outbox {
             pending: HashMap::new(),
             has_dead_letter: true,
             has_kind: true,
+            legacy: false,
+            clock,
             _lock: Some(lock),
         })
     }
@@ -965,16 +1096,26 @@ impl Outbox {
         let conn = Connection::open_with_flags(path, flags).map_err(&err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
-        match classify(path, identify(&conn, path, OP)?)? {
-            Kind::Ours | Kind::V1 | Kind::V2 => {}
+        let legacy = match classify(path, identify(&conn, path, OP)?)? {
+            Kind::Ours => false,
+            Kind::V1 | Kind::V2 | Kind::V3 => true,
             Kind::Empty => {
                 return Err(StoreError::NotAnOutbox {
                     path: path.to_path_buf(),
                     reason: "empty database (never opened by a Weir writer)".to_owned(),
                 })
             }
-        }
-        let meta = read_meta(&conn, path, OP)?;
+        };
+        let meta = read_meta_sql(
+            &conn,
+            path,
+            OP,
+            if legacy {
+                SQL_SELECT_META_V3
+            } else {
+                SQL_SELECT_META
+            },
+        )?;
         let has_dead_letter = conn
             .prepare(SQL_HAS_DEAD_LETTER)
             .and_then(|mut s| s.exists([]))
@@ -992,6 +1133,8 @@ impl Outbox {
             pending: HashMap::new(),
             has_dead_letter,
             has_kind,
+            legacy,
+            clock: Arc::new(SystemMonotonic),
             _lock: None,
         })
     }
@@ -1101,6 +1244,7 @@ impl Outbox {
             meta,
             seqs,
             pending,
+            clock,
             ..
         } = self;
         let path: &Path = path;
@@ -1124,13 +1268,20 @@ impl Outbox {
             });
         }
 
-        let enqueued_ns = wall_clock_ns();
+        let now = clock.now();
         let first_id = m.last_id + 1;
         {
             let mut insert = tx.prepare_cached(SQL_INSERT).map_err(&err)?;
-            for row in &messages {
+            let last = messages.len().saturating_sub(1);
+            for (i, row) in messages.iter().enumerate() {
                 let id = m.last_id + 1;
                 let seq = to_i64(path, OP, "sequence number", row.seq)?;
+                // The batch's clock stamp goes on its last row (invariant 5).
+                let stamp = (i == last).then_some((
+                    boot_column(now.boot),
+                    now.boottime_ns,
+                    now.wall_synchronised,
+                ));
                 insert
                     .execute(params![
                         id,
@@ -1138,20 +1289,18 @@ impl Outbox {
                         row.body,
                         row.qos,
                         row.retain,
-                        enqueued_ns,
+                        now.wall_ns,
                         row.kind as u8,
-                        seq
+                        seq,
+                        stamp.map(|s| s.0),
+                        stamp.map(|s| s.1),
+                        stamp.map(|s| s.2),
                     ])
                     .map_err(&err)?;
                 m.last_id = id;
                 m.rows += 1;
                 m.bytes += row_size(row.key.len(), row.body.len());
             }
-        }
-        if !messages.is_empty() {
-            tx.prepare_cached(SQL_INSERT_BATCH)
-                .and_then(|mut s| s.execute(params![first_id, m.last_id, enqueued_ns]))
-                .map_err(&err)?;
         }
         {
             let mut upsert = tx.prepare_cached(SQL_UPSERT_SEQ).map_err(&err)?;
@@ -1252,52 +1401,39 @@ impl Outbox {
                 delete_range(tx, path, OP, m, ids[start], ids[end])?;
                 start = end + 1;
             }
-            prune_batches(tx, path, OP)
+            Ok(())
         })
     }
 
-    /// Drop rows (and dead letters) enqueued before `now_ns - max_age`; counted in
-    /// `dropped_for_age_total` (persisted). Returns how many. Costs no write transaction when no
-    /// row is due.
-    pub fn enforce_age(&mut self, now_ns: i64) -> Result<u64, StoreError> {
+    /// Drop rows (and dead letters) older than `max_age` by the age rule of invariant 5 (the
+    /// boot clock, not the wall clock), oldest first; counted in `dropped_for_age_total`
+    /// (persisted). Returns how many. Costs no write transaction when no row is due.
+    pub fn enforce_age(&mut self) -> Result<u64, StoreError> {
         const OP: &str = "enforce_age";
         let limits = self.limits(OP)?;
         let max_age_ns = i64::try_from(limits.max_age.as_nanos()).unwrap_or(i64::MAX);
-        let cutoff = now_ns.saturating_sub(max_age_ns);
-        let due = self
-            .conn
-            .prepare_cached(SQL_ANY_BATCH_OLDER)
-            .and_then(|mut s| s.exists([cutoff]))
-            .map_err(sql_err(&self.path, OP))?;
-        let dead_due = self
-            .conn
-            .prepare_cached("SELECT 1 FROM dead_letter WHERE enqueued_ns < ?1 LIMIT 1")
-            .and_then(|mut s| s.exists([cutoff]))
-            .map_err(sql_err(&self.path, OP))?;
-        if !due && !dead_due {
+        let now = self.clock.now();
+        let due = |s: &Stamp| age_ns(&now, s) > max_age_ns;
+        let rows_due = last_due(&self.conn, &self.path, OP, SQL_STAMPS_FROM, &due)?;
+        let dead_due = last_due(&self.conn, &self.path, OP, SQL_DEAD_LETTER_STAMPS, &due)?;
+        if rows_due.is_none() && dead_due.is_none() {
             return Ok(0);
         }
         let mut dropped = 0;
         self.write(OP, limits, |tx, path, m| {
             let err = sql_err(path, OP);
-            let ranges: Vec<(i64, i64)> = tx
-                .prepare_cached(SQL_BATCHES_OLDER)
-                .and_then(|mut s| {
-                    s.query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
-                        .collect::<Result<_, _>>()
-                })
-                .map_err(&err)?;
             let rows_before = m.rows;
-            for (first, last) in ranges {
-                delete_range(tx, path, OP, m, first, last)?;
+            // Batches are dropped oldest first: ids are in enqueue order.
+            if let Some(last) = last_due(tx, path, OP, SQL_STAMPS_FROM, &due)? {
+                delete_range(tx, path, OP, m, i64::MIN, last)?;
             }
-            tx.prepare_cached(SQL_DELETE_BATCHES_OLDER)
-                .and_then(|mut s| s.execute([cutoff]))
-                .map_err(&err)?;
-            let dead = tx
-                .prepare_cached(SQL_DEAD_LETTER_AGE)
-                .and_then(|mut s| s.execute([cutoff]))
-                .map_err(&err)? as u64;
+            let mut dead = 0;
+            if let Some(last) = last_due(tx, path, OP, SQL_DEAD_LETTER_STAMPS, &due)? {
+                dead = tx
+                    .prepare_cached(SQL_DEAD_LETTER_DELETE_UP_TO)
+                    .and_then(|mut s| s.execute([last]))
+                    .map_err(&err)? as u64;
+            }
             dropped = rows_before - m.rows + dead;
             m.dropped_for_age_total += dropped;
             Ok(())
@@ -1312,9 +1448,10 @@ impl Outbox {
     pub fn stats(&mut self) -> Result<OutboxStats, StoreError> {
         const OP: &str = "stats";
         let path = &self.path;
+        let sql = if self.legacy { SQL_STATS_V3 } else { SQL_STATS };
         let raw: (i64, i64, Option<i64>, Option<i64>, i64, i64, i64) = self
             .conn
-            .prepare_cached(SQL_STATS)
+            .prepare_cached(sql)
             .and_then(|mut s| {
                 s.query_row([], |r| {
                     Ok((
@@ -1338,10 +1475,26 @@ impl Outbox {
             (0, 0)
         };
         let dead_letter_rows = to_u64(path, OP, "dead letter count", dead_rows)?;
+        let now = self.clock.now();
+        let oldest_age_ns = if self.legacy {
+            // An older file has no stamps: its age by the wall clock, as that build counted it.
+            raw.2.map(|t| now.wall_ns.saturating_sub(t).max(0))
+        } else {
+            let mut stmt = self
+                .conn
+                .prepare_cached(SQL_STAMPS_FROM)
+                .map_err(sql_err(path, OP))?;
+            let mut rows = stmt.query([i64::MIN]).map_err(sql_err(path, OP))?;
+            match rows.next().map_err(sql_err(path, OP))? {
+                Some(r) => Some(age_ns(&now, &Stamp::read(r).map_err(sql_err(path, OP))?)),
+                None => None,
+            }
+        };
         Ok(OutboxStats {
             rows: to_u64(path, OP, "meta.rows", raw.0)?,
             bytes: to_u64(path, OP, "meta.bytes", raw.1)?,
             oldest_enqueued_ns: raw.2,
+            oldest_age_ns,
             newest_id: raw.3,
             dropped_for_space_total: to_u64(path, OP, "meta.dropped_for_space_total", raw.4)?,
             dropped_for_age_total: to_u64(path, OP, "meta.dropped_for_age_total", raw.5)?,
@@ -1373,15 +1526,27 @@ impl Outbox {
         if rows.is_empty() {
             return Ok(0);
         }
-        let now = wall_clock_ns();
+        let now = self.clock.now().wall_ns;
         let mut moved = 0;
         self.write(OP, limits, |tx, path, m| {
             let err = sql_err(path, OP);
             let rows_before = m.rows;
             for (id, reason, topic) in rows {
+                // A dead letter keeps its batch's stamp for the age bound.
+                let stamp = stamp_of(tx, path, OP, *id)?;
                 let n = tx
                     .prepare_cached(SQL_DEAD_LETTER_MOVE)
-                    .and_then(|mut s| s.execute(params![id, now, reason, topic]))
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            id,
+                            now,
+                            reason,
+                            topic,
+                            stamp.map(|s| s.boot),
+                            stamp.map(|s| s.boottime_ns),
+                            stamp.map(|s| s.synced),
+                        ])
+                    })
                     .map_err(&err)?;
                 if n > 0 {
                     delete_range(tx, path, OP, m, *id, *id)?;
@@ -1395,7 +1560,7 @@ impl Outbox {
                 })
                 .map_err(&err)? as u64;
             m.dropped_for_space_total += trimmed;
-            prune_batches(tx, path, OP)
+            Ok(())
         })?;
         Ok(moved)
     }
@@ -1406,7 +1571,7 @@ impl Outbox {
     pub fn requeue_dead_letters(&mut self) -> Result<u64, StoreError> {
         const OP: &str = "requeue_dead_letters";
         let limits = self.limits(OP)?;
-        let now = wall_clock_ns();
+        let now = self.clock.now();
         let mut requeued = 0;
         self.write(OP, limits, |tx, path, m| {
             let err = sql_err(path, OP);
@@ -1430,22 +1595,36 @@ impl Outbox {
             if rows.is_empty() {
                 return Ok(());
             }
-            let first_id = m.last_id + 1;
             {
                 let mut insert = tx.prepare_cached(SQL_INSERT).map_err(&err)?;
-                for (topic, payload, qos, retain, kind, seq) in &rows {
+                let last = rows.len() - 1;
+                for (i, (topic, payload, qos, retain, kind, seq)) in rows.iter().enumerate() {
                     let id = m.last_id + 1;
+                    let stamp = (i == last).then_some((
+                        boot_column(now.boot),
+                        now.boottime_ns,
+                        now.wall_synchronised,
+                    ));
                     insert
-                        .execute(params![id, topic, payload, qos, retain, now, kind, seq])
+                        .execute(params![
+                            id,
+                            topic,
+                            payload,
+                            qos,
+                            retain,
+                            now.wall_ns,
+                            kind,
+                            seq,
+                            stamp.map(|s| s.0),
+                            stamp.map(|s| s.1),
+                            stamp.map(|s| s.2),
+                        ])
                         .map_err(&err)?;
                     m.last_id = id;
                     m.rows += 1;
                     m.bytes += row_size(topic.len(), payload.len());
                 }
             }
-            tx.prepare_cached(SQL_INSERT_BATCH)
-                .and_then(|mut s| s.execute(params![first_id, m.last_id, now]))
-                .map_err(&err)?;
             tx.prepare_cached(SQL_DEAD_LETTER_CLEAR)
                 .and_then(|mut s| s.execute([]))
                 .map_err(&err)?;
@@ -1581,6 +1760,7 @@ fn delete_range(
         .and_then(|mut s| s.query_row([first, last], |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(&err)?;
     if n > 0 {
+        keep_stamp(tx, path, op, first, last)?;
         tx.prepare_cached(SQL_DELETE_RANGE)
             .and_then(|mut s| s.execute([first, last]))
             .map_err(&err)?;
@@ -1591,12 +1771,84 @@ fn delete_range(
     Ok(())
 }
 
-/// Forgets batches whose rows are all gone (every id up to their `last_id`).
-fn prune_batches(tx: &Transaction<'_>, path: &Path, op: &'static str) -> Result<(), StoreError> {
-    tx.prepare_cached(SQL_PRUNE_BATCHES)
-        .and_then(|mut s| s.execute([]))
-        .map_err(sql_err(path, op))?;
+/// Before the rows `first..=last` are deleted: if the row just before them survives without a
+/// stamp, its batch's stamp is the first one in the range (its batch ends there), so it moves to
+/// that row, which becomes the batch's last (invariant 5). Deleting from the oldest row on, as
+/// acks and both bounds do, costs one look-up.
+fn keep_stamp(
+    tx: &Transaction<'_>,
+    path: &Path,
+    op: &'static str,
+    first: i64,
+    last: i64,
+) -> Result<(), StoreError> {
+    let err = sql_err(path, op);
+    let before: Option<(i64, bool)> = tx
+        .prepare_cached(SQL_ROW_BEFORE)
+        .and_then(|mut s| {
+            let mut rows = s.query([first])?;
+            rows.next()?.map(|r| Ok((r.get(0)?, r.get(1)?))).transpose()
+        })
+        .map_err(&err)?;
+    let Some((prev, true)) = before else {
+        return Ok(());
+    };
+    // `prev` has no stamp; its batch's stamp is the next stamped row.
+    if let Some(stamp) = stamp_of(tx, path, op, prev)? {
+        if stamp.id <= last {
+            tx.prepare_cached(SQL_SET_STAMP)
+                .and_then(|mut s| {
+                    s.execute(params![prev, stamp.boot, stamp.boottime_ns, stamp.synced])
+                })
+                .map_err(&err)?;
+        }
+    }
     Ok(())
+}
+
+/// The stamp of row `id`'s batch (the first stamped row at or after it).
+fn stamp_of(
+    conn: &Connection,
+    path: &Path,
+    op: &'static str,
+    id: i64,
+) -> Result<Option<Stamp>, StoreError> {
+    let err = sql_err(path, op);
+    let mut stmt = conn.prepare_cached(SQL_STAMPS_FROM).map_err(&err)?;
+    let mut rows = stmt.query([id]).map_err(&err)?;
+    match rows.next().map_err(&err)? {
+        Some(r) => Ok(Some(Stamp::read(r).map_err(&err)?)),
+        None => Ok(None),
+    }
+}
+
+/// Walks stamps in id order (`sql`: [`SQL_STAMPS_FROM`] or the dead letters') and returns the id
+/// of the last of the leading run that is `due`: everything up to it goes, the walk stops at the
+/// first batch that is not due (ids are in enqueue order; see invariant 5).
+fn last_due(
+    conn: &Connection,
+    path: &Path,
+    op: &'static str,
+    sql: &str,
+    due: &dyn Fn(&Stamp) -> bool,
+) -> Result<Option<i64>, StoreError> {
+    let err = sql_err(path, op);
+    let mut stmt = conn.prepare_cached(sql).map_err(&err)?;
+    let mut rows = if sql == SQL_STAMPS_FROM {
+        stmt.query([i64::MIN])
+    } else {
+        stmt.query([])
+    }
+    .map_err(&err)?;
+    let mut last = None;
+    while let Some(r) = rows.next().map_err(&err)? {
+        let s = Stamp::read(r).map_err(&err)?;
+        if !due(&s) {
+            break;
+        }
+        last = Some(s.id);
+    }
+    Ok(last)
 }
 
 /// Deletes the oldest rows until at least `excess` bytes are freed; returns how many rows went.
@@ -1630,7 +1882,6 @@ fn drop_oldest(
             .map_err(&err)?;
     }
     release(path, m, n, freed);
-    prune_batches(tx, path, OP)?;
     if exhausted {
         // Only reachable if the counters had drifted: the table is empty now, so they are exactly zero.
         tracing::warn!(path = %path.display(), "outbox byte counter was above the table's contents; reset");

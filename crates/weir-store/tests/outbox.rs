@@ -6,10 +6,35 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::sync::Arc;
 use weir_store::{
-    Limits, NewMessage, Outbox, OutboxStats, StoreError, StoredMessage, APPLICATION_ID,
-    ROW_OVERHEAD_BYTES, SCHEMA_VERSION,
+    Limits, MonotonicSource, MonotonicStamp, NewMessage, Outbox, OutboxStats, SimulatedMonotonic,
+    StoreError, StoredMessage, APPLICATION_ID, ROW_OVERHEAD_BYTES, SCHEMA_VERSION,
 };
+
+const YEAR_NS: i64 = 365 * 24 * 3600 * 1_000_000_000;
+
+/// A simulated clock: boot 1, up for an hour, the wall clock at 2026-12-01 and synchronised.
+fn sim() -> SimulatedMonotonic {
+    SimulatedMonotonic::new(MonotonicStamp {
+        boot: 1,
+        boottime_ns: 3_600_000_000_000,
+        wall_ns: 1_796_083_200_000_000_000,
+        wall_synchronised: true,
+    })
+}
+
+/// Stats without the age of the oldest row (it moves with the real clock).
+fn stats(ob: &mut Outbox) -> OutboxStats {
+    OutboxStats {
+        oldest_age_ns: None,
+        ..ob.stats().unwrap()
+    }
+}
+
+fn open_sim(path: &Path, lim: Limits, clock: &SimulatedMonotonic) -> Outbox {
+    Outbox::open_with_clock(path, lim, Arc::new(clock.clone())).unwrap()
+}
 
 fn limits() -> Limits {
     Limits {
@@ -145,12 +170,16 @@ fn append_read_delete_roundtrip() {
         .map(|m| size(&m.topic, &m.payload))
         .sum::<u64>()
         + size("second/batch", b"x");
+    assert!(st
+        .oldest_age_ns
+        .is_some_and(|a| (0..60_000_000_000).contains(&a)));
     assert_eq!(
         st,
         OutboxStats {
             rows: 4,
             bytes,
             oldest_enqueued_ns: Some(rows[0].enqueued_ns),
+            oldest_age_ns: st.oldest_age_ns,
             newest_id: Some(rows[3].id),
             dropped_for_space_total: 0,
             dropped_for_age_total: 0,
@@ -301,7 +330,7 @@ fn failed_insert_rolls_back_batch_and_seq() {
     let path = db(&dir);
     let mut ob = Outbox::open(&path, limits()).unwrap();
     append_seq(&mut ob, "d", 3);
-    let before = ob.stats().unwrap();
+    let before = stats(&mut ob);
 
     add_failing_trigger(
         &path,
@@ -325,7 +354,7 @@ fn failed_insert_rolls_back_batch_and_seq() {
     assert!(text.contains("injected failure"), "{text}");
 
     assert_eq!(
-        ob.stats().unwrap(),
+        stats(&mut ob),
         before,
         "nothing of the failed batch was stored"
     );
@@ -360,17 +389,17 @@ fn failure_after_all_inserts_still_rolls_back_everything() {
     let path = db(&dir);
     let mut ob = Outbox::open(&path, limits()).unwrap();
     append_seq(&mut ob, "d", 2);
-    let before = ob.stats().unwrap();
+    let before = stats(&mut ob);
 
     // Fails while persisting the sequence numbers, i.e. after every row of the batch was inserted.
-    add_failing_trigger(&path, "fail_seq", "BEFORE UPDATE ON device_seq");
+    add_failing_trigger(&path, "fail_seq", "BEFORE UPDATE ON state WHEN NEW.ns = 1");
     let err = ob.append(|seq| {
         (0..100)
             .map(|_| msg(&format!("d/{}", seq.next("d")), b"p"))
             .collect()
     });
     assert!(err.is_err());
-    assert_eq!(ob.stats().unwrap(), before);
+    assert_eq!(stats(&mut ob), before);
     drop_trigger(&path, "fail_seq");
 
     let rep = append_seq(&mut ob, "d", 1);
@@ -487,20 +516,27 @@ fn age_bound_drops_old_rows_and_count_persists() {
         max_age,
         ..limits()
     };
-    let age_ns = max_age.as_nanos() as i64;
-    let (t_old, t_new) = {
-        let mut ob = Outbox::open(&path, lim).unwrap();
+    let clock = sim();
+    {
+        let mut ob = open_sim(&path, lim, &clock);
         append_seq(&mut ob, "old", 3);
-        std::thread::sleep(Duration::from_millis(5));
+        clock.advance(Duration::from_secs(5));
         append_seq(&mut ob, "new", 2);
         let rows = all(&mut ob);
         let (t_old, t_new) = (rows[0].enqueued_ns, rows[3].enqueued_ns);
-        assert!(t_old < t_new);
+        assert_eq!(
+            t_new - t_old,
+            5_000_000_000,
+            "enqueued_ns is the wall clock"
+        );
         assert_eq!(ob.stats().unwrap().oldest_enqueued_ns, Some(t_old));
+        assert_eq!(ob.stats().unwrap().oldest_age_ns, Some(5_000_000_000));
 
-        // Nothing is due yet: exactly at the boundary a row is kept ("before", not "at").
-        assert_eq!(ob.enforce_age(t_old + age_ns).unwrap(), 0);
-        assert_eq!(ob.enforce_age(t_old + age_ns + 1).unwrap(), 3);
+        // Exactly max_age old is kept ("older than", not "as old as").
+        clock.advance(max_age - Duration::from_secs(5));
+        assert_eq!(ob.enforce_age().unwrap(), 0);
+        clock.advance(Duration::from_nanos(1));
+        assert_eq!(ob.enforce_age().unwrap(), 3);
         let left = all(&mut ob);
         assert_eq!(seqs_of(&left, "new"), vec![1, 2]);
         assert!(seqs_of(&left, "old").is_empty());
@@ -511,65 +547,131 @@ fn age_bound_drops_old_rows_and_count_persists() {
             st.bytes,
             left.iter().map(|r| size(&r.topic, &r.payload)).sum::<u64>()
         );
-        (t_old, t_new)
-    };
-    let _ = t_old;
-    let mut ob = Outbox::open(&path, lim).unwrap();
+    }
+    let mut ob = open_sim(&path, lim, &clock);
     assert_eq!(ob.stats().unwrap().dropped_for_age_total, 3);
-    assert_eq!(ob.enforce_age(t_new + age_ns + 1).unwrap(), 2);
+    assert_eq!(ob.enforce_age().unwrap(), 0);
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(ob.enforce_age().unwrap(), 2);
     let st = ob.stats().unwrap();
     assert_eq!((st.rows, st.bytes, st.dropped_for_age_total), (0, 0, 5));
-    assert_eq!(ob.enforce_age(i64::MAX).unwrap(), 0);
+    assert_eq!(st.oldest_age_ns, None);
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(ob.enforce_age().unwrap(), 0);
 }
 
 #[test]
-fn batches_emptied_out_of_order_do_not_affect_oldest_or_age() {
+fn a_wall_clock_step_of_a_year_drops_nothing_and_real_age_still_does() {
     let dir = tempfile::tempdir().unwrap();
     let path = db(&dir);
-    let mut ob = Outbox::open(&path, limits()).unwrap();
-    let a = append_seq(&mut ob, "d", 3);
-    std::thread::sleep(Duration::from_millis(2));
-    let b = append_seq(&mut ob, "d", 3);
-    std::thread::sleep(Duration::from_millis(2));
-    append_seq(&mut ob, "d", 3);
-    let rows = all(&mut ob);
-    let t_a = rows[0].enqueued_ns;
-    // Ack all of the middle batch (out of order, in reverse), keeping the first.
-    ob.delete(&(b.first_id..=b.last_id).rev().collect::<Vec<_>>())
-        .unwrap();
-    // Pretend the emptied batch was stamped by a clock that had stepped back.
-    {
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.busy_timeout(Duration::from_secs(5)).unwrap();
-        let n = conn
-            .execute(
-                "UPDATE batch SET enqueued_ns = 5 WHERE first_id = ?1",
-                [b.first_id],
-            )
-            .unwrap();
-        assert_eq!(n, 1, "the emptied batch lingers until the head passes it");
-    }
+    let lim = Limits {
+        max_age: Duration::from_secs(3600),
+        ..limits()
+    };
+    let clock = sim();
+    // An RTC-less board: the clock is wrong until NTP steps it a year forward.
+    clock.set_synchronised(false);
+    clock.step_wall(-YEAR_NS);
+    let mut ob = open_sim(&path, lim, &clock);
+    append_seq(&mut ob, "d", 4);
+    clock.advance(Duration::from_secs(600));
+    append_seq(&mut ob, "d", 2);
+    clock.advance(Duration::from_secs(60));
+    clock.step_wall(YEAR_NS);
+    clock.set_synchronised(true);
+    assert_eq!(ob.enforce_age().unwrap(), 0, "a step forward ages nothing");
+    assert_eq!(ob.stats().unwrap().oldest_age_ns, Some(660_000_000_000));
+    // A step back does not keep rows longer either.
+    clock.step_wall(-2 * YEAR_NS);
+    clock.advance(Duration::from_secs(3600 - 660) + Duration::from_nanos(1));
     assert_eq!(
-        ob.stats().unwrap().oldest_enqueued_ns,
-        Some(t_a),
-        "empty batch ignored"
+        ob.enforce_age().unwrap(),
+        4,
+        "the first batch is past max_age"
     );
-    // Due by its stamp, but it holds no row: nothing is dropped or counted.
-    assert_eq!(
-        ob.enforce_age(6 + limits().max_age.as_nanos() as i64)
-            .unwrap(),
-        0
-    );
+    assert_eq!(seqs_of(&all(&mut ob), "d"), vec![5, 6]);
+    clock.advance(Duration::from_secs(600));
+    assert_eq!(ob.enforce_age().unwrap(), 2);
     let st = ob.stats().unwrap();
-    assert_eq!((st.rows, st.dropped_for_age_total), (6, 0));
-    // Acking the head prunes the batches it passed.
-    ob.delete(&(a.first_id..=a.last_id).collect::<Vec<_>>())
-        .unwrap();
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    let batches: i64 = conn
-        .query_row("SELECT count(*) FROM batch", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(batches, 1);
+    assert_eq!((st.rows, st.dropped_for_age_total), (0, 6));
+}
+
+#[test]
+fn across_a_reboot_rows_age_by_the_wall_clock_only_if_both_ends_were_synchronised() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let hour = Duration::from_secs(3600);
+    let lim = Limits {
+        max_age: 10 * hour,
+        ..limits()
+    };
+    let clock = sim();
+    let mut ob = open_sim(&path, lim, &clock);
+    append_seq(&mut ob, "synced", 2);
+    clock.set_synchronised(false);
+    clock.advance(hour);
+    append_seq(&mut ob, "unsynced", 3);
+    drop(ob);
+    // Down for a day; the board comes back with its wall clock 5 years behind.
+    clock.reboot(
+        2,
+        Duration::from_secs(30),
+        24 * 3600 * 1_000_000_000 - 5 * YEAR_NS,
+    );
+    let mut ob = open_sim(&path, lim, &clock);
+    append_seq(&mut ob, "now", 1);
+    // Unsynchronised now: every earlier-boot row is as old as this boot, not dropped.
+    assert_eq!(ob.enforce_age().unwrap(), 0);
+    assert_eq!(ob.stats().unwrap().oldest_age_ns, Some(30_000_000_000));
+    // NTP sets the clock: the synchronised row is a day old by the wall clock and goes; the
+    // row enqueued while unsynchronised counts from this boot's start (kept), and so does
+    // everything after it (oldest first).
+    clock.step_wall(5 * YEAR_NS);
+    clock.set_synchronised(true);
+    assert_eq!(ob.enforce_age().unwrap(), 2);
+    assert_eq!(seqs_of(&all(&mut ob), "unsynced"), vec![1, 2, 3]);
+    // This boot's uptime passes max_age: the earlier boot's rows are at least that old.
+    clock.advance(10 * hour);
+    assert_eq!(ob.enforce_age().unwrap(), 3);
+    assert_eq!(seqs_of(&all(&mut ob), "now"), vec![1]);
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(ob.enforce_age().unwrap(), 1);
+    assert_eq!(ob.stats().unwrap().dropped_for_age_total, 6);
+}
+
+#[test]
+fn a_batch_keeps_its_age_when_its_rows_go_out_of_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let lim = Limits {
+        max_age: Duration::from_secs(60),
+        ..limits()
+    };
+    let clock = sim();
+    let mut ob = open_sim(&path, lim, &clock);
+    let a = append_seq(&mut ob, "d", 4);
+    clock.advance(Duration::from_secs(10));
+    let b = append_seq(&mut ob, "d", 3);
+    clock.advance(Duration::from_secs(10));
+    append_seq(&mut ob, "d", 3);
+    // The last row of each of the first two batches goes first (acked, set aside), then a
+    // middle one.
+    ob.delete(&[a.last_id]).unwrap();
+    assert_eq!(ob.dead_letter(&[(b.last_id, "refused".into())]).unwrap(), 1);
+    ob.delete(&[a.first_id + 1]).unwrap();
+    assert_eq!(ob.stats().unwrap().oldest_age_ns, Some(20_000_000_000));
+    clock.advance(Duration::from_secs(40) + Duration::from_nanos(1));
+    // Batch a (2 rows left) is due, b is not.
+    assert_eq!(ob.enforce_age().unwrap(), 2);
+    assert_eq!(all(&mut ob)[0].id, b.first_id);
+    clock.advance(Duration::from_secs(10));
+    // Batch b's two rows and its dead letter.
+    assert_eq!(ob.enforce_age().unwrap(), 3);
+    let st = ob.stats().unwrap();
+    assert_eq!(
+        (st.rows, st.dead_letter_rows, st.dropped_for_age_total),
+        (3, 0, 5)
+    );
 }
 
 #[test]
@@ -734,7 +836,7 @@ fn read_only_handle_follows_the_writer_and_refuses_writes() {
     let mut w = Outbox::open(&path, lim).unwrap();
     append_seq(&mut w, "d", 10);
     let mut r = Outbox::open_read_only(&path).unwrap();
-    assert_eq!(r.stats().unwrap(), w.stats().unwrap());
+    assert_eq!(stats(&mut r), stats(&mut w));
     assert_eq!(r.stats().unwrap().max_bytes, 123_456);
 
     // The writer keeps working while the reader is open, and even mid-read.
@@ -742,17 +844,13 @@ fn read_only_handle_follows_the_writer_and_refuses_writes() {
     append_seq(&mut w, "d", 10);
     let ids: Vec<i64> = page.iter().map(|m| m.id).collect();
     w.delete(&ids).unwrap();
-    assert_eq!(
-        r.stats().unwrap(),
-        w.stats().unwrap(),
-        "reader sees the commits"
-    );
+    assert_eq!(stats(&mut r), stats(&mut w), "reader sees the commits");
     assert_eq!(r.read_after(0, 100).unwrap(), all(&mut w));
 
     for err in [
         r.append(|_| vec![msg("x", b"")]).unwrap_err(),
         r.delete(&[ids[0]]).unwrap_err(),
-        r.enforce_age(i64::MAX).unwrap_err(),
+        r.enforce_age().unwrap_err(),
     ] {
         assert!(matches!(err, StoreError::ReadOnly { .. }), "{err:?}");
         assert!(err.to_string().contains(&path.display().to_string()));
@@ -804,7 +902,7 @@ fn a_writer_that_bypassed_the_lock_is_detected_and_ids_and_seqs_keep_increasing(
     let mut a = Outbox::open(&path, limits()).unwrap();
     append_seq(&mut a, "d", 7);
     // Another writer (say an older Weir without the lock) commits behind this handle's back,
-    // the way an Outbox does: rows, device_seq and the meta row in one transaction.
+    // the way an Outbox does: rows, the device's sequence and the counters in one transaction.
     let foreign = |from_id: i64, seqs: std::ops::RangeInclusive<u64>| {
         let mut c = rusqlite::Connection::open(&path).unwrap();
         c.busy_timeout(Duration::from_secs(5)).unwrap();
@@ -824,13 +922,13 @@ fn a_writer_that_bypassed_the_lock_is_detected_and_ids_and_seqs_keep_increasing(
             id += 1;
         }
         tx.execute(
-            "UPDATE device_seq SET last_seq = ?1 WHERE device = 'd'",
+            "UPDATE state SET last_seq = ?1 WHERE ns = 1 AND key = 'd'",
             [*seqs.end() as i64],
         )
         .unwrap();
         tx.execute(
-            "UPDATE meta SET write_gen = write_gen + 1, last_id = ?1, rows = rows + ?2, \
-             bytes = bytes + ?3",
+            "UPDATE state SET write_gen = write_gen + 1, last_id = ?1, rows = rows + ?2, \
+             bytes = bytes + ?3 WHERE ns = 0",
             rusqlite::params![id - 1, seqs.count() as i64, bytes as i64],
         )
         .unwrap();
@@ -941,15 +1039,16 @@ fn dead_letters_are_set_aside_counted_listed_and_requeued() {
 fn dead_letters_are_bounded_by_age_and_count() {
     let dir = tempfile::tempdir().unwrap();
     let path = db(&dir);
-    let mut ob = Outbox::open(&path, limits()).unwrap();
+    let clock = sim();
+    let mut ob = open_sim(&path, limits(), &clock);
     append_seq(&mut ob, "d", 3);
     let rows = all(&mut ob);
     ob.dead_letter(&[(rows[0].id, "x".into())]).unwrap();
-    let now = rows[0].enqueued_ns;
     // Not yet due.
-    assert_eq!(ob.enforce_age(now + 1).unwrap(), 0);
-    let later = now + limits().max_age.as_nanos() as i64 + 1;
-    assert_eq!(ob.enforce_age(later).unwrap(), 3);
+    clock.advance(Duration::from_nanos(1));
+    assert_eq!(ob.enforce_age().unwrap(), 0);
+    clock.advance(limits().max_age);
+    assert_eq!(ob.enforce_age().unwrap(), 3);
     let st = ob.stats().unwrap();
     assert_eq!((st.rows, st.dead_letter_rows), (0, 0));
     assert_eq!(st.dropped_for_age_total, 3);
@@ -992,7 +1091,7 @@ PRAGMA user_version = 1;
 
 #[test]
 fn a_version_1_outbox_is_upgraded_in_place_and_keeps_its_rows() {
-    assert_eq!(SCHEMA_VERSION, 3);
+    assert_eq!(SCHEMA_VERSION, 4);
     let dir = tempfile::tempdir().unwrap();
     let path = db(&dir);
     rusqlite::Connection::open(&path)
@@ -1029,7 +1128,7 @@ fn a_version_1_outbox_is_upgraded_in_place_and_keeps_its_rows() {
     let version: i32 = c
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     drop(c);
     let mut ob = Outbox::open(&path, limits()).unwrap();
     assert_eq!(ob.stats().unwrap().dead_letter_rows, 1);
@@ -1062,14 +1161,19 @@ fn run_model(seed: u64) {
         synchronous_full: false,
         min_free_bytes: 0,
     };
-    let mut ob = Outbox::open(&path, lim).unwrap();
+    let clock = sim();
+    let mut ob = open_sim(&path, lim, &clock);
     // id -> (topic, payload, retain)
     let mut model: BTreeMap<i64, (String, Vec<u8>, bool)> = BTreeMap::new();
+    // id -> boot clock at enqueue, of stored rows and of dead letters
+    let mut enqueued: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut dead: BTreeMap<i64, i64> = BTreeMap::new();
     let mut seqs: BTreeMap<String, u64> = BTreeMap::new();
     let (mut last_id, mut dropped_space, mut dropped_age) = (0i64, 0u64, 0u64);
     let devices = ["a", "b", "c", "ü/7"];
 
     for step in 0..300 {
+        clock.advance(Duration::from_micros(rng.random_range(0..300)));
         match rng.random_range(0..100) {
             0..=49 => {
                 let n = rng.random_range(0..20);
@@ -1107,6 +1211,7 @@ fn run_model(seed: u64) {
                 for (t, p, r, _) in msgs {
                     last_id += 1;
                     model.insert(last_id, (t, p, r));
+                    enqueued.insert(last_id, clock.now().boottime_ns);
                 }
                 assert_eq!(rep.last_id, last_id);
                 // Model of the byte bound: drop from the front.
@@ -1120,7 +1225,7 @@ fn run_model(seed: u64) {
                 assert_eq!(rep.dropped_for_space, dropped, "seed {seed} step {step}");
                 dropped_space += dropped;
             }
-            50..=64 => {
+            50..=59 => {
                 let ids: Vec<i64> = (0..rng.random_range(0..30))
                     .map(|_| rng.random_range(last_id - 40..=last_id + 2))
                     .collect();
@@ -1128,6 +1233,20 @@ fn run_model(seed: u64) {
                 for id in ids {
                     model.remove(&id);
                 }
+            }
+            60..=64 => {
+                let ids: Vec<(i64, String)> = (0..rng.random_range(0..4))
+                    .map(|_| (rng.random_range(last_id - 40..=last_id), "x".to_owned()))
+                    .collect();
+                let moved = ob.dead_letter(&ids).unwrap();
+                let mut n = 0;
+                for (id, _) in ids {
+                    if model.remove(&id).is_some() {
+                        dead.insert(id, enqueued[&id]);
+                        n += 1;
+                    }
+                }
+                assert_eq!(moved, n, "seed {seed} step {step}");
             }
             65..=79 => {
                 let after = rng.random_range(last_id - 50..=last_id);
@@ -1145,24 +1264,38 @@ fn run_model(seed: u64) {
                 }
             }
             80..=87 => {
-                // Pick a stored row's timestamp t and age out everything enqueued strictly before it.
-                let rows = all(&mut ob);
-                if !rows.is_empty() {
-                    let t = rows[rng.random_range(0..rows.len())].enqueued_ns;
-                    let (old, young): (Vec<_>, Vec<_>) =
-                        rows.iter().partition(|r| r.enqueued_ns < t);
-                    let n = ob.enforce_age(t + lim.max_age.as_nanos() as i64).unwrap();
-                    assert_eq!(n as usize, old.len(), "seed {seed} step {step}");
-                    for r in &old {
-                        model.remove(&r.id);
-                    }
-                    assert_eq!(all(&mut ob), young.into_iter().cloned().collect::<Vec<_>>());
-                    dropped_age += n;
+                // Every row (and dead letter) enqueued more than max_age ago on the boot clock
+                // goes, whatever was deleted around it.
+                let cutoff = clock.now().boottime_ns - lim.max_age.as_nanos() as i64;
+                let old: Vec<i64> = model
+                    .keys()
+                    .copied()
+                    .filter(|id| enqueued[id] < cutoff)
+                    .collect();
+                let old_dead: Vec<i64> = dead
+                    .iter()
+                    .filter(|(_, t)| **t < cutoff)
+                    .map(|(id, _)| *id)
+                    .collect();
+                let n = ob.enforce_age().unwrap();
+                assert_eq!(
+                    n as usize,
+                    old.len() + old_dead.len(),
+                    "seed {seed} step {step}"
+                );
+                for id in &old {
+                    model.remove(id);
                 }
+                for id in &old_dead {
+                    dead.remove(id);
+                }
+                let ids: Vec<i64> = all(&mut ob).iter().map(|r| r.id).collect();
+                assert_eq!(ids, model.keys().copied().collect::<Vec<_>>());
+                dropped_age += n;
             }
             88..=93 => {
                 drop(ob);
-                ob = Outbox::open(&path, lim).unwrap();
+                ob = open_sim(&path, lim, &clock);
             }
             _ => {
                 let st = ob.stats().unwrap();
@@ -1178,6 +1311,7 @@ fn run_model(seed: u64) {
         );
         assert_eq!(st.dropped_for_space_total, dropped_space);
         assert_eq!(st.dropped_for_age_total, dropped_age);
+        assert_eq!(st.dead_letter_rows as usize, dead.len());
         assert!(st.bytes <= lim.max_bytes);
     }
     let rows = all(&mut ob);
@@ -1328,4 +1462,88 @@ fn a_version_2_outbox_keeps_its_message_rows_ahead_of_typed_rows() {
         st.bytes,
         rows.iter().map(|m| size(&m.topic, &m.payload)).sum::<u64>()
     );
+}
+
+/// What version 3 (typed rows) added to a version 2 file, as that build ran it.
+const SCHEMA_V3_TAIL: &str = "
+ALTER TABLE outbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE dead_letter ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE dead_letter ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE dead_letter ADD COLUMN sent_topic TEXT;
+PRAGMA user_version = 3;
+";
+
+#[test]
+fn a_version_3_outbox_is_upgraded_and_its_rows_age_from_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(&format!("{SCHEMA_V1}{SCHEMA_V2_TAIL}{SCHEMA_V3_TAIL}"))
+        .unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let mut r = Outbox::open_read_only(&path).unwrap();
+    assert_eq!(
+        (r.stats().unwrap().rows, r.read_after(0, 9).unwrap().len()),
+        (3, 3)
+    );
+    drop(r);
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "a reader changes nothing"
+    );
+
+    let lim = Limits {
+        max_age: Duration::from_secs(3600),
+        ..limits()
+    };
+    let clock = sim();
+    let mut ob = open_sim(&path, lim, &clock);
+    // Stored in 1970 by the wall clock (an RTC-less board): not a reason to drop them.
+    assert_eq!(ob.enforce_age().unwrap(), 0);
+    let st = ob.stats().unwrap();
+    assert_eq!(
+        (st.rows, st.dead_letter_rows, st.oldest_age_ns),
+        (3, 1, Some(0))
+    );
+    assert_eq!(
+        (st.dropped_for_space_total, st.dropped_for_age_total),
+        (7, 1)
+    );
+    clock.advance(Duration::from_secs(1));
+    let rep = append_seq(&mut ob, "d", 1);
+    assert_eq!(rep.first_id, 4);
+    assert_eq!(seqs_of(&all(&mut ob), "d"), [1, 2, 3, 4]);
+    drop(ob);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let version: i32 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    let tables: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        (version, tables),
+        (
+            4,
+            vec!["dead_letter".into(), "outbox".into(), "state".into()]
+        )
+    );
+    drop(c);
+    // Their age counts from the upgrade: due max_age later, every one counted.
+    let mut ob = open_sim(&path, lim, &clock);
+    clock.advance(Duration::from_secs(3599) + Duration::from_nanos(1));
+    assert_eq!(ob.enforce_age().unwrap(), 4, "3 rows and the dead letter");
+    let st = ob.stats().unwrap();
+    assert_eq!(
+        (st.rows, st.dead_letter_rows, st.dropped_for_age_total),
+        (1, 0, 5)
+    );
+    assert_eq!(seqs_of(&all(&mut ob), "d"), [4]);
 }
