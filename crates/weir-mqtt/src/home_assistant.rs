@@ -42,7 +42,9 @@
 //!   deletes it), with the device's availability topic cleared.
 //!
 //! Invariant: every config topic published is remembered (with a hash of its payload) until an
-//! empty config has been published for it, so nothing is left behind in HA by removals.
+//! empty config has been published for it, so nothing is left behind in HA by removals. A
+//! device's configs are rebuilt only when its points or metadata change (a fingerprint), so an
+//! availability flip costs a registry snapshot, not every config again.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -162,8 +164,9 @@ pub struct HomeAssistant {
     prefix: String,
     telemetry: TopicTemplate,
     node_id: String,
-    /// Config topics published (non-empty) → a hash of their payload.
-    announced: HashMap<String, u64>,
+    /// Per device: its fingerprint and the configs published for it (until emptied).
+    devices: HashMap<weir_core::DeviceId, DeviceCache>,
+    gateway_announced: bool,
     /// Availability topics published → what they say.
     availability: HashMap<String, &'static str>,
 }
@@ -262,7 +265,8 @@ impl HomeAssistant {
             prefix: prefix.to_string(),
             telemetry,
             node_id,
-            announced: HashMap::new(),
+            devices: HashMap::new(),
+            gateway_announced: false,
             availability: HashMap::new(),
         }
     }
@@ -308,9 +312,8 @@ impl HomeAssistant {
         json!({ "name": "Weir", "sw_version": env!("CARGO_PKG_VERSION") })
     }
 
-    /// Every config message for the registry as it is: `(topic, payload)`, sorted by topic.
-    pub fn configs(&self, devices: &[DeviceView]) -> BTreeMap<String, Vec<u8>> {
-        let mut out = BTreeMap::new();
+    /// The gateway's own config (its connectivity sensor on `<prefix>/status`).
+    fn gateway_config(&self) -> (String, Vec<u8>) {
         let gw = json!({
             "name": "Connectivity",
             "unique_id": format!("{}_connectivity", self.gateway_identifier()),
@@ -322,10 +325,17 @@ impl HomeAssistant {
             "device": self.gateway_device(),
             "origin": Self::origin(),
         });
-        out.insert(
+        (
             self.config_topic("binary_sensor", "gateway_connectivity"),
             gw.to_string().into_bytes(),
-        );
+        )
+    }
+
+    /// Every config message for the registry as it is: `(topic, payload)`, sorted by topic.
+    pub fn configs(&self, devices: &[DeviceView]) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        let (t, p) = self.gateway_config();
+        out.insert(t, p);
         for d in devices {
             for p in &d.points {
                 let (topic, doc) = self.entity(d, p);
@@ -480,16 +490,20 @@ impl HomeAssistant {
     /// Everything, again (on connect, on HA's birth): every config and every device's
     /// availability, plus empty configs for entities announced before and gone now.
     pub fn announce_all(&mut self, registry: &Registry) -> Vec<Message> {
-        self.announced.clear_values();
-        self.availability.clear();
-        self.changes(registry)
+        self.diff(registry, true)
     }
 
     /// What changed since the last call: new or different configs, availability changes, and
     /// removals (empty retained configs, cleared availability topics).
     pub fn changes(&mut self, registry: &Registry) -> Vec<Message> {
+        self.diff(registry, false)
+    }
+
+    /// A device's configs are built again only when what they are made of changed (its
+    /// fingerprint), or when everything is republished (`all`): an availability flip of one of
+    /// 500 devices costs a snapshot and a hash per device, not 2,000 JSON documents.
+    fn diff(&mut self, registry: &Registry, all: bool) -> Vec<Message> {
         let devices = registry.snapshot();
-        let configs = self.configs(&devices);
         let mut out = Vec::new();
         let retained = |topic: String, payload: Vec<u8>| Message {
             topic,
@@ -498,6 +512,9 @@ impl HomeAssistant {
             retain: true,
         };
         // Availability first: an entity whose config arrives finds its device's state there.
+        if all {
+            self.availability.clear();
+        }
         let mut seen_av = HashMap::with_capacity(devices.len());
         for d in &devices {
             let topic = self.availability_topic(d.id.as_str());
@@ -513,37 +530,118 @@ impl HomeAssistant {
             }
         }
         self.availability = seen_av;
-        let mut announced = HashMap::with_capacity(configs.len());
-        for (topic, payload) in configs {
-            let h = fnv1a(&[&payload]);
-            if self.announced.get(&topic) != Some(&h) {
-                out.push(retained(topic.clone(), payload));
-            }
-            announced.insert(topic, h);
+        if all || !self.gateway_announced {
+            let (t, p) = self.gateway_config();
+            out.push(retained(t, p));
+            self.gateway_announced = true;
         }
-        for topic in self.announced.keys() {
-            if !announced.contains_key(topic) {
-                // HA deletes an entity whose config becomes empty (retained, so it stays gone).
-                out.push(retained(topic.clone(), Vec::new()));
+        let mut cache = HashMap::with_capacity(devices.len());
+        for d in &devices {
+            let fp = fingerprint(d);
+            let old = self.devices.remove(&d.id);
+            if let Some(old) = old.as_ref().filter(|o| o.fingerprint == fp && !all) {
+                cache.insert(d.id.clone(), old.clone());
+                continue;
+            }
+            let mut topics = Vec::with_capacity(d.points.len());
+            for p in &d.points {
+                let (topic, doc) = self.entity(d, p);
+                let payload = doc.to_string().into_bytes();
+                let h = fnv1a(&[&payload]);
+                let before = old
+                    .as_ref()
+                    .and_then(|o| o.topics.iter().find(|(t, _)| *t == topic));
+                if all || before.map(|(_, bh)| *bh) != Some(h) {
+                    out.push(retained(topic.clone(), payload));
+                }
+                topics.push((topic, h));
+            }
+            if let Some(old) = old {
+                for (t, _) in old.topics {
+                    if !topics.iter().any(|(nt, _)| *nt == t) {
+                        out.push(retained(t, Vec::new()));
+                    }
+                }
+            }
+            cache.insert(
+                d.id.clone(),
+                DeviceCache {
+                    fingerprint: fp,
+                    topics,
+                },
+            );
+        }
+        // Devices gone: HA deletes an entity whose config becomes empty (retained, so it stays
+        // gone for an HA that starts later).
+        for (_, old) in self.devices.drain() {
+            for (t, _) in old.topics {
+                out.push(retained(t, Vec::new()));
             }
         }
-        self.announced = announced;
+        self.devices = cache;
         out
     }
 }
 
-/// Forget the payload hashes but keep the topics (so removals are still noticed).
-trait ClearValues {
-    fn clear_values(&mut self);
+/// What a device's configs were made from, and the configs published for it.
+#[derive(Debug, Clone)]
+struct DeviceCache {
+    fingerprint: u64,
+    /// Config topic → a hash of the payload published on it.
+    topics: Vec<(String, u64)>,
 }
 
-impl ClearValues for HashMap<String, u64> {
-    fn clear_values(&mut self) {
-        for v in self.values_mut() {
-            // No payload hashes to 0 in practice; a miss only means one more publish.
-            *v = 0;
-        }
+/// A hash of everything a device's configs depend on (not its availability or last seen).
+fn fingerprint(d: &DeviceView) -> u64 {
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(4 + d.points.len() * 5);
+    let m = &d.meta;
+    for v in [&m.name, &m.manufacturer, &m.model, &m.firmware] {
+        parts.push(v.as_deref().unwrap_or("\0").as_bytes());
     }
+    for p in &d.points {
+        let s = &p.spec;
+        parts.push(s.name.as_str().as_bytes());
+        parts.push(s.unit.as_deref().unwrap_or("\0").as_bytes());
+        parts.push(s.class.as_deref().unwrap_or("\0").as_bytes());
+        parts.push(match (s.value_type, s.writable) {
+            (ValueType::Float, w) => {
+                if w {
+                    b"fw"
+                } else {
+                    b"f-"
+                }
+            }
+            (ValueType::Int, w) => {
+                if w {
+                    b"iw"
+                } else {
+                    b"i-"
+                }
+            }
+            (ValueType::Bool, w) => {
+                if w {
+                    b"bw"
+                } else {
+                    b"b-"
+                }
+            }
+            (ValueType::Text, w) => {
+                if w {
+                    b"tw"
+                } else {
+                    b"t-"
+                }
+            }
+            (ValueType::Unknown, w) => {
+                if w {
+                    b"uw"
+                } else {
+                    b"u-"
+                }
+            }
+        });
+    }
+    fnv1a(&parts)
 }
 
 #[cfg(test)]
@@ -656,9 +754,42 @@ mod tests {
         assert_eq!(flip.len(), 1);
         assert_eq!(flip[0].topic, "weir/gw1/availability/gh1/climate");
         assert_eq!(flip[0].payload, b"offline");
+        // A point learned at run time: its config alone.
+        let mut spec = DeviceSpec::new("gh1/climate")
+            .point(
+                PointSpec::new("temperature")
+                    .unit(Some("°C"))
+                    .value_type(ValueType::Float)
+                    .class(Some("temperature")),
+            )
+            .point(
+                PointSpec::new("fan")
+                    .value_type(ValueType::Bool)
+                    .writable(true)
+                    .class(Some("switch")),
+            )
+            .point(
+                PointSpec::new("rssi")
+                    .unit(Some("dBm"))
+                    .value_type(ValueType::Int),
+            )
+            .point(
+                PointSpec::new("co2")
+                    .unit(Some("ppm"))
+                    .value_type(ValueType::Float),
+            );
+        spec.meta = DeviceMeta {
+            name: Some("Greenhouse climate".into()),
+            manufacturer: Some("Acme".into()),
+            ..DeviceMeta::default()
+        };
+        r.claim("modbus", spec).unwrap();
+        let learned = h.changes(&r);
+        assert_eq!(learned.len(), 1, "{learned:?}");
+        assert!(learned[0].topic.contains("gh1_climate_co2"));
         r.remove("modbus", "gh1/climate");
         let gone = h.changes(&r);
-        assert_eq!(gone.len(), 4, "{gone:?}");
+        assert_eq!(gone.len(), 5, "{gone:?}");
         assert!(gone.iter().all(|m| m.payload.is_empty()));
         // Everything again after HA's birth.
         r.claim("modbus", DeviceSpec::new("d2").point(PointSpec::new("x")))
