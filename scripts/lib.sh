@@ -152,7 +152,8 @@ need_home_assistant() {
     echo "==> installing homeassistant 2024.3.3 into $venv (a few minutes)"
     rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check 'homeassistant==2024.3.3' 'paho-mqtt==1.6.1'
+    # josepy 2 dropped what HA 2024.3's cloud component imports (a live HA needs josepy 1).
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'homeassistant==2024.3.3' 'paho-mqtt==1.6.1' 'josepy<2'
   fi
   export WEIR_HA_PYTHON="$venv/bin/python"
 }

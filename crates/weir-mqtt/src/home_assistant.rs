@@ -7,7 +7,7 @@
 //! when anything had to be replaced, so `a/b` and `a_b` stay apart). The payload:
 //!
 //! ```json
-//! {"name":"temperature","unique_id":"weir_gw1_gh1_climate_temperature",
+//! {"name":"temperature","unique_id":"weir_gw1_gh1_climate_temperature_<hash>",
 //!  "object_id":"gh1_climate_temperature",
 //!  "state_topic":"weir/gw1/gh1/climate/temperature","value_template":"{{ … value_json.value … }}",
 //!  "unit_of_measurement":"°C","device_class":"temperature","state_class":"measurement",
@@ -17,6 +17,9 @@
 //!            "model":"…","sw_version":"…","via_device":"weir_gw1"},
 //!  "origin":{"name":"Weir","sw_version":"0.1.0"}}
 //! ```
+//!
+//! (`object_id` only suggests HA's entity id, `sensor.gh1_climate_temperature`; `unique_id` and
+//! the topic carry the hash because `gh1/climate` holds a `/`.)
 //!
 //! * **Components.** A read-only point is a `sensor` (a `binary_sensor` when its values are
 //!   booleans); a writable one a `switch` (booleans, class `switch`/`outlet`), `number`
@@ -358,7 +361,11 @@ impl HomeAssistant {
             "unique_id".into(),
             format!("weir_{}_{object_id}", self.node_id).into(),
         );
-        doc.insert("object_id".into(), object_id.clone().into());
+        // HA's entity id suggestion: readable, without the hash (HA itself numbers collisions).
+        doc.insert(
+            "object_id".into(),
+            id_part(&format!("{device}_{point}")).0.into(),
+        );
         let state_topic = self.telemetry.render(device, point);
         let command_topic = format!("{}/{}/{}/set", self.prefix, device, point);
         // A bad reading makes the state unknown (`None` is HA's "no value" payload).
