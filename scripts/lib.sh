@@ -157,3 +157,44 @@ need_home_assistant() {
   fi
   export WEIR_HA_PYTHON="$venv/bin/python"
 }
+
+# need_tflite_build: what the `tflite` crate (feature `tflite`, in the default build) needs to build
+# TF Lite 1.15's C++ from the sources it bundles: libclang for bindgen, g++ and make; and ccache.
+# That C++ costs about 7 minutes on 2 cores and its build script redoes it in every cargo profile
+# (dev for the tests, release for the binary) because each profile has its own OUT_DIR. Its
+# Makefile takes CXX from CXX_<target> (the build script passes it on), so routing the compiler
+# through ccache, with CCACHE_BASEDIR at the target dir so the per-profile OUT_DIR paths hash the
+# same, makes the second profile of a target a cache hit (about 20 s instead of 7 min). Pass the
+# target triples whose C++ compiler to wrap (default: this machine's).
+need_tflite_build() {
+  apt_need libclang-dev g++ make ccache
+  local t var
+  for t in "${@:-$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')}"; do
+    [ -n "$t" ] || continue
+    var="CXX_${t//-/_}"
+    case "$t" in
+      x86_64-unknown-linux-gnu) export "$var=ccache g++" ;;
+      aarch64-unknown-linux-gnu) export "$var=ccache aarch64-linux-gnu-g++" ;;
+    esac
+  done
+  local dir="${CARGO_TARGET_DIR:-$PWD/target}"
+  mkdir -p "$dir"
+  export CCACHE_BASEDIR
+  CCACHE_BASEDIR="$(cd "$dir" && pwd -P)"
+}
+
+# need_infer_python: a virtualenv under target/ (ignored by git) with the reference TF Lite
+# interpreter (PyPI ai-edge-litert), the schema's Python builders (PyPI tflite), flatbuffers and
+# numpy, for scripts/train-anomaly. Exports WEIR_INFER_PYTHON. The Rust tests do not need it: they
+# read the committed vector file.
+need_infer_python() {
+  local venv="${WEIR_INFER_VENV:-$PWD/target/infer-venv}"
+  if ! "$venv/bin/python" -c 'import ai_edge_litert, tflite, flatbuffers, numpy' >/dev/null 2>&1; then
+    apt_need python3 python3-venv
+    echo "==> installing ai-edge-litert, tflite, flatbuffers and numpy into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'ai-edge-litert==2.3.0' 'tflite==2.18.0' 'flatbuffers==25.12.19' 'numpy==2.4.6'
+  fi
+  export WEIR_INFER_PYTHON="$venv/bin/python"
+}
