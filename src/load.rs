@@ -34,6 +34,8 @@ pub const SOURCE_KINDS: &[&str] = &[
 pub const STAGE_KINDS: &[&str] = &[
     #[cfg(feature = "rules")]
     "rules",
+    #[cfg(feature = "tflite")]
+    "inference",
 ];
 
 /// One `sources[i]` entry, parsed.
@@ -209,6 +211,18 @@ pub fn stage_builders(cfg: &GatewayConfig, d: &mut Diagnostics) -> Vec<Arc<dyn S
             None => weir_rules::RuleSet::default(),
         };
         out.push(Arc::new(weir_rules::RulesBuilder { set }));
+    }
+    // After the rules: detectors see what the rules made of the readings.
+    #[cfg(feature = "tflite")]
+    {
+        let b = match cfg.stages.iter().find(|(k, _)| k == "inference") {
+            Some((path, value)) => {
+                weir_infer::parse_section(value.clone(), path, config_dir(&cfg.file), d)
+                    .unwrap_or_default()
+            }
+            None => weir_infer::InferenceBuilder::default(),
+        };
+        out.push(Arc::new(b));
     }
     let _ = (cfg, d);
     out
