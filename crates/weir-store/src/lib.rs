@@ -13,12 +13,13 @@
 //!    with `synchronous = FULL`, one fsync. After a crash (`kill -9`, abort, power loss with FULL) the
 //!    outbox holds exactly the committed batches, never part of one.
 //! 2. **Ids are strictly increasing and never reused**, even after the table was emptied and the db
-//!    reopened: the highest id ever handed out is persisted in `meta.last_id` in the same transaction as
+//!    reopened: the highest id ever handed out is persisted in the counters row of `state`
+//!    (`last_id`) in the same transaction as
 //!    the rows, and ids are assigned explicitly as `last_id + 1, last_id + 2, …`. A forwarder can
 //!    therefore page with `read_after(last_seen_id, n)` without ever missing a row.
 //! 3. **Per-device sequence numbers are strictly increasing and gap-free across commits.** The
 //!    [`SeqAllocator`] handed to the `append` closure issues `last + 1, last + 2, …` per device (the first
-//!    number for a new device is 1). The new high-water marks are written to `device_seq` in the same
+//!    number for a new device is 1). The new high-water marks are written to `state` in the same
 //!    transaction as the rows, so they keep increasing across restarts and `kill -9`. If the transaction
 //!    fails (or the closure panics) nothing of the batch is committed and the in-memory counters are left
 //!    untouched, so the next batch reuses the same numbers and no gap appears.
@@ -28,18 +29,33 @@
 //!    rows. The size of a row is `len(topic) + len(payload) + ROW_OVERHEAD_BYTES` (UTF-8 bytes; see
 //!    [`ROW_OVERHEAD_BYTES`]). The limit is enforced on append only: lowering it takes effect at the next
 //!    append, opening never deletes data.
-//! 5. **Bounded by age.** [`Outbox::enforce_age`] deletes rows whose `enqueued_ns` (UTC wall clock at
-//!    append) is before `now_ns - max_age`, counted in `dropped_for_age_total`. All rows of one append
-//!    share one `enqueued_ns`, and each append also records `(first_id, last_id, enqueued_ns)` in the small
-//!    `batch` table, which alone is indexed by time: the age bound and `oldest_enqueued_ns` cost a look-up
-//!    per batch instead of a second per-row index (which would cost ~30 % of append and replay
-//!    throughput). `enforce_age` costs no write transaction when nothing is due. Because the timestamp is
-//!    the wall clock, a clock that jumps forward (e.g. an RTC-less board getting NTP time) ages rows
-//!    appended before the jump accordingly; a clock that steps back does not reorder ids.
+//! 5. **Bounded by age, on a clock that does not step.** A Pi has no RTC: its wall clock can be
+//!    years behind until NTP steps it, so a row's age is not measured on the wall clock. Each
+//!    append stamps its batch — on the batch's **last row**, the other rows carry NULL — with the
+//!    boot id (first 64 bits of `/proc/sys/kernel/random/boot_id`), `CLOCK_BOOTTIME` and whether
+//!    the wall clock was synchronised then (the [`MonotonicSource`], by default
+//!    [`SystemMonotonic`]; see `weir_core::clock`). [`Outbox::enforce_age`] drops a batch whose age
+//!    is above `max_age`, counted in `dropped_for_age_total`, where the age is:
+//!    * same boot: `BOOTTIME now − BOOTTIME at append` (wall-clock steps change nothing);
+//!    * an earlier boot, the wall clock synchronised both at append and now: the larger of the
+//!      wall-clock difference and this boot's uptime;
+//!    * an earlier boot otherwise: this boot's uptime (`BOOTTIME now`): the row is at least that
+//!      old; a difference of unsynchronised wall clocks never drops anything.
+//!
+//!    Batches are dropped oldest first (ids are in append order): the walk stops at the first
+//!    batch not due, reading at most one batch's rows when nothing is due (no index, no write
+//!    transaction). So a batch is never dropped before the batches appended before it: in the
+//!    rare case of an earlier boot whose clock was unsynchronised followed by one whose clock was
+//!    synchronised, the later rows wait for the earlier (kept longer, never dropped early).
+//!    Deleting a batch's last row while rows before it survive (an out-of-order ack, a dead
+//!    letter) moves the stamp to the surviving row just before it, in the same transaction.
+//!    Rows upgraded from a file of version 1–3 (wall-clock time only) are stamped as appended at
+//!    the upgrade. `enqueued_ns` (UTC wall clock at append) is still stored on every row for
+//!    display and for the forwarder's live/historical split; it plays no part in the bound.
 //! 6. **Counters are exact and durable.** `rows`, `bytes`, the two drop counters and `last_id` live in the
-//!    single `meta` row and are updated in the same transaction as the data they describe, so they are
+//!    single counters row of `state` and are updated in the same transaction as the data they describe, so they are
 //!    never out of step with the table and survive restarts. Opening reads them (O(1)) instead of scanning
-//!    the table, and [`Outbox::stats`] answers from them plus two index look-ups.
+//!    the table, and [`Outbox::stats`] answers from them plus two look-ups at the ends of the table.
 //! 7. **Never recreated.** [`Outbox::open`] creates the schema only in a brand-new (empty) database. A
 //!    file that is not SQLite, a SQLite database of another application, an outbox of a newer schema
 //!    version, or a corrupt outbox is refused with an error naming the path; such a file is not modified
@@ -51,7 +67,7 @@
 //!    refused with [`StoreError::Locked`] naming that file. The kernel releases the lock when the
 //!    process dies, `kill -9` included, so a crash never leaves a stale lock. Read-only handles take
 //!    no lock. Should a writer bypass the lock anyway (an older Weir), it is still detected: every
-//!    write transaction bumps `meta.write_gen` and starts by reading the `meta` row; if the generation
+//!    write transaction bumps `write_gen` and starts by reading the counters row; if the generation
 //!    is not the one this handle committed last, the cached state (counters, device sequence numbers)
 //!    is reloaded inside the transaction before anything is allocated, so ids and sequence numbers stay
 //!    strictly increasing even then.
@@ -89,51 +105,50 @@
 //! `journal_size_limit = 64 MiB` (the WAL file is truncated back after a checkpoint instead of staying at
 //! its high-water size). All statements are prepared once and cached (`prepare_cached`).
 //!
-//! # Schema (version 3)
+//! # Schema (version 4)
 //!
 //! The database header carries `PRAGMA application_id = 0x57454952` (`"WEIR"`) and
-//! `PRAGMA user_version = 3`; both are checked on open. Version 2 added the `dead_letter` table;
+//! `PRAGMA user_version = 4`; both are checked on open. Version 2 added the `dead_letter` table;
 //! version 3 made rows typed: a row carries what a northbound format needs to encode the message at
 //! publish time (the device as its key, its [`RowKind`], the per-device `seq` assigned at commit,
 //! and the [`record`] — point, typed value, unit, reading time, quality and reason — in `payload`),
-//! not the encoded message. A writer opening a version 1 or 2 outbox upgrades it in place in the
-//! open transaction (`CREATE TABLE dead_letter`, `ALTER TABLE … ADD COLUMN kind, seq`, no row
-//! rewritten), keeping every row: the rows stored before read back as [`RowKind::Message`] and are
-//! published as stored, in id order, before any row of the new build (ids keep increasing). A
-//! reader of an older file sees it as it is (message rows, no dead letters for version 1) and
-//! changes nothing. A newer file is refused by a build that only knows an older version.
+//! not the encoded message. Version 4 stamps batches on the boot clock (invariant 5) and writes
+//! fewer pages per commit (an SD card's wear): the batch's stamp is on its last row instead of a
+//! `batch` table with its own time index, and the counters and the device sequence numbers share
+//! one small `state` table (one page at a site's scale) instead of `meta` and `device_seq`. A small
+//! commit thus writes 2 pages (the outbox's last leaf and the `state` page) instead of 5.
+//!
+//! A writer opening a version 1, 2 or 3 outbox upgrades it in place in the open transaction
+//! (`CREATE TABLE dead_letter`, `ALTER TABLE … ADD COLUMN`, `state` filled from `meta` and
+//! `device_seq`, which are dropped with `batch`; no row rewritten), keeping every row: rows of
+//! version 1/2 read back as [`RowKind::Message`] and are published as stored, in id order, before
+//! any row of the new build (ids keep increasing); rows stored before version 4 count their age
+//! from the upgrade. A reader of an older file sees it as it is and changes nothing. A newer file
+//! is refused by a build that only knows an older version.
 //!
 //! ```sql
 //! CREATE TABLE outbox (
-//!     id          INTEGER PRIMARY KEY,  -- assigned by Outbox: meta.last_id + 1, …; never reused
+//!     id          INTEGER PRIMARY KEY,  -- assigned by Outbox: last_id + 1, …; never reused
 //!     topic       TEXT    NOT NULL,
 //!     payload     BLOB    NOT NULL,
 //!     qos         INTEGER NOT NULL,     -- 0..=255 as given by the caller (MQTT uses 0..=2)
 //!     retain      INTEGER NOT NULL,     -- 0 / 1
 //!     enqueued_ns INTEGER NOT NULL,     -- UTC wall clock at append, ns since the Unix epoch
 //!     kind        INTEGER NOT NULL DEFAULT 0,  -- RowKind; 0: topic/payload are the MQTT message
-//!     seq         INTEGER NOT NULL DEFAULT 0   -- per-device seq assigned at commit (typed rows)
+//!     seq         INTEGER NOT NULL DEFAULT 0,  -- per-device seq assigned at commit (typed rows)
+//!     boot        INTEGER,              -- last row of a batch: boot id (64 bits); else NULL
+//!     boottime_ns INTEGER,              -- last row of a batch: CLOCK_BOOTTIME at append
+//!     synced      INTEGER               -- last row of a batch: wall clock synchronised (0/1)
 //! );                                    -- typed rows: topic = device id, payload = record
-//! CREATE TABLE batch (                  -- one row per append that stored rows
-//!     first_id    INTEGER PRIMARY KEY,  -- its rows are first_id..=last_id (some may be gone)
-//!     last_id     INTEGER NOT NULL,
-//!     enqueued_ns INTEGER NOT NULL      -- = outbox.enqueued_ns of its rows
-//! );
-//! CREATE INDEX batch_enqueued ON batch (enqueued_ns);        -- age bound and oldest_enqueued_ns
-//! CREATE TABLE device_seq (
-//!     device   TEXT PRIMARY KEY,
-//!     last_seq INTEGER NOT NULL         -- last sequence number handed out and committed
+//! CREATE TABLE state (                  -- WITHOUT ROWID
+//!     ns       INTEGER NOT NULL,        -- 0: the counters row (key ''); 1: a device (key = id)
+//!     key      TEXT    NOT NULL,
+//!     last_seq INTEGER,                 -- ns 1: last sequence number handed out and committed
+//!     write_gen INTEGER, last_id INTEGER, rows INTEGER, bytes INTEGER,  -- ns 0 only:
+//!     dropped_for_space_total INTEGER, dropped_for_age_total INTEGER,   -- see invariants 2, 6, 8
+//!     max_bytes INTEGER,                -- byte bound of the last writer, for read-only stats
+//!     PRIMARY KEY (ns, key)
 //! ) WITHOUT ROWID;
-//! CREATE TABLE meta (                   -- exactly one row, singleton = 0
-//!     singleton               INTEGER PRIMARY KEY CHECK (singleton = 0),
-//!     write_gen               INTEGER NOT NULL,  -- +1 per write transaction
-//!     last_id                 INTEGER NOT NULL,  -- highest outbox id ever assigned
-//!     rows                    INTEGER NOT NULL,  -- = count(*) of outbox
-//!     bytes                   INTEGER NOT NULL,  -- = sum of row sizes (see ROW_OVERHEAD_BYTES)
-//!     dropped_for_space_total INTEGER NOT NULL,
-//!     dropped_for_age_total   INTEGER NOT NULL,
-//!     max_bytes               INTEGER NOT NULL   -- byte bound of the last writer, for read-only stats
-//! );
 //! CREATE TABLE dead_letter (            -- rows set aside (invariant 11); since version 2
 //!     id          INTEGER PRIMARY KEY,  -- the row's outbox id
 //!     topic       TEXT    NOT NULL,
@@ -145,17 +160,15 @@
 //!     reason      TEXT    NOT NULL,     -- why, for `weir buffer stats`
 //!     kind        INTEGER NOT NULL DEFAULT 0,  -- as in outbox (since version 3)
 //!     seq         INTEGER NOT NULL DEFAULT 0,
-//!     sent_topic  TEXT                  -- the topic it was published on, if the forwarder said
+//!     sent_topic  TEXT,                 -- the topic it was published on, if the forwarder said
+//!     boot INTEGER, boottime_ns INTEGER, synced INTEGER  -- its batch's stamp (since version 4)
 //! );
 //! ```
 //!
-//! A `batch` row goes with the age bound, or once every id up to its `last_id` is gone; a batch emptied
-//! out of order by acks lingers (it matches no row, so it is harmless) until then.
-//!
 //! # Cost
 //!
-//! An append is one transaction: one cached `INSERT` per row plus a constant number of statements (meta
-//! row, batch row, one upsert per device that got sequence numbers). [`Outbox::delete`] removes each run
+//! An append is one transaction: one cached `INSERT` per row plus a constant number of statements (the
+//! counters row, one upsert per device that got sequence numbers). [`Outbox::delete`] removes each run
 //! of consecutive ids with one ranged `SELECT count/sum` and one ranged `DELETE`, so acking in id order
 //! costs two statements per call, not per row. Opening and [`Outbox::stats`] never scan the table.
 
@@ -310,8 +323,12 @@ const SQL_DEAD_LETTER_DELETE_UP_TO: &str = "DELETE FROM dead_letter WHERE id <= 
 const SQL_HAS_DEAD_LETTER: &str =
     "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'dead_letter'";
 
+/// A row that is not the last of its batch (no stamp: the columns stay NULL).
 const SQL_INSERT: &str = "INSERT INTO outbox (id, topic, payload, qos, retain, enqueued_ns, kind, \
-                          seq, boot, boottime_ns, synced) \
+                          seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+/// The last row of a batch, with the batch's stamp (invariant 5).
+const SQL_INSERT_LAST: &str = "INSERT INTO outbox (id, topic, payload, qos, retain, enqueued_ns, \
+                          kind, seq, boot, boottime_ns, synced) \
                           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 const SQL_UPSERT_SEQ: &str = "INSERT INTO state (ns, key, last_seq) VALUES (1, ?1, ?2) \
                               ON CONFLICT (ns, key) DO UPDATE SET last_seq = excluded.last_seq";
@@ -666,7 +683,7 @@ impl fmt::Debug for SeqAllocator<'_> {
     }
 }
 
-/// The `meta` row, cached in memory by a writer.
+/// The counters row (`state` ns 0; the `meta` table before version 4), cached by a writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Meta {
     write_gen: i64,
@@ -932,7 +949,7 @@ pub struct Outbox {
     path: PathBuf,
     /// `None` for a read-only handle.
     limits: Option<Limits>,
-    /// The `meta` row as this handle last committed (or loaded) it.
+    /// The counters row as this handle last committed (or loaded) it.
     meta: Meta,
     /// Last committed sequence number per device.
     seqs: HashMap<String, u64>,
@@ -1276,27 +1293,39 @@ impl Outbox {
             for (i, row) in messages.iter().enumerate() {
                 let id = m.last_id + 1;
                 let seq = to_i64(path, OP, "sequence number", row.seq)?;
-                // The batch's clock stamp goes on its last row (invariant 5).
-                let stamp = (i == last).then_some((
-                    boot_column(now.boot),
-                    now.boottime_ns,
-                    now.wall_synchronised,
-                ));
-                insert
-                    .execute(params![
-                        id,
-                        row.key,
-                        row.body,
-                        row.qos,
-                        row.retain,
-                        now.wall_ns,
-                        row.kind as u8,
-                        seq,
-                        stamp.map(|s| s.0),
-                        stamp.map(|s| s.1),
-                        stamp.map(|s| s.2),
-                    ])
-                    .map_err(&err)?;
+                if i < last {
+                    insert
+                        .execute(params![
+                            id,
+                            row.key,
+                            row.body,
+                            row.qos,
+                            row.retain,
+                            now.wall_ns,
+                            row.kind as u8,
+                            seq,
+                        ])
+                        .map_err(&err)?;
+                } else {
+                    // The batch's clock stamp goes on its last row (invariant 5).
+                    tx.prepare_cached(SQL_INSERT_LAST)
+                        .and_then(|mut s| {
+                            s.execute(params![
+                                id,
+                                row.key,
+                                row.body,
+                                row.qos,
+                                row.retain,
+                                now.wall_ns,
+                                row.kind as u8,
+                                seq,
+                                boot_column(now.boot),
+                                now.boottime_ns,
+                                now.wall_synchronised,
+                            ])
+                        })
+                        .map_err(&err)?;
+                }
                 m.last_id = id;
                 m.rows += 1;
                 m.bytes += row_size(row.key.len(), row.body.len());
@@ -1596,10 +1625,11 @@ impl Outbox {
                 return Ok(());
             }
             {
-                let mut insert = tx.prepare_cached(SQL_INSERT).map_err(&err)?;
+                let mut insert = tx.prepare_cached(SQL_INSERT_LAST).map_err(&err)?;
                 let last = rows.len() - 1;
                 for (i, (topic, payload, qos, retain, kind, seq)) in rows.iter().enumerate() {
                     let id = m.last_id + 1;
+                    // The stamp on the last row only (invariant 5).
                     let stamp = (i == last).then_some((
                         boot_column(now.boot),
                         now.boottime_ns,
