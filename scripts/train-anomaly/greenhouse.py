@@ -2,7 +2,7 @@
 with the greenhouse example's vent rule and the faults the simulator injects.
 
 Faults (`fault=`, from `fault_start_h` for `fault_hours`):
-  stuck_vent   the vent stays closed whatever the rule asks
+  stuck_vent   the vent reports what the rule asks but does not move (no cooling, no drier air)
   heater       heater failure: the night temperature falls 6 °C below normal
   drift        the temperature sensor drifts by +1.5 °C per hour
   spikes       every 7th temperature sample jumps by +8 °C
@@ -29,14 +29,15 @@ def simulate(days=1, seed=0, start_day=0, fault=None, fault_start_h=0.0, fault_h
         sun = math.sin(2 * math.pi * (phase - 0.25))
         on = fault is not None and fault_start_h <= t_h < fault_start_h + fault_hours
         noise = rng.uniform(-1, 1, 3)
-        temp = NIGHT_C + (NOON_C - NIGHT_C) * (sun + 1) / 2 - (VENT_COOLING_C if vent else 0.0) + 0.2 * noise[0]
+        works = vent and not (on and fault == "stuck_vent")
+        temp = NIGHT_C + (NOON_C - NIGHT_C) * (sun + 1) / 2 - (VENT_COOLING_C if works else 0.0) + 0.2 * noise[0]
         if on and fault == "heater" and sun < 0:
             temp -= 6.0 * -sun
         if on and fault == "drift":
             temp += 1.5 * (t_h - fault_start_h)
         if on and fault == "spikes" and i % 7 == 0:
             temp += 8.0
-        hum = 70.0 - 12.0 * sun + (-5.0 if vent else 0.0) + 0.5 * noise[1]
+        hum = 70.0 - 12.0 * sun + (-5.0 if works else 0.0) + 0.5 * noise[1]
         light = round(55000.0 * max(sun, 0.0) + 50.0 * noise[2])
         rows.append([temp, hum, light, 1.0 if vent else 0.0])
         flags.append(on)
@@ -44,8 +45,6 @@ def simulate(days=1, seed=0, start_day=0, fault=None, fault_start_h=0.0, fault_h
         if temp > 26.0:
             vent = True
         elif temp < 24.0:
-            vent = False
-        if on and fault == "stuck_vent":
             vent = False
     return np.array(rows), np.array(flags)
 
