@@ -231,6 +231,16 @@ pub async fn run_with_reload(
     // After the sources claimed their devices: the forwarder subscribes their command topics
     // before it publishes `online`.
     let mut fwd = start_forwarder(&cfg, &parts)?;
+    // The device shadow (`mqtt.shadow`): its own connection and task; started once, not
+    // reconfigured by a reload.
+    let shadow_token = CancellationToken::new();
+    let shadow_task = weir_shadow::service::ServiceConfig::from_config(&cfg)?.map(|c| {
+        tokio::spawn(weir_shadow::service::run(
+            c,
+            router.clone(),
+            shadow_token.clone(),
+        ))
+    });
     ready();
     tracing::info!(gateway = %cfg.gateway.id, "weir running");
 
@@ -393,6 +403,10 @@ pub async fn run_with_reload(
         );
     }
     fwd.stop().await;
+    shadow_token.cancel();
+    if let Some(t) = shadow_task {
+        let _ = t.await;
+    }
     http_token.cancel();
     let s = weir_mqtt::forwarder::lock(&outbox).stats()?;
     tracing::info!(

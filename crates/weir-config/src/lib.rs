@@ -138,6 +138,31 @@ pub struct HomeAssistantSection {
     pub prefix: String,
 }
 
+/// `mqtt.shadow:` — the device shadow: `<prefix>/<device>/shadow/desired` (retained, JSON
+/// `{"state": {point: value}}`) is applied through the command router; `…/shadow/reported` and
+/// `…/shadow/delta` are published by the gateway (README, "Device shadow").
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSection {
+    /// Run the shadow (default true when the section is given).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// First retry of a write that failed for a passing reason (busy, offline, no answer).
+    #[serde(default = "default_shadow_retry_min_ms")]
+    pub retry_min_ms: u64,
+    /// Retries back off (jittered, doubling) up to this.
+    #[serde(default = "default_shadow_retry_max_ms")]
+    pub retry_max_ms: u64,
+}
+
+fn default_shadow_retry_min_ms() -> u64 {
+    1000
+}
+
+fn default_shadow_retry_max_ms() -> u64 {
+    60_000
+}
+
 fn default_ha_prefix() -> String {
     "homeassistant".into()
 }
@@ -199,6 +224,8 @@ pub struct MqttSection {
     pub sparkplug: Option<SparkplugSection>,
     /// Home Assistant MQTT discovery (`mqtt.home_assistant`), with `format: json`.
     pub home_assistant: Option<HomeAssistantSection>,
+    /// Device shadow (`mqtt.shadow`): desired / reported / delta documents per device.
+    pub shadow: Option<ShadowSection>,
     /// QoS of telemetry: 0 or 1. With 1 a row leaves the outbox only after its PUBACK.
     #[serde(default = "default_qos")]
     pub qos: u8,
@@ -720,6 +747,20 @@ fn validate_mqtt(p: &Partial<MqttSection>, d: &mut Diagnostics) {
                     "`{}` must be a topic without wildcards or empty levels",
                     h.prefix
                 ),
+            );
+        }
+    }
+    if let Some(sh) = &m.shadow {
+        if sh.retry_min_ms == 0 || sh.retry_min_ms > sh.retry_max_ms {
+            d.error(
+                "mqtt.shadow.retry_min_ms",
+                "must be at least 1 and not above retry_max_ms",
+            );
+        }
+        if sh.enabled && m.format != NorthboundFormat::Json && !p.skipped("mqtt.format") {
+            d.error(
+                "mqtt.shadow",
+                "the shadow reads reported values from the `json` format's telemetry: set `format: json`",
             );
         }
     }

@@ -612,3 +612,15 @@ fn home_assistant_discovery_keys_are_checked() {
     // Disabled: no constraint on the format.
     ok("gateway:\n  id: gh1\nmqtt:\n  mode: per_device\n  home_assistant:\n    enabled: false\n");
 }
+
+#[test]
+fn shadow_keys_are_checked() {
+    let c = ok("gateway:\n  id: gh1\nmqtt:\n  shadow: {}\n");
+    let s = c.mqtt.shadow.unwrap();
+    assert!(s.enabled);
+    assert_eq!((s.retry_min_ms, s.retry_max_ms), (1000, 60_000));
+    let e = errors("gateway:\n  id: gh1\nmqtt:\n  shadow:\n    retry_min_ms: 0\n").to_string();
+    assert!(e.contains("mqtt.shadow.retry_min_ms"), "{e}");
+    let e = errors("gateway:\n  id: gh1\nmqtt:\n  shadow:\n    retry: 1\n").to_string();
+    assert!(e.contains("mqtt.shadow"), "{e}");
+}

@@ -2,9 +2,8 @@
 //!
 //! This crate is the I/O-free core (no MQTT, no router, no clock of its own): the caller feeds it
 //! desired documents, readings and command outcomes with the current [`Instant`], and asks it what
-//! to write now ([`Shadow::due`]) through an [`Actuator`], and what to publish. Not wired into
-//! the daemon yet: the MQTT side (subscriptions, retained documents, the copy under the state
-//! dir) and the rules functions are still to come.
+//! to write now ([`Shadow::due`]) through an [`Actuator`], and what to publish. The MQTT side
+//! and the loop are [`service`]; the daemon runs it with `mqtt.shadow`.
 //!
 //! # Topics and documents (JSON)
 //!
@@ -32,6 +31,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
+
+pub mod service;
 
 use serde_json::{json, Map, Value as Json};
 use weir_core::{Backoff, Value};
@@ -76,6 +77,7 @@ pub fn classify(outcome: &Result<(), String>) -> Verdict {
         "not writable",
         "cannot be written",
         "invalid value",
+        "does not fit",
     ];
     if refused.iter().any(|r| l.contains(r)) {
         Verdict::Refused(e.clone())
