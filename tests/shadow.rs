@@ -163,3 +163,52 @@ fn desired_state_is_applied_when_the_device_returns_refused_when_impossible_and_
     assert_eq!(saved["plant/fan"]["state"]["running"], true);
     assert_eq!(saved["plant/fan"]["state"]["speed"], 900);
 }
+
+/// Rules read and set the shadow: a rule desires a speed when the coil turns on, and emits the
+/// desired value it reads back; the shadow applies it through the router and keeps the retained
+/// desired topic true.
+#[test]
+fn rules_read_and_set_desired_state() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "t/#");
+    let mport = free_port();
+    let mut peer = ModbusPeer::tcp(mport, "2");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = r#"rules:
+  - name: boost
+    match: { device: plant/fan, point: running }
+    script: |
+      if r.value == true { set_desired("plant/fan", "speed", 300); }
+      let d = shadow_desired("plant/fan", "speed");
+      if d != () { emit("desired_speed", d); }
+"#;
+    let _gw = Gateway::start(
+        dir.path(),
+        &config_with(
+            broker.port,
+            SHADOW,
+            "",
+            &format!("{}{rules}", sources(mport)),
+        ),
+    );
+    wait_until("the fan's telemetry", Duration::from_secs(20), || {
+        sub.last_json("t/plant/fan/running").is_some()
+    });
+    assert!(sub.last_json("t/plant/fan/desired_speed").is_none());
+    peer.cmd("set 2 c 0 1");
+    wait_until("the rule's wish applied", Duration::from_secs(20), || {
+        peer.cmd("get 2 h 1 1") == "300"
+    });
+    wait_until("the rule reads it back", Duration::from_secs(10), || {
+        sub.last_json("t/plant/fan/desired_speed")
+            .is_some_and(|j| j["value"] == 300)
+    });
+    wait_until(
+        "the retained desired topic",
+        Duration::from_secs(10),
+        || {
+            sub.last_json("t/plant/fan/shadow/desired")
+                .is_some_and(|j| j["state"]["speed"] == 300)
+        },
+    );
+}

@@ -570,6 +570,30 @@ fn register_effects(e: &mut Engine) {
         })
     });
 
+    // The device shadow (`mqtt.shadow`, crate weir-shadow): `()` when the shadow is not running
+    // or knows nothing of the point; `set_desired` is an error without the shadow.
+    e.register_fn("shadow_desired", |d: &str, p: &str| -> Dynamic {
+        weir_shadow::handle()
+            .and_then(|h| h.desired(d, p))
+            .map_or(Dynamic::UNIT, |v| to_dynamic(&v))
+    });
+    e.register_fn("shadow_reported", |d: &str, p: &str| -> Dynamic {
+        weir_shadow::handle()
+            .and_then(|h| h.reported(d, p))
+            .map_or(Dynamic::UNIT, |v| to_dynamic(&v))
+    });
+    e.register_fn(
+        "set_desired",
+        |d: &str, p: &str, v: Dynamic| -> RhaiResult<INT> {
+            let v = from_dynamic(&v)?;
+            let h = weir_shadow::handle()
+                .ok_or("set_desired: the device shadow is not enabled (mqtt.shadow)")?;
+            h.set_desired(d, p, &v)
+                .map(|version| version as INT)
+                .map_err(|e| e.to_string().into())
+        },
+    );
+
     e.register_fn("latest", |d: &str, p: &str| {
         with_ctx(|c| {
             Ok(match c.cache.get(d, p) {

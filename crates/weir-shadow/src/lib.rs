@@ -199,10 +199,11 @@ impl Shadow {
         }
         let retry = self.retry;
         let d = self.devices.entry(device.to_string()).or_default();
+        let mut changed = false;
         for (point, v) in wishes {
             match v {
                 None => {
-                    d.desired.remove(&point);
+                    changed |= d.desired.remove(&point).is_some();
                 }
                 Some(value) => {
                     // The same value again keeps its state (a retained desired re-read on
@@ -210,6 +211,7 @@ impl Shadow {
                     if d.desired.get(&point).is_some_and(|w| w.value == value) {
                         continue;
                     }
+                    changed = true;
                     d.desired.insert(
                         point,
                         Wish {
@@ -223,8 +225,27 @@ impl Shadow {
                 }
             }
         }
-        d.version += 1;
+        // A document that changes nothing (a retained one read again, our own echo) keeps the
+        // version.
+        if changed || d.version == 0 {
+            d.version += 1;
+        }
         Ok(d.version)
+    }
+
+    /// The desired document of `device` as `…/shadow/desired` carries it.
+    pub fn desired_doc(&self, device: &str) -> Json {
+        let state: Map<String, Json> = self
+            .devices
+            .get(device)
+            .map(|d| {
+                d.desired
+                    .iter()
+                    .map(|(p, w)| (p.clone(), to_json(&w.value)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        json!({ "state": state })
     }
 
     /// A reading of a point (the reported side).
@@ -394,6 +415,82 @@ impl Shadow {
     }
 }
 
+/// The running shadow, shared by the service task and the rules (`shadow_desired`,
+/// `shadow_reported`, `set_desired`). Locks are held only for a lookup or an update, never across
+/// an await.
+#[derive(Debug, Clone)]
+pub struct ShadowHandle {
+    shadow: std::sync::Arc<std::sync::Mutex<Shadow>>,
+    /// Devices whose desired state a rule changed: the service saves and publishes them.
+    changed: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+}
+
+static HANDLE: std::sync::OnceLock<ShadowHandle> = std::sync::OnceLock::new();
+
+/// The process's shadow, once the service started (`None` without `mqtt.shadow`).
+pub fn handle() -> Option<&'static ShadowHandle> {
+    HANDLE.get()
+}
+
+impl ShadowHandle {
+    fn new(shadow: Shadow) -> ShadowHandle {
+        ShadowHandle {
+            shadow: std::sync::Arc::new(std::sync::Mutex::new(shadow)),
+            changed: Default::default(),
+            wake: Default::default(),
+        }
+    }
+
+    /// Run `f` on the shadow.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Shadow) -> T) -> T {
+        f(&mut self.shadow.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The desired value of a point.
+    pub fn desired(&self, device: &str, point: &str) -> Option<Value> {
+        self.with(|s| s.desired(device, point).cloned())
+    }
+
+    /// The reported value of a point.
+    pub fn reported(&self, device: &str, point: &str) -> Option<Value> {
+        self.with(|s| s.reported(device, point).cloned())
+    }
+
+    /// Desire `value` for a point (a rule's `set_desired`); the same value again changes
+    /// nothing. Returns the device's desired version.
+    pub fn set_desired(
+        &self,
+        device: &str,
+        point: &str,
+        value: &Value,
+    ) -> Result<u64, ShadowError> {
+        let mut state = Map::new();
+        state.insert(point.to_string(), to_json(value));
+        let doc = json!({ "state": state }).to_string();
+        let v = self.with(|s| {
+            if s.desired(device, point).is_some_and(|d| d == value) {
+                return Ok(s.devices.get(device).map_or(0, |d| d.version));
+            }
+            s.set_desired(device, doc.as_bytes())
+        })?;
+        self.changed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(device.to_string());
+        self.wake.notify_one();
+        Ok(v)
+    }
+
+    fn take_changed(&self) -> Vec<String> {
+        self.changed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,6 +602,8 @@ mod tests {
         assert_eq!(again.desired("a/b", "x"), Some(&Value::F64(1.5)));
         assert_eq!(again.desired("a/b", "on"), None);
         assert_eq!(again.delta_doc("a/b")["version"], 2);
+        // The same document again changes nothing, not even the version.
+        assert_eq!(s.set_desired("a/b", br#"{"state":{"x":1.5}}"#), Ok(2));
         assert_eq!(
             s.set_desired("a/b", b"{}"),
             Err(ShadowError::NoState),

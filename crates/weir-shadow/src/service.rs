@@ -24,7 +24,7 @@ use weir_core::{
 use weir_mqtt::conn::{ConnectOptions, Ev, Session};
 use weir_mqtt::format::TopicTemplate;
 
-use crate::{Actuator, RetryPolicy, Shadow};
+use crate::{Actuator, RetryPolicy, Shadow, ShadowHandle, HANDLE};
 
 /// How long a routed write may wait for its adapter's answer before it counts as no answer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -139,6 +139,10 @@ pub async fn run(cfg: ServiceConfig, router: CommandRouter, shutdown: Cancellati
             tracing::warn!(path = %cfg.state_file.display(), "shadow: cannot read saved state: {e}")
         }
     }
+    // One shadow per process (the rules find it through `handle()`); a second service (not
+    // something the daemon starts) works on its own copy.
+    let h = ShadowHandle::new(shadow);
+    let _ = HANDLE.set(h.clone());
     let (tx, mut rx) = mpsc::channel::<Outcome>(256);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut opts = cfg.connect.clone();
@@ -195,10 +199,10 @@ pub async fn run(cfg: ServiceConfig, router: CommandRouter, shutdown: Cancellati
                             if payload.is_empty() {
                                 continue;
                             }
-                            match shadow.set_desired(device, &payload) {
+                            match h.with(|s| s.set_desired(device, &payload)) {
                                 Ok(v) => {
                                     tracing::info!(device, version = v, "shadow: desired state");
-                                    save(&shadow, &cfg.state_file);
+                                    h.with(|s| save(s, &cfg.state_file));
                                     dirty.insert(device.to_string());
                                 }
                                 Err(e) => tracing::warn!(device, "shadow: desired document refused: {e}"),
@@ -220,7 +224,7 @@ pub async fn run(cfg: ServiceConfig, router: CommandRouter, shutdown: Cancellati
                                 _ => None,
                             };
                             if let Some(v) = v {
-                                shadow.report(device, point, &v);
+                                h.with(|s| s.report(device, point, &v));
                                 dirty.insert(device.clone());
                             }
                         }
@@ -229,7 +233,7 @@ pub async fn run(cfg: ServiceConfig, router: CommandRouter, shutdown: Cancellati
                     Err(e) => break e,
                 },
                 Some((d, p, v, outcome)) = rx.recv() => {
-                    let verdict = shadow.outcome(&d, &p, &v, &outcome, Instant::now());
+                    let verdict = h.with(|s| s.outcome(&d, &p, &v, &outcome, Instant::now()));
                     tracing::info!(device = d, point = p, ?verdict, "shadow: write outcome");
                     dirty.insert(d);
                 }
@@ -238,8 +242,26 @@ pub async fn run(cfg: ServiceConfig, router: CommandRouter, shutdown: Cancellati
                     for d in router.registry().snapshot() {
                         let before = availability.insert(d.id.clone(), d.availability);
                         if d.availability == Availability::Online && before != Some(Availability::Online) {
-                            shadow.online(d.id.as_str());
+                            h.with(|s| s.online(d.id.as_str()));
                         }
+                    }
+                }
+                _ = h.wake.notified() => {
+                    // A rule changed desired state.
+                    // The retained desired topic stays the truth (a restart reads it back).
+                    let changed = h.take_changed();
+                    if !changed.is_empty() {
+                        h.with(|s| save(s, &cfg.state_file));
+                        for d in &changed {
+                            let doc = h.with(|s| s.desired_doc(d).to_string());
+                            let _ = s.publish(
+                                &format!("{}/{d}/shadow/desired", cfg.prefix),
+                                1,
+                                true,
+                                doc.into_bytes(),
+                            );
+                        }
+                        dirty.extend(changed);
                     }
                 }
                 _ = tick.tick() => {
@@ -255,15 +277,16 @@ pub async fn run(cfg: ServiceConfig, router: CommandRouter, shutdown: Cancellati
                             .is_none_or(|a| *a == Availability::Offline)
                     };
                     let mut act = RouterActuator { router: &router, tx: &tx, immediate: Vec::new() };
-                    shadow.due(Instant::now(), offline, &mut act);
+                    h.with(|s| s.due(Instant::now(), offline, &mut act));
                     for (d, p, v, outcome) in std::mem::take(&mut act.immediate) {
-                        let verdict = shadow.outcome(&d, &p, &v, &outcome, Instant::now());
+                        let verdict = h.with(|s| s.outcome(&d, &p, &v, &outcome, Instant::now()));
                         tracing::info!(device = d, point = p, ?verdict, "shadow: write outcome");
                         dirty.insert(d);
                     }
                     for d in dirty.drain() {
-                        let reported = shadow.reported_doc(&d).to_string();
-                        let delta = shadow.delta_doc(&d).to_string();
+                        let (reported, delta) = h.with(|s| {
+                            (s.reported_doc(&d).to_string(), s.delta_doc(&d).to_string())
+                        });
                         if published.get(&d) == Some(&(reported.clone(), delta.clone())) {
                             continue;
                         }
