@@ -763,6 +763,12 @@ fn validate_mqtt(p: &Partial<MqttSection>, d: &mut Diagnostics) {
                 "the shadow reads reported values from the `json` format's telemetry: set `format: json`",
             );
         }
+        if sh.enabled && m.mode == PublishMode::PerDevice && !p.skipped("mqtt.mode") {
+            d.error(
+                "mqtt.shadow",
+                "reported values are read from one reading per message: set `mode: per_reading`",
+            );
+        }
     }
     if let Some(t) = &m.tls {
         for (key, f) in [

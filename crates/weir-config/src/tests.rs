@@ -623,4 +623,6 @@ fn shadow_keys_are_checked() {
     assert!(e.contains("mqtt.shadow.retry_min_ms"), "{e}");
     let e = errors("gateway:\n  id: gh1\nmqtt:\n  shadow:\n    retry: 1\n").to_string();
     assert!(e.contains("mqtt.shadow"), "{e}");
+    let e = errors("gateway:\n  id: gh1\nmqtt:\n  mode: per_device\n  shadow: {}\n").to_string();
+    assert!(e.contains("set `mode: per_reading`"), "{e}");
 }

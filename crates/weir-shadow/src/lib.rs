@@ -26,6 +26,8 @@
 //!   is final for that desired value: it is reported with its reason and not retried until a new
 //!   desired value arrives for the point.
 //! * A device coming back online makes its pending writes due at once (the backoff is reset).
+//! * An applied write is not repeated while the device's reading confirming it is awaited; only
+//!   if reported still differs after the longest retry delay is it written again.
 //! * A point is in sync when its latest reported value equals the desired one (numbers compare
 //!   as numbers: `21` equals `21.0`).
 
@@ -316,8 +318,10 @@ impl Shadow {
         w.in_flight = false;
         match &verdict {
             Verdict::Applied => {
+                // Written: wait for the device's reading to confirm it; written again only if
+                // reported still differs after the longest retry delay (the device reverted it).
                 w.backoff.reset();
-                w.next_at = None;
+                w.next_at = Some(now + self.retry.max);
             }
             Verdict::Retry(_) => w.next_at = Some(now + w.backoff.next_delay()),
             Verdict::Refused(why) => w.refused = Some(why.clone()),
@@ -529,6 +533,11 @@ mod tests {
         for (d, p, v) in w.0.clone() {
             assert_eq!(s.outcome(&d, &p, &v, &Ok(()), t0), Verdict::Applied);
         }
+        assert_eq!(
+            s.due(t0 + Duration::from_millis(500), |_| false, &mut w),
+            0,
+            "written: waits for the reading, no second write"
+        );
         assert_eq!(s.delta_doc("fan")["state"].as_object().unwrap().len(), 2);
         s.report("fan", "speed", &Value::F64(1200.0));
         s.report("fan", "running", &Value::Bool(true));
