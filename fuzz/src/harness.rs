@@ -28,6 +28,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("mqtt_command", mqtt_command),
     ("config_yaml", config_yaml),
     ("zigbee_mt_zcl", zigbee_mt_zcl),
+    ("ble_adverts", ble_adverts),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -407,4 +408,80 @@ pub fn zigbee_mt_zcl(data: &[u8]) {
         }
     }
     let _ = cor.poll_timeout(now + Duration::from_secs(2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// BLE adverts
+
+/// The BLE advert decoders (`weir_ble::decode`), reached through the same dispatch the source
+/// uses for service data and manufacturer data. Input: byte 0 picks the path (modulo 7), the
+/// rest is the advert's data:
+/// 0 BTHome v2 service data (0xFCD2) with no bind key; 1 BTHome encrypted: bytes 1–4 are the
+/// counter, the rest the objects, encrypted with a fixed key as a device would and decoded with
+/// it (twice: the second is a replay and must not decode), and the same objects as a plain
+/// advert must decode to the same measurements; 2 pvvx / ATC1441 (0x181A, and its MAC check);
+/// 3 Eddystone (0xFEAA); 4 Ruuvi (company 0x0499); 5 Apple (0x004C, iBeacon or nothing);
+/// 6 an unknown UUID and company (no decoder).
+pub fn ble_adverts(data: &[u8]) {
+    use weir_ble::decode::{self, bthome, pvvx};
+
+    let Some((&sel, d)) = data.split_first() else {
+        return;
+    };
+    let mac = [0xA4, 0xC1, 0x38, 0x0A, 0x1B, 0x2C];
+    let key = [0x5Au8; 16];
+    let mut keys = bthome::KeyState::default();
+    let look = |r: &Option<Result<decode::Decoded, decode::DecodeError>>| {
+        if let Some(Err(e)) = r {
+            let _ = (e.kind(), e.to_string());
+        }
+        if let Some(Ok(dec)) = r {
+            let _ = format!("{dec:?}");
+        }
+    };
+    match sel % 7 {
+        0 => look(&decode::service_data(bthome::UUID16, d, mac, &mut keys)),
+        1 => {
+            let Some((ctr, objects)) = d.split_first_chunk::<4>() else {
+                return;
+            };
+            let counter = u32::from_le_bytes(*ctr);
+            let frame = bthome::encrypt(objects, mac, &key, counter);
+            keys.key = Some(key);
+            let enc = decode::service_data(bthome::UUID16, &frame, mac, &mut keys);
+            look(&enc);
+            let again = decode::service_data(bthome::UUID16, &frame, mac, &mut keys);
+            if matches!(enc, Some(Ok(_))) {
+                assert!(
+                    !matches!(again, Some(Ok(_))),
+                    "a replayed encrypted advert decoded"
+                );
+            }
+            let mut plain = vec![0x40];
+            plain.extend_from_slice(objects);
+            let clear = decode::service_data(
+                bthome::UUID16,
+                &plain,
+                mac,
+                &mut bthome::KeyState::default(),
+            );
+            if let (Some(Ok(a)), Some(Ok(b))) = (&enc, &clear) {
+                assert_eq!(
+                    a.measurements, b.measurements,
+                    "encrypted and plain adverts of the same objects differ"
+                );
+            }
+        }
+        2 => {
+            look(&decode::service_data(pvvx::UUID16, d, mac, &mut keys));
+            let _ = pvvx::mac_of(d);
+        }
+        3 => look(&decode::service_data(0xFEAA, d, mac, &mut keys)),
+        4 => look(&decode::manufacturer_data(0x0499, d)),
+        5 => look(&decode::manufacturer_data(0x004C, d)),
+        _ => {
+            assert!(decode::service_data(0x1234, d, mac, &mut keys).is_none());
+            assert!(decode::manufacturer_data(0x1234, d).is_none());
+        }
+    }
 }
