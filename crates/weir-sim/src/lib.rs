@@ -89,6 +89,35 @@ pub struct SimConfig {
     /// Soil moisture gained per simulated hour while irrigation runs.
     #[serde(default = "default_irrigation_pct_per_h")]
     pub irrigation_pct_per_h: f64,
+    /// Faults to inject (the anomaly detectors' tests, evaluation and demo). Default: none.
+    #[serde(default)]
+    pub faults: Vec<Fault>,
+}
+
+/// One injected fault: in greenhouse `greenhouse` (1-based), from `start_s` real seconds after the
+/// source's first reading, for `duration_s` seconds.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    pub greenhouse: u32,
+    pub kind: FaultKind,
+    pub start_s: f64,
+    pub duration_s: f64,
+}
+
+/// What goes wrong (scripts/train-anomaly/greenhouse.py simulates the same faults for training and
+/// evaluation).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// The vent reports what it was told but does not move: no cooling, no drier air.
+    StuckVent,
+    /// The heater fails: nights fall up to 6 °C below normal (scaled by how dark it is).
+    Heater,
+    /// The temperature sensor drifts upwards by 1.5 °C per simulated hour.
+    Drift,
+    /// Every 7th temperature reading is 8 °C too high.
+    Spikes,
 }
 
 /// Degrees an open vent takes off the air temperature.
@@ -188,6 +217,23 @@ impl SimConfig {
                 "noon_temperature_c",
                 "must not be below night_temperature_c".to_string(),
             ));
+        }
+        for f in &self.faults {
+            if f.greenhouse == 0 || f.greenhouse > self.greenhouses {
+                e.push((
+                    "faults",
+                    format!(
+                        "greenhouse {} is not 1 … {}",
+                        f.greenhouse, self.greenhouses
+                    ),
+                ));
+            }
+            if !(f.start_s >= 0.0 && f.duration_s > 0.0) {
+                e.push((
+                    "faults",
+                    "start_s must be ≥ 0 and duration_s > 0".to_string(),
+                ));
+            }
         }
         if !(0.0..=100.0).contains(&self.start_moisture_pct) {
             e.push(("start_moisture_pct", "must be 0 … 100".to_string()));
@@ -327,6 +373,10 @@ pub struct Greenhouse {
     produced: u64,
     /// Time of the first sample (ns): the simulated clock's `start_hour`.
     started_at: Option<i64>,
+    /// Time of the first sample (ns), for the faults' start times.
+    first_sample: Option<i64>,
+    /// Temperature readings so far (the `spikes` fault hits every 7th).
+    temperature_count: u64,
 }
 
 impl std::fmt::Debug for Greenhouse {
@@ -388,6 +438,8 @@ impl Greenhouse {
             cursor: 0,
             produced: 0,
             started_at: None,
+            first_sample: None,
+            temperature_count: 0,
             cfg,
         }
     }
@@ -418,16 +470,35 @@ impl Greenhouse {
         let sim_h_per_ns = 24.0 / (self.cfg.day_length_s as f64 * 1e9);
         let (night, noon) = (self.cfg.night_temperature_c, self.cfg.noon_temperature_c);
         let (drying, irrigation) = (self.cfg.drying_pct_per_h, self.cfg.irrigation_pct_per_h);
+        let t0 = *self.first_sample.get_or_insert(ts.as_nanos());
+        let since_s = (ts.as_nanos() - t0) as f64 / 1e9;
         let p = &self.points[i];
+        // The fault active in this greenhouse now, and seconds since it started.
+        let fault = self.cfg.faults.iter().find_map(|f| {
+            let on = f.greenhouse as usize == p.gh + 1
+                && (f.start_s..f.start_s + f.duration_s).contains(&since_s);
+            on.then_some((f.kind, since_s - f.start_s))
+        });
         let st = &mut self.state[p.gh];
         let noise: f64 = self.rng.random_range(-1.0..1.0);
+        let vent_works = st.vent && !matches!(fault, Some((FaultKind::StuckVent, _)));
         let value = match p.kind {
             Kind::Temperature => {
-                let vent = if st.vent { VENT_COOLING_C } else { 0.0 };
+                let vent = if vent_works { VENT_COOLING_C } else { 0.0 };
                 let shade = SHADE_COOLING_C * st.shade / 100.0;
-                night + (noon - night) * (sun + 1.0) / 2.0 - vent - shade + 0.2 * noise
+                let mut t = night + (noon - night) * (sun + 1.0) / 2.0 - vent - shade + 0.2 * noise;
+                self.temperature_count += 1;
+                match fault {
+                    Some((FaultKind::Heater, _)) if sun < 0.0 => t -= 6.0 * -sun,
+                    Some((FaultKind::Drift, s)) => t += 1.5 * s * 1e9 * sim_h_per_ns,
+                    Some((FaultKind::Spikes, _)) if self.temperature_count.is_multiple_of(7) => {
+                        t += 8.0
+                    }
+                    _ => {}
+                }
+                t
             }
-            Kind::Humidity => 70.0 - 12.0 * sun + if st.vent { -5.0 } else { 0.0 } + 0.5 * noise,
+            Kind::Humidity => 70.0 - 12.0 * sun + if vent_works { -5.0 } else { 0.0 } + 0.5 * noise,
             Kind::Light => (sun.max(0.0) * 55_000.0 * (1.0 - SHADE_LIGHT_CUT * st.shade / 100.0)
                 + 50.0 * noise)
                 .max(0.0),
@@ -662,6 +733,46 @@ mod tests {
     /// The model the demo relies on: the day starts at `start_hour`, the temperature follows the
     /// configured night/noon curve, an open vent cools by [`VENT_COOLING_C`], moisture dries and
     /// irrigates per simulated hour.
+    #[test]
+    fn injected_faults_change_the_climate_while_they_last() {
+        // Two greenhouses, same seed: gh2 has the fault, gh1 is the control. A 240 s day: one
+        // simulated hour per 10 s. Faults from 100 s to 200 s.
+        let yaml = |kind: &str| {
+            cfg(&format!("{{greenhouses: 2, beds: 1, day_length_s: 240, start_hour: 12, seed: 4, faults: [{{greenhouse: 2, kind: {kind}, start_s: 100, duration_s: 100}}]}}"))
+        };
+        let t0 = 1_000_000_000_000_000_000i64;
+        let s = 1_000_000_000i64;
+        // points per greenhouse: temperature, humidity, light, bed1 → gh2's temperature is 4.
+        let temps = |kind: &str, at_s: i64| {
+            let mut g = Greenhouse::new(yaml(kind), "sim");
+            g.sample(0, Timestamp(t0)); // the first reading starts the fault clock
+            g.state[1].vent = true;
+            let mut t = |i| {
+                g.sample(i, Timestamp(t0 + at_s * s))
+                    .value
+                    .as_f64()
+                    .unwrap()
+            };
+            (t(0), t(4))
+        };
+        // Drift: +1.5 °C per simulated hour; 50 s into the fault = 5 h = +7.5 °C.
+        let (gh1, gh2) = temps("drift", 150);
+        assert!((gh2 - gh1 - (7.5 - 1.5)).abs() < 1.0, "{gh1} {gh2}");
+        // Before and after the fault: no effect (beyond the vent).
+        let (gh1, gh2) = temps("drift", 50);
+        assert!((gh2 - gh1 + 1.5).abs() < 1.0, "{gh1} {gh2}");
+        let (gh1, gh2) = temps("drift", 210);
+        assert!((gh2 - gh1 + 1.5).abs() < 1.0, "{gh1} {gh2}");
+        // Stuck vent: it reports open but does not cool.
+        let (gh1, gh2) = temps("stuck_vent", 150);
+        assert!((gh2 - gh1).abs() < 1.0, "{gh1} {gh2}");
+        assert!(yaml("stuck_vent").validate().is_empty());
+        let bad = cfg(
+            "{greenhouses: 1, faults: [{greenhouse: 3, kind: heater, start_s: 0, duration_s: 1}]}",
+        );
+        assert_eq!(bad.validate()[0].0, "faults");
+    }
+
     #[test]
     fn climate_follows_the_configured_day() {
         let c = cfg("{beds: 1, day_length_s: 240, start_hour: 12, night_temperature_c: 10, noon_temperature_c: 30, start_moisture_pct: 40, drying_pct_per_h: 6, irrigation_pct_per_h: 16, seed: 4}");
