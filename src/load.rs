@@ -60,6 +60,14 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// The inference section: detectors with their files read (`weir rules infer`).
+    #[cfg(feature = "tflite")]
+    pub fn inference(&self) -> Option<&weir_infer::InferenceBuilder> {
+        self.stages
+            .iter()
+            .find_map(|s| s.as_any().downcast_ref::<weir_infer::InferenceBuilder>())
+    }
+
     /// The rules section, compiled (`weir check`'s summary, `weir rules test`).
     #[cfg(feature = "rules")]
     pub fn rules(&self) -> Option<&weir_rules::RuleSet> {
@@ -88,6 +96,8 @@ pub enum Need {
     /// `gateway` and the `rules` section, its own `${VAR}`s expanded (`rules test`). No source,
     /// `mqtt` or other stage.
     Rules,
+    /// `gateway` and the `inference` section (`rules infer`): its models loaded and checked.
+    Inference,
 }
 
 fn config_dir(cfg_file: &Path) -> &Path {
@@ -284,6 +294,7 @@ fn load_with(path: &Path, need: Need, text: Text<'_>) -> Result<Loaded, ConfigEr
         Need::Store => weir_config::Sections::Only(&["gateway", "store"]),
         Need::Devices => weir_config::Sections::Only(&["gateway", "metrics"]),
         Need::Rules => weir_config::Sections::Only(&["gateway", "rules"]),
+        Need::Inference => weir_config::Sections::Only(&["gateway", "inference"]),
     };
     let (cfg, mut d) = match text {
         Some((text, lookup)) => weir_config::load_str_for(text, path, lookup, &sections),
@@ -310,7 +321,7 @@ fn load_with(path: &Path, need: Need, text: Text<'_>) -> Result<Loaded, ConfigEr
             check_one_owner(&with_paths, &mut d);
             sources = with_paths.into_iter().map(|(s, _)| s).collect();
         }
-        if matches!(need, Need::All | Need::Rules) {
+        if matches!(need, Need::All | Need::Rules | Need::Inference) {
             stages = stage_builders(cfg, &mut d);
         }
         if need == Need::All {

@@ -99,6 +99,16 @@ enum RulesCmd {
         #[arg(short, long)]
         input: PathBuf,
     },
+    /// Run the configured anomaly detectors (`inference:`) over recorded readings (the JSON Lines
+    /// of `rules test`) and print every score and alert, to tune thresholds offline.
+    #[cfg(feature = "tflite")]
+    Infer {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One reading per line, as for `rules test`; `-` for stdin.
+        #[arg(short, long)]
+        input: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -222,6 +232,16 @@ fn main() -> ExitCode {
             };
             report(rules_test(loaded, &input))
         }
+        #[cfg(all(feature = "rules", feature = "tflite"))]
+        Cmd::Rules {
+            cmd: RulesCmd::Infer { config, input },
+        } => {
+            let loaded = match load_for(&config, weir::Need::Inference) {
+                Ok(l) => l,
+                Err(c) => return c,
+            };
+            report(rules_infer(loaded, &input))
+        }
         #[cfg(feature = "modbus")]
         Cmd::Modbus { cmd } => report(runtime().and_then(|rt| {
             let out = rt
@@ -284,6 +304,24 @@ fn rules_test(loaded: weir::Loaded, input: &std::path::Path) -> anyhow::Result<(
     };
     let mut out = std::io::stdout().lock();
     weir_rules::replay::replay(set, reader, &mut out)
+        .with_context(|| format!("{}", input.display()))?;
+    Ok(())
+}
+
+#[cfg(all(feature = "rules", feature = "tflite"))]
+fn rules_infer(loaded: weir::Loaded, input: &std::path::Path) -> anyhow::Result<()> {
+    let Some(b) = loaded.inference().filter(|b| !b.detectors.is_empty()) else {
+        anyhow::bail!("{}: no `inference:` detectors", loaded.cfg.file.display());
+    };
+    let reader: Box<dyn std::io::BufRead> = if input.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let f = std::fs::File::open(input)
+            .with_context(|| format!("cannot open {}", input.display()))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let mut out = std::io::stdout().lock();
+    weir_infer::replay::replay(b, reader, weir_rules::replay::parse_line, &mut out)
         .with_context(|| format!("{}", input.display()))?;
     Ok(())
 }

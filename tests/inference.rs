@@ -106,3 +106,65 @@ fn bad_models_are_named_with_the_detectors_yaml_path_and_line() {
     }
     assert!(out.contains("TF Lite 1.15"), "no converter hint in\n{out}");
 }
+
+/// `weir rules infer` replays recorded readings through the detector: scores for every window,
+/// the alert raised after an injected fault starts and cleared after it ends, nothing before.
+#[test]
+fn rules_infer_replays_recorded_readings_with_scores_and_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/greenhouse-ae.tflite");
+    let det = detector("climate", &model, &INPUTS)
+        .replace(
+            "normalisation: {mean: [0, 0, 0, 0], std: [1, 1, 1, 1]}",
+            &format!(
+                "normalisation: {}",
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("models/greenhouse-ae.norm.json")
+                    .display()
+            ),
+        )
+        .replace("raise: 0.4, clear: 0.2", "raise: 0.1, clear: 0.06");
+    let cfg = config(dir.path(), &det);
+    // An hour at 13:00, one reading per input per minute; from minute 20 to 35 the temperature
+    // reads 9 °C low.
+    let mut lines = String::new();
+    for m in 0..60 {
+        let ts = format!("2026-06-01T13:{m:02}:30Z");
+        let dt = if (20..35).contains(&m) { -9.0 } else { 0.0 };
+        for (dev, p, v) in [
+            ("climate", "temperature", 27.5 + dt),
+            ("climate", "humidity", 59.0),
+            ("climate", "light", 47600.0),
+            ("actuators", "vent", 1.0),
+        ] {
+            lines += &format!(
+                "{{\"device\":\"gh1/{dev}\",\"point\":\"{p}\",\"value\":{v},\"ts\":\"{ts}\"}}\n"
+            );
+        }
+    }
+    let input = dir.path().join("readings.jsonl");
+    std::fs::write(&input, lines).unwrap();
+    let out = common::weir_cmd()
+        .args(["rules", "infer", "-c", cfg.to_str().unwrap(), "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scores = text
+        .lines()
+        .filter(|l| l.contains(" anomaly_score "))
+        .count();
+    assert!(scores >= 45, "{scores} scores in\n{text}");
+    let alerts: Vec<&str> = text.lines().filter(|l| l.contains(" ALERT ")).collect();
+    assert_eq!(alerts.len(), 2, "{text}");
+    let minute = |l: &str| l[14..16].parse::<u32>().unwrap();
+    assert!(alerts[0].contains("gh1/climate raised"), "{text}");
+    assert!((21..=30).contains(&minute(alerts[0])), "{text}");
+    assert!(alerts[1].contains("gh1/climate cleared"), "{text}");
+    assert!((36..=48).contains(&minute(alerts[1])), "{text}");
+}

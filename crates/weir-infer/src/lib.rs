@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod model;
+pub mod replay;
 pub mod stage;
 mod verify;
 
