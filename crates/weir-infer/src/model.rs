@@ -21,7 +21,7 @@ pub enum ModelError {
     Corrupt { path: PathBuf, message: String },
     #[error("`{path}`: TF Lite cannot parse the model: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("`{path}`: {message}. Hint: the bundled runtime is TF Lite 1.15; convert with `converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]`, no quantization, `converter._experimental_lower_tensor_list_ops = True`, and only ops that existed in 1.15 (README: Detectors)")]
+    #[error("`{path}`: {message}. Hint: the bundled runtime is TF Lite 1.15: convert float32 without `optimizations` (no quantization) and with only ops and op versions 1.15 had (README: Anomaly detectors)")]
     UnsupportedOp { path: PathBuf, message: String },
     #[error("`{path}`: {message}")]
     Shape { path: PathBuf, message: String },
@@ -207,7 +207,20 @@ mod runtime {
                 .map(|c| format!("{:?} v{}", c.builtin_code, c.version))
                 .collect::<Vec<_>>()
                 .join(", "),
-            Err(e) => format!("unknown ({e})"),
+            // Op codes newer than 1.15's schema: list them by number from the flatbuffer.
+            Err(_) => match std::fs::read(path)
+                .ok()
+                .and_then(|b| crate::verify::op_codes(&b))
+            {
+                Some(ops) => {
+                    ops.iter()
+                        .map(|(code, v)| format!("builtin op {code} v{v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                        + " (codes above 126 are newer than TF Lite 1.15)"
+                }
+                None => "unknown".to_string(),
+            },
         }
     }
 }

@@ -169,3 +169,54 @@ pub fn verify_model(buf: &[u8]) -> Result<(), String> {
     let mut v = Verifier::new(&opts, buf);
     <ForwardsUOffset<Model>>::run_verifier(&mut v, 0).map_err(|e| e.to_string())
 }
+
+fn u16_at(b: &[u8], p: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(p..p + 2)?.try_into().ok()?))
+}
+fn u32_at(b: &[u8], p: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(p..p + 4)?.try_into().ok()?))
+}
+
+/// Where field `id` of the table at `t` is, if present (bounds-checked reads, no `unsafe`).
+fn field(b: &[u8], t: usize, id: u16) -> Option<usize> {
+    let soff = u32_at(b, t)? as i32 as i64;
+    let vtab = usize::try_from(t as i64 - soff).ok()?;
+    let vlen = u16_at(b, vtab)?;
+    if vt(id) + 2 > vlen {
+        return None;
+    }
+    match u16_at(b, vtab + vt(id) as usize)? {
+        0 => None,
+        o => Some(t + o as usize),
+    }
+}
+
+/// Follow the offset stored at `p`.
+fn deref(b: &[u8], p: usize) -> Option<usize> {
+    p.checked_add(u32_at(b, p)? as usize)
+}
+
+/// The builtin op codes and versions of a model (`max(deprecated_builtin_code, builtin_code)`, as
+/// TF Lite's schema utilities read them), for error messages; `None` if it does not verify.
+#[cfg_attr(not(feature = "tflite"), allow(dead_code))]
+pub fn op_codes(b: &[u8]) -> Option<Vec<(i32, i32)>> {
+    verify_model(b).ok()?;
+    let model = deref(b, 0)?;
+    let vec = deref(b, field(b, model, 1)?)?;
+    let n = u32_at(b, vec)? as usize;
+    (0..n)
+        .map(|i| {
+            let t = deref(b, vec + 4 + 4 * i)?;
+            let old = field(b, t, 0)
+                .and_then(|p| b.get(p))
+                .map_or(0, |v| *v as i8 as i32);
+            let new = field(b, t, 3)
+                .and_then(|p| u32_at(b, p))
+                .map_or(0, |v| v as i32);
+            let ver = field(b, t, 2)
+                .and_then(|p| u32_at(b, p))
+                .map_or(1, |v| v as i32);
+            Some((old.max(new), ver))
+        })
+        .collect()
+}
