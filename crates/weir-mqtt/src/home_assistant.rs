@@ -610,43 +610,14 @@ fn fingerprint(d: &DeviceView) -> u64 {
         parts.push(s.name.as_str().as_bytes());
         parts.push(s.unit.as_deref().unwrap_or("\0").as_bytes());
         parts.push(s.class.as_deref().unwrap_or("\0").as_bytes());
-        parts.push(match (s.value_type, s.writable) {
-            (ValueType::Float, w) => {
-                if w {
-                    b"fw"
-                } else {
-                    b"f-"
-                }
-            }
-            (ValueType::Int, w) => {
-                if w {
-                    b"iw"
-                } else {
-                    b"i-"
-                }
-            }
-            (ValueType::Bool, w) => {
-                if w {
-                    b"bw"
-                } else {
-                    b"b-"
-                }
-            }
-            (ValueType::Text, w) => {
-                if w {
-                    b"tw"
-                } else {
-                    b"t-"
-                }
-            }
-            (ValueType::Unknown, w) => {
-                if w {
-                    b"uw"
-                } else {
-                    b"u-"
-                }
-            }
+        parts.push(match s.value_type {
+            ValueType::Float => b"f",
+            ValueType::Int => b"i",
+            ValueType::Bool => b"b",
+            ValueType::Text => b"t",
+            ValueType::Unknown => b"u",
         });
+        parts.push(if s.writable { b"w" } else { b"-" });
     }
     fnv1a(&parts)
 }
